@@ -1,0 +1,1 @@
+"""ETO as plain, typed library code: no Prefect imports here."""

@@ -1,0 +1,132 @@
+"""Failure/success pairs exactly as ETO builds them.
+
+For every explored trajectory of a training task, compare its final reward with the expert's:
+- agent below expert  -> ``lose`` pair: chosen = expert, rejected = agent;
+- agent above expert  -> ``win`` pair: chosen = agent, rejected = expert (graded rewards only);
+- equal               -> no pair (a tie carries no preference).
+The failed (rejected) trajectory is cut at the expert's number of rounds plus ``cut_extra_rounds``
+(ETO: 5) so a long failure does not dominate the summed log-probs, and both sides end on an agent
+turn (the final observation is dropped: the DPO loss scores agent turns only). The prompt is the
+shared instruction + in-context example + task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eto_core.records import Message, PreferencePair, Trajectory
+
+
+class PairError(ValueError):
+    """Trajectories that cannot be paired (mismatched prompts, no agent turn)."""
+
+
+@dataclass
+class PairStats:
+    win: int = 0
+    lose: int = 0
+    tie: int = 0
+    no_expert: int = 0
+    unusable: int = 0
+
+    def as_metrics(self) -> dict[str, float]:
+        return {f"pairs_{k}": float(v) for k, v in self.__dict__.items()}
+
+
+def response_turns(traj: Trajectory) -> list[Message]:
+    """The messages after the prompt, cut so the last one is an agent turn."""
+    turns = list(traj.messages[traj.num_prompt_messages :])
+    while turns and turns[-1]["role"] != "assistant":
+        turns.pop()
+    return turns
+
+
+def cut_rounds(turns: list[Message], max_rounds: int) -> list[Message]:
+    """Keep the first ``max_rounds`` agent turns (and the observations between them)."""
+    kept: list[Message] = []
+    rounds = 0
+    for msg in turns:
+        if msg["role"] == "assistant":
+            if rounds == max_rounds:
+                break
+            rounds += 1
+        kept.append(msg)
+    while kept and kept[-1]["role"] != "assistant":
+        kept.pop()
+    return kept
+
+
+def _num_rounds(turns: list[Message]) -> int:
+    return sum(m["role"] == "assistant" for m in turns)
+
+
+def _pair_id(task_id: str, iteration: int, chosen: list[Message], rejected: list[Message]) -> str:
+    h = hashlib.sha256(repr((task_id, iteration, chosen, rejected)).encode()).hexdigest()[:16]
+    return f"{task_id}-it{iteration}-{h}"
+
+
+def build_pairs(
+    experts: Sequence[Trajectory],
+    explored: Sequence[Trajectory],
+    *,
+    iteration: int,
+    cut_extra_rounds: int = 5,
+) -> tuple[list[PreferencePair], PairStats]:
+    """Pairs for one ETO iteration, and counts of win / lose / tie / skipped comparisons."""
+    by_task = {t.task_id: t for t in experts}
+    stats = PairStats()
+    pairs: list[PreferencePair] = []
+    seen_ids: set[str] = set()
+    for agent in explored:
+        expert = by_task.get(agent.task_id)
+        if expert is None:
+            stats.no_expert += 1
+            continue
+        prompt_e = expert.messages[: expert.num_prompt_messages]
+        prompt_a = agent.messages[: agent.num_prompt_messages]
+        if prompt_e != prompt_a:
+            raise PairError(
+                f"task {agent.task_id}: the expert's and the agent's prompts differ; explore with the same "
+                "env settings (one_shot, instruction) as the expert data was built with."
+            )
+        expert_turns = response_turns(expert)
+        agent_turns = response_turns(agent)
+        if not expert_turns or not agent_turns:
+            stats.unusable += 1
+            continue
+        if agent.reward < expert.reward:
+            kind = "lose"
+            chosen, rejected = expert_turns, agent_turns
+            chosen_r, rejected_r = expert.reward, agent.reward
+        elif agent.reward > expert.reward:
+            kind = "win"
+            chosen, rejected = agent_turns, expert_turns
+            chosen_r, rejected_r = agent.reward, expert.reward
+        else:
+            stats.tie += 1
+            continue
+        rejected = cut_rounds(rejected, _num_rounds(expert_turns) + cut_extra_rounds)
+        pair_id = _pair_id(agent.task_id, iteration, chosen, rejected)
+        if pair_id in seen_ids:  # identical samples of one task give one pair, not duplicates
+            continue
+        seen_ids.add(pair_id)
+        if kind == "lose":
+            stats.lose += 1
+        else:
+            stats.win += 1
+        pairs.append(
+            PreferencePair(
+                pair_id=pair_id,
+                task_id=agent.task_id,
+                prompt=prompt_e,
+                chosen=chosen,
+                rejected=rejected,
+                chosen_reward=float(chosen_r),
+                rejected_reward=float(rejected_r),
+                kind=kind,
+                iteration=iteration,
+            )
+        )
+    return pairs, stats

@@ -1,0 +1,202 @@
+"""Artifact storage: stage outputs as folders with a manifest, local or on S3, written atomically.
+
+An artifact is a folder ``<root>/<stage>/<cache key>/`` holding the stage's files and a
+``manifest.json`` with the sha256 of each file. The manifest is written last (a rename on a
+local disk, a single PUT on S3), so a folder without one is an unfinished write that no later
+stage reads; readers check the hashes. The manifest's own digest is the artifact's content
+hash, which downstream cache keys include.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(RuntimeError):
+    """A missing, partial or corrupt artifact; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A finished artifact: where it is and the digest of its content."""
+
+    uri: str
+    digest: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"uri": self.uri, "digest": self.digest}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_manifest(folder: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    files = {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return {"files": files, "digest": digest, "meta": meta or {}}
+
+
+class ArtifactStore:
+    """Publishes local folders under a root (local path, file:// or s3://) and fetches them back."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        cache_dir: str | Path = ".eto/cache",
+        s3_endpoint_url: str | None = None,
+        s3_region: str = "us-east-1",
+    ) -> None:
+        parsed = urlparse(root)
+        self.scheme = parsed.scheme if parsed.scheme in ("s3", "file") else ""
+        if self.scheme == "s3":
+            self.bucket = parsed.netloc
+            self.prefix = parsed.path.strip("/")
+            self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+            self._s3_endpoint_url = s3_endpoint_url
+            self._s3_region = s3_region
+            self._client: Any = None
+        else:
+            local = Path(parsed.path if self.scheme == "file" else root).expanduser().resolve()
+            self.local_root = local
+            self.root = local.as_uri()
+        self.cache_dir = Path(cache_dir).resolve()
+
+    # -- addressing ---------------------------------------------------------------------------
+    def uri_for(self, stage: str, key: str) -> str:
+        return f"{self.root}/{stage}/{key}"
+
+    def _local_path(self, uri: str) -> Path:
+        return Path(urlparse(uri).path)
+
+    # -- S3 -------------------------------------------------------------------------------------
+    @property
+    def s3(self) -> Any:
+        if self._client is None:
+            import boto3  # only S3 users need it at import time
+
+            self._client = boto3.client(
+                "s3", endpoint_url=self._s3_endpoint_url, region_name=self._s3_region
+            )
+        return self._client
+
+    def _s3_key(self, uri: str, rel: str = "") -> str:
+        key = urlparse(uri).path.lstrip("/")
+        return f"{key}/{rel}" if rel else key
+
+    # -- reading --------------------------------------------------------------------------------
+    def read_manifest(self, uri: str) -> dict[str, Any] | None:
+        """The manifest of a finished artifact, or None when it is absent or unfinished."""
+        if self.scheme == "s3":
+            try:
+                body = self.s3.get_object(Bucket=self.bucket, Key=self._s3_key(uri, MANIFEST))["Body"].read()
+            except self.s3.exceptions.NoSuchKey:
+                return None
+            except Exception as exc:  # botocore's ClientError for 404 on some servers
+                if "404" in str(exc) or "NoSuchKey" in str(exc):
+                    return None
+                raise
+            return dict(json.loads(body))
+        path = self._local_path(uri) / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            return dict(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            raise ArtifactError(f"{path}: corrupt manifest; delete the folder {path.parent} and rerun.") from None
+
+    def find(self, uri: str) -> ArtifactRef | None:
+        manifest = self.read_manifest(uri)
+        return None if manifest is None else ArtifactRef(uri, manifest["digest"])
+
+    def fetch(self, ref: ArtifactRef) -> Path:
+        """A local folder with the artifact's files, checked against the manifest."""
+        manifest = self.read_manifest(ref.uri)
+        if manifest is None:
+            raise ArtifactError(f"{ref.uri}: artifact is missing or unfinished (no {MANIFEST}); rerun its stage.")
+        if manifest["digest"] != ref.digest:
+            raise ArtifactError(
+                f"{ref.uri}: content digest {manifest['digest'][:12]} differs from the expected "
+                f"{ref.digest[:12]}; the artifact was replaced: rerun the stages after it."
+            )
+        if self.scheme == "s3":
+            folder = self.cache_dir / ref.digest
+            if not (folder / MANIFEST).is_file():
+                tmp = Path(tempfile.mkdtemp(dir=self._ensure(self.cache_dir), prefix=".fetch-"))
+                for rel in manifest["files"]:
+                    target = tmp / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self.s3.download_file(self.bucket, self._s3_key(ref.uri, rel), str(target))
+                (tmp / MANIFEST).write_text(json.dumps(manifest))
+                self._verify(tmp, manifest, ref.uri)
+                shutil.rmtree(folder, ignore_errors=True)
+                tmp.rename(folder)
+            return folder
+        folder = self._local_path(ref.uri)
+        self._verify(folder, manifest, ref.uri)
+        return folder
+
+    def _verify(self, folder: Path, manifest: dict[str, Any], uri: str) -> None:
+        for rel, expected in manifest["files"].items():
+            path = folder / rel
+            if not path.is_file():
+                raise ArtifactError(f"{uri}: file '{rel}' listed in the manifest is missing; rerun its stage.")
+            if sha256_file(path) != expected:
+                raise ArtifactError(f"{uri}: file '{rel}' does not match its manifest hash (corrupt); rerun its stage.")
+
+    # -- writing --------------------------------------------------------------------------------
+    @staticmethod
+    def _ensure(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def staging_dir(self) -> Path:
+        """A fresh local folder to write a stage's output into before publishing."""
+        return Path(tempfile.mkdtemp(dir=self._ensure(self.cache_dir / "staging"), prefix="stage-"))
+
+    def publish(self, folder: Path, uri: str, meta: dict[str, Any] | None = None) -> ArtifactRef:
+        """Move/upload ``folder`` to ``uri``; the manifest goes last so readers never see half."""
+        manifest = build_manifest(folder, meta)
+        if self.scheme == "s3":
+            for rel in manifest["files"]:
+                self.s3.upload_file(str(folder / rel), self.bucket, self._s3_key(uri, rel))
+            self.s3.put_object(
+                Bucket=self.bucket, Key=self._s3_key(uri, MANIFEST), Body=json.dumps(manifest).encode()
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            target = self._local_path(uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            if target.exists():
+                # An unfinished earlier attempt (no manifest): replace it whole.
+                shutil.rmtree(target)
+            try:
+                os.replace(folder, target)
+            except OSError:
+                # Staging and root on different file systems: copy beside the target, then rename.
+                tmp = target.with_name(f".{target.name}.partial")
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(folder, tmp)
+                os.replace(tmp, target)
+                shutil.rmtree(folder, ignore_errors=True)
+        return ArtifactRef(uri, manifest["digest"])

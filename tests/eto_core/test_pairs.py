@@ -1,0 +1,86 @@
+"""Pair construction on hand-built trajectories: win, lose, tie, truncation, ends-on-agent."""
+
+from __future__ import annotations
+
+import pytest
+
+from eto_core.pairs import PairError, build_pairs, cut_rounds
+from eto_core.records import Message, Trajectory, to_frame
+
+PROMPT: list[Message] = [
+    {"role": "user", "content": "instruction"},
+    {"role": "assistant", "content": "OK"},
+    {"role": "user", "content": "Your task is to: put the apple in fridge 1"},
+]
+
+
+def traj(task: str, actions: list[str], reward: float, *, source: str = "explore", final_obs: bool = True) -> Trajectory:
+    msgs: list[Message] = list(PROMPT)
+    for i, a in enumerate(actions):
+        msgs.append({"role": "assistant", "content": f"Thought: t{i}\nAction: {a}"})
+        if final_obs or i < len(actions) - 1:
+            msgs.append({"role": "user", "content": f"Observation: o{i}"})
+    return Trajectory(
+        task_id=task, env="tidy", split="train", source=source, iteration=0 if source == "expert" else 1,
+        model_uri="m", messages=msgs, num_prompt_messages=len(PROMPT), reward=reward,
+        success=reward == 1.0, num_steps=len(actions), terminate_reason="success" if reward == 1.0 else "max_steps",
+    )
+
+
+def test_lose_win_tie() -> None:
+    experts = [traj("a", ["e1", "e2"], 0.8, source="expert"), traj("b", ["e1"], 0.8, source="expert"),
+               traj("c", ["e1"], 0.8, source="expert")]
+    explored = [traj("a", ["x1", "x2", "x3"], 0.2), traj("b", ["y1"], 1.0), traj("c", ["z1"], 0.8)]
+    pairs, stats = build_pairs(experts, explored, iteration=1)
+    assert (stats.lose, stats.win, stats.tie) == (1, 1, 1)
+    lose = next(p for p in pairs if p.kind == "lose")
+    assert lose.task_id == "a" and lose.chosen_reward == 0.8 and lose.rejected_reward == 0.2
+    assert "e1" in lose.chosen[0]["content"] and "x1" in lose.rejected[0]["content"]
+    win = next(p for p in pairs if p.kind == "win")
+    assert win.task_id == "b" and "y1" in win.chosen[0]["content"] and "e1" in win.rejected[0]["content"]
+    assert win.prompt == PROMPT
+    # validated by the pandera schema at the boundary
+    assert len(to_frame(pairs, "pairs")) == 2
+
+
+def test_ends_on_agent_turn() -> None:
+    experts = [traj("a", ["e1", "e2"], 1.0, source="expert")]
+    explored = [traj("a", ["x1"], 0.0, final_obs=True)]
+    pairs, _ = build_pairs(experts, explored, iteration=1)
+    (p,) = pairs
+    assert p.chosen[-1]["role"] == "assistant" and p.rejected[-1]["role"] == "assistant"
+    assert [m["role"] for m in p.chosen] == ["assistant", "user", "assistant"]
+
+
+def test_failed_trajectory_cut_at_expert_length_plus_extra() -> None:
+    experts = [traj("a", ["e1", "e2"], 1.0, source="expert")]
+    explored = [traj("a", [f"x{i}" for i in range(12)], 0.0)]
+    (p,), _ = build_pairs(experts, explored, iteration=1, cut_extra_rounds=5)
+    assert sum(m["role"] == "assistant" for m in p.rejected) == 2 + 5
+    assert p.rejected[-1]["role"] == "assistant"
+    (p0,), _ = build_pairs(experts, explored, iteration=1, cut_extra_rounds=0)
+    assert sum(m["role"] == "assistant" for m in p0.rejected) == 2
+
+
+def test_cut_rounds_keeps_observations_between_turns() -> None:
+    turns: list[Message] = [
+        {"role": "assistant", "content": "a"}, {"role": "user", "content": "o"},
+        {"role": "assistant", "content": "b"}, {"role": "user", "content": "o2"},
+    ]
+    assert cut_rounds(turns, 1) == turns[:1]
+    assert cut_rounds(turns, 5) == turns[:3]
+
+
+def test_missing_expert_and_duplicates() -> None:
+    experts = [traj("a", ["e1"], 1.0, source="expert")]
+    explored = [traj("a", ["x"], 0.0), traj("a", ["x"], 0.0), traj("zz", ["x"], 0.0)]
+    pairs, stats = build_pairs(experts, explored, iteration=1)
+    assert len(pairs) == 1 and stats.no_expert == 1
+
+
+def test_mismatched_prompts_raise() -> None:
+    expert = traj("a", ["e1"], 1.0, source="expert")
+    other = traj("a", ["x"], 0.0)
+    other.messages[0] = {"role": "user", "content": "different instruction"}
+    with pytest.raises(PairError, match="prompts differ"):
+        build_pairs([expert], [other], iteration=1)

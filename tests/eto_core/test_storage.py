@@ -1,0 +1,46 @@
+"""Artifacts: published whole or not at all, verified on read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eto_core.storage import ArtifactError, ArtifactStore
+
+
+def _store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(str(tmp_path / "root"), cache_dir=tmp_path / "cache")
+
+
+def test_publish_fetch(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    d = store.staging_dir()
+    (d / "a.txt").write_text("hello")
+    ref = store.publish(d, store.uri_for("sft", "k"))
+    assert store.find(ref.uri) == ref
+    assert (store.fetch(ref) / "a.txt").read_text() == "hello"
+    assert not d.exists()
+
+
+def test_unfinished_artifact_is_invisible_and_replaced(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    uri = store.uri_for("sft", "k")
+    partial = tmp_path / "root" / "sft" / "k"
+    partial.mkdir(parents=True)
+    (partial / "half.bin").write_text("x")  # a crashed writer left this, with no manifest
+    assert store.find(uri) is None
+    d = store.staging_dir()
+    (d / "a.txt").write_text("ok")
+    ref = store.publish(d, uri)
+    assert not (partial / "half.bin").exists() and store.find(uri) == ref
+
+
+def test_corruption_detected(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    d = store.staging_dir()
+    (d / "a.txt").write_text("hello")
+    ref = store.publish(d, store.uri_for("sft", "k"))
+    (store.fetch(ref) / "a.txt").write_text("tampered")
+    with pytest.raises(ArtifactError, match="does not match its manifest"):
+        store.fetch(ref)
