@@ -64,5 +64,5 @@ class TextEnv(abc.ABC):
         """Optional thought per expert action; a generic thought is used where None."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most envs hold nothing to release
         """Release resources (processes, files); safe to call twice."""

@@ -1,0 +1,29 @@
+"""Environment names and their constructors.
+
+A plain dict on purpose: adding a benchmark adapter (sciworld, alfworld, webshop) is one
+line here. Register a heavy adapter through a small function that imports it inside, so its
+dependencies load only when that environment is actually asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from environments.base import TextEnv
+from environments.tidy import TidyEnv
+
+_CONSTRUCTORS: dict[str, Callable[..., TextEnv]] = {
+    "tidy": TidyEnv,
+}
+
+ENV_NAMES: tuple[str, ...] = tuple(sorted(_CONSTRUCTORS))
+
+
+def make_env(name: str, **kwargs: Any) -> TextEnv:
+    """A new environment instance; keyword arguments go to its constructor."""
+    try:
+        constructor = _CONSTRUCTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown environment {name!r}; known: {', '.join(ENV_NAMES)}") from None
+    return constructor(**kwargs)
