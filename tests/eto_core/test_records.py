@@ -7,7 +7,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from eto_core.records import RecordError, Trajectory, frame_to_trajectories, read_records, to_frame, write_records
+from eto_core.records import (
+    RecordError,
+    Trajectory,
+    frame_to_trajectories,
+    read_records,
+    to_frame,
+    write_records,
+)
 
 
 def _traj(i: int) -> Trajectory:

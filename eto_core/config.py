@@ -1,0 +1,191 @@
+"""The recipe: one validated pydantic model, loaded from YAML at the edge and passed inward.
+
+Every field is documented where it is declared; combinations are checked in one place
+(``Recipe._check``) with a message that says what to change. ``eto recipe-help`` prints the
+field documentation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from eto_core.dpo import DPOSettings
+from eto_core.modeling import TinyModelConfig
+from eto_core.policy import GenerationSettings
+from eto_core.sft import SFTSettings
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be used; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnvSettings(_Strict):
+    name: str = Field("tidy", description="Registered environment name (see environments/registry.py).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments of the environment.")
+    one_shot: bool = Field(True, description="Put the benchmark's one-shot example into every prompt (ETO does).")
+
+
+class DataSettings(_Strict):
+    train_tasks: int = Field(
+        200, ge=1, description="Training tasks used for expert SFT data and for exploration (first N of 'train')."
+    )
+    seen_tasks: int = Field(50, ge=1, description="Evaluation tasks from the 'seen' split.")
+    unseen_tasks: int = Field(50, ge=1, description="Evaluation tasks from the 'unseen' split.")
+    expert_file: str | None = Field(
+        None,
+        description="Optional expert trajectories in ETO's published JSON format instead of the env's expert.",
+    )
+
+
+class ModelSettings(_Strict):
+    path: str | None = Field(
+        None,
+        description="Hugging Face model id or local folder. Empty: build the tiny default model from scratch.",
+    )
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Size of the from-scratch model.")
+    tokenizer_corpus_tasks: int = Field(
+        300, ge=1, description="Training tasks whose expert episodes train the tiny model's tokenizer."
+    )
+    chat_template: str | None = Field(
+        None, description="Override the tokenizer's chat template (must carry {% generation %} markers)."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off unless you trust it).")
+
+
+class DPOIteration(_Strict):
+    """Per-iteration overrides of the DPO settings (ETO: iteration 1 beta 0.1, later 0.5)."""
+
+    beta: float | None = Field(None, gt=0)
+    learning_rate: float | None = Field(None, gt=0)
+    num_train_epochs: float | None = Field(None, gt=0)
+
+
+class StorageSettings(_Strict):
+    root: str = Field(".eto/artifacts", description="Artifact root: a local path, file:// or s3://bucket/prefix.")
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (e.g. http://127.0.0.1:8333 for SeaweedFS).")
+    s3_region: str = Field("us-east-1", description="S3 region name.")
+
+
+class TrackingSettings(_Strict):
+    mlflow_uri: str = Field("sqlite:///.eto/mlflow.db", description="MLflow tracking URI.")
+    experiment: str = Field("eto", description="MLflow experiment name.")
+    registered_model: str | None = Field(
+        None, description="Registered model name; default 'eto-<recipe name>'."
+    )
+    log_models: bool = Field(True, description="Log each stage's model folder and register it.")
+
+
+class Recipe(_Strict):
+    name: str = Field("default", description="Recipe name; used in run names and the registered model name.")
+    seed: int = Field(0, description="Global seed (model init, data order, sampling).")
+    iterations: int = Field(2, ge=0, description="ETO iterations after SFT (explore -> pairs -> DPO -> eval).")
+    env: EnvSettings = Field(default_factory=EnvSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    sft: SFTSettings = Field(default_factory=SFTSettings)
+    dpo: DPOSettings = Field(default_factory=DPOSettings)
+    dpo_iterations: list[DPOIteration] = Field(
+        default_factory=list,
+        description="Overrides per iteration (entry i for iteration i+1; the last entry repeats).",
+    )
+    explore: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Generation during exploration of training tasks."
+    )
+    evaluate: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Generation during seen/unseen evaluation."
+    )
+    pair_cut_extra_rounds: int = Field(
+        5, ge=0, description="Cut the failed trajectory at the expert's length plus this many rounds (ETO: 5)."
+    )
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        if len(self.dpo_iterations) > max(self.iterations, 1) and self.iterations > 0:
+            raise ValueError(
+                f"dpo_iterations has {len(self.dpo_iterations)} entries but iterations is {self.iterations}; "
+                "remove the extra entries or raise iterations."
+            )
+        if self.model.path is None and self.model.tiny.max_position_embeddings < self.explore.max_context_tokens:
+            raise ValueError(
+                "explore.max_context_tokens exceeds model.tiny.max_position_embeddings; lower the first or "
+                "raise the second."
+            )
+        return self
+
+    def dpo_for_iteration(self, iteration: int) -> DPOSettings:
+        """DPO settings of iteration ``iteration`` (1-based), with its overrides applied."""
+        if iteration < 1:
+            raise ValueError("DPO iterations are numbered from 1")
+        if not self.dpo_iterations:
+            return self.dpo
+        override = self.dpo_iterations[min(iteration, len(self.dpo_iterations)) - 1]
+        changes = {k: v for k, v in override.model_dump().items() if v is not None}
+        return self.dpo.model_copy(update=changes)
+
+    @property
+    def model_name(self) -> str:
+        return self.tracking.registered_model or f"eto-{self.name}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``key.sub=value`` overrides, validate; errors name file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found; pass --config with a path such as recipes/default.yaml.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({exc}).") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of settings, got {type(raw).__name__}.")
+    for item in overrides or []:
+        _apply_override(raw, item, path)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(recipe)"
+            hint = " (unknown key: check its spelling against `eto recipe-help`)" if err["type"] == "extra_forbidden" else ""
+            problems.append(f"  {loc}: {err['msg']}{hint}")
+        raise RecipeError(f"{path}: invalid recipe:\n" + "\n".join(problems)) from None
+
+
+def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
+    if "=" not in item:
+        raise RecipeError(f"override '{item}' must look like key.sub=value")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"{path}: override '{item}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def describe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:
+    """One line per recipe field with its type, default and documentation (for `eto recipe-help`)."""
+    lines: list[str] = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if info.description:
+                lines.append(f"{key}: {info.description}")
+            lines.extend(describe_fields(annotation, prefix=f"{key}."))
+            continue
+        default = "" if info.is_required() else f" [default: {info.get_default(call_default_factory=True)!r}]"
+        lines.append(f"{key}: {info.description or ''}{default}")
+    return lines

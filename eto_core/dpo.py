@@ -1,0 +1,406 @@
+"""ETO's trajectory-level DPO with the environment's observations masked out.
+
+A chosen/rejected trajectory is a multi-turn conversation: agent turns interleaved with
+observations the agent did not write. ETO scores a trajectory by the log-probability of the
+agent's tokens only, log pi(trajectory) = sum over agent turns of log pi(turn | history), so an
+observation's tokens must contribute nothing. TRL's DPOTrainer scores the whole completion, which
+would push the policy to "predict" the environment; hence this small trainer of our own.
+
+The reference policy is the previous iteration's policy, i.e. the model passed in before
+training: its log-probs are computed once, up front, so no second model copy is kept in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from trl import DPOConfig
+from trl.trainer.utils import disable_dropout_in_model
+
+from eto_core.lora import LoraSettings, apply_lora
+from eto_core.records import PreferencePair
+from eto_core.sft import SchedulerName, TrainResult, first_last_loss, quiet_trainer
+from eto_core.tokenization import EncodingError, encode_pair
+
+logger = logging.getLogger(__name__)
+
+_SIDES: tuple[Literal["chosen"], Literal["rejected"]] = ("chosen", "rejected")
+
+
+class DPOSettings(BaseModel):
+    """DPO hyper-parameters; the defaults suit the tiny from-scratch model on a CPU.
+
+    The paper (7B) uses beta 0.1, lr 1e-6 (WebShop/ScienceWorld) to 5e-7, 3 epochs, batch 32.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL penalty towards the reference")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate")
+    num_train_epochs: float = Field(3.0, gt=0, description="Passes over the preference pairs")
+    per_device_train_batch_size: int = Field(4, ge=1, description="Pairs per forward pass (2x sequences)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step")
+    max_length: int = Field(1024, ge=16, description="Tokens kept per prompt+trajectory; the tail is cut")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of steps with linear LR warmup")
+    lr_scheduler_type: SchedulerName = Field("cosine", description="Learning-rate schedule after warmup")
+    logging_steps: int = Field(1, ge=1, description="Optimizer steps between log_history entries")
+    seed: int = Field(0, description="Seed for data order and any random init (LoRA)")
+    sft_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of an extra per-token NLL on the chosen agent turns (as in IPR); 0 = plain DPO",
+    )
+    lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights")
+
+    def to_trl(self, output_dir: str) -> DPOConfig:
+        """TRL's DPOConfig (a TrainingArguments with beta) for our own trainer."""
+        cuda = torch.cuda.is_available()
+        return DPOConfig(
+            output_dir=output_dir,
+            beta=self.beta,
+            learning_rate=self.learning_rate,
+            num_train_epochs=self.num_train_epochs,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            max_length=self.max_length,
+            # transformers 5 folded warmup_ratio into warmup_steps (a float < 1 is a ratio)
+            warmup_steps=self.warmup_ratio,
+            lr_scheduler_type=self.lr_scheduler_type,
+            logging_steps=self.logging_steps,
+            seed=self.seed,
+            data_seed=self.seed,
+            # fp32 everywhere: the precomputed reference log-probs must match the policy's at step 0.
+            bf16=False,
+            fp16=False,
+            use_cpu=not cuda,
+            activation_checkpointing=False,
+            report_to="none",
+            save_strategy="no",
+            # Our batches carry chosen_*/rejected_*/ref_* keys the model's forward does not take.
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=cuda,
+            disable_tqdm=True,
+        )
+
+
+@dataclass
+class DPOResult(TrainResult):
+    metrics: dict[str, float]
+    """Over all pairs with the trained policy: reward_margin, reward_accuracy, rewards_*, logps_*."""
+    ref_logps_seconds: float
+
+
+# --------------------------------------------------------------------------------------------
+# The loss
+
+
+def sequence_logps(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    agent_mask: torch.Tensor,
+) -> torch.Tensor:
+    """sum_t log p(input_ids[t] | input_ids[<t]) over the positions t where agent_mask is 1.
+
+    Shapes [batch, seq] in, [batch] out. Logits at position t-1 predict token t, so the mask is
+    read at the predicted token: an agent token is scored from the history before it, and
+    observation tokens (mask 0) are never scored, whatever the model thinks of them.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    logits = logits[:, :-1, :].float()
+    targets = input_ids[:, 1:]
+    mask = agent_mask[:, 1:].to(logits.dtype)
+    # gather - logsumexp avoids a second [batch, seq, vocab] tensor from log_softmax
+    target_logits = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1)
+    token_logps = target_logits - torch.logsumexp(logits, dim=-1)
+    return (token_logps * mask).sum(dim=-1)
+
+
+def dpo_sigmoid_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair DPO loss -log sigmoid(beta * ((pc - rc) - (pr - rr))) and the implicit rewards."""
+    chosen_rewards = beta * (policy_chosen - ref_chosen)
+    rejected_rewards = beta * (policy_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards)
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+class PairDataset(Dataset[dict[str, Any]]):
+    """Tokenized pairs with their reference log-probs (filled in by ``compute_reference_logps``)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.rows[index]
+
+
+@dataclass
+class PairCollator:
+    """Right-pads chosen and rejected to one common length so both go through one forward pass."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(r[f"{side}_input_ids"]) for r in rows for side in _SIDES)
+        batch: dict[str, torch.Tensor] = {}
+        for side in _SIDES:
+            ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+            attn = torch.zeros((len(rows), length), dtype=torch.long)
+            agent = torch.zeros((len(rows), length), dtype=torch.long)
+            for i, r in enumerate(rows):
+                n = len(r[f"{side}_input_ids"])
+                ids[i, :n] = torch.tensor(r[f"{side}_input_ids"], dtype=torch.long)
+                attn[i, :n] = 1
+                agent[i, :n] = torch.tensor(r[f"{side}_agent_mask"], dtype=torch.long)
+            batch[f"{side}_input_ids"] = ids
+            batch[f"{side}_attention_mask"] = attn
+            batch[f"{side}_agent_mask"] = agent
+            if f"ref_{side}_logps" in rows[0]:
+                batch[f"ref_{side}_logps"] = torch.tensor([r[f"ref_{side}_logps"] for r in rows])
+        return batch
+
+
+def build_pair_rows(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[PreferencePair], max_length: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Tokenize every pair; pairs whose agent tokens are all cut by max_length are skipped."""
+    rows: list[dict[str, Any]] = []
+    truncated = 0
+    for pair in pairs:
+        try:
+            enc = encode_pair(tokenizer, pair, max_length)
+        except EncodingError as exc:
+            if exc.reason == "truncated_away":
+                logger.warning("DPO: skipping pair %s: %s", pair.pair_id, exc)
+                continue
+            raise EncodingError(f"DPO pair {pair.pair_id}: {exc}", exc.reason) from None
+        truncated += enc.chosen.truncated or enc.rejected.truncated
+        rows.append(
+            {
+                "pair_id": pair.pair_id,
+                "chosen_input_ids": enc.chosen.input_ids,
+                "chosen_agent_mask": enc.chosen.agent_mask,
+                "rejected_input_ids": enc.rejected.input_ids,
+                "rejected_agent_mask": enc.rejected.agent_mask,
+            }
+        )
+    return rows, truncated
+
+
+def _pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs of a collated batch in a single forward pass."""
+    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
+    attn = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
+    agent = torch.cat([batch["chosen_agent_mask"], batch["rejected_agent_mask"]])
+    logps = sequence_logps(model, ids, attn, agent)
+    n = batch["chosen_input_ids"].shape[0]
+    return logps[:n], logps[n:]
+
+
+@torch.no_grad()
+def score_pairs(
+    model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int
+) -> tuple[list[float], list[float]]:
+    """Log-probs of every pair's chosen and rejected agent turns, in eval mode, batched."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    collate = PairCollator(pad_token_id)
+    chosen: list[float] = []
+    rejected: list[float] = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = collate(rows[start : start + batch_size])
+            pc, pr = _pair_logps(model, {k: v.to(device) for k, v in batch.items()})
+            chosen.extend(pc.tolist())
+            rejected.extend(pr.tolist())
+    finally:
+        model.train(was_training)
+    return chosen, rejected
+
+
+def compute_reference_logps(
+    model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int
+) -> None:
+    """Store the reference (pre-training) log-probs in the rows, once for all training epochs."""
+    chosen, rejected = score_pairs(model, rows, pad_token_id, batch_size)
+    for row, c, r in zip(rows, chosen, rejected, strict=True):
+        row["ref_chosen_logps"] = c
+        row["ref_rejected_logps"] = r
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer
+
+
+class MaskedDPOTrainer(Trainer):
+    """transformers.Trainer with ETO's DPO loss on agent tokens against precomputed reference log-probs."""
+
+    # compute_loss returns a per-batch mean, so the Trainer must divide by the accumulation steps
+    # (it would not, since the Llama forward accepts loss kwargs).
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, beta: float, sft_weight: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.beta = beta
+        self.sft_weight = sft_weight
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        policy_chosen, policy_rejected = _pair_logps(model, inputs)
+        losses, chosen_rewards, rejected_rewards = dpo_sigmoid_loss(
+            policy_chosen,
+            policy_rejected,
+            inputs["ref_chosen_logps"],
+            inputs["ref_rejected_logps"],
+            self.beta,
+        )
+        loss = losses.mean()
+        if self.sft_weight > 0:
+            # Per-token NLL of the chosen agent turns, so long trajectories do not dominate.
+            n_tokens = inputs["chosen_agent_mask"][:, 1:].sum(dim=-1).clamp(min=1)
+            sft_loss = (-policy_chosen / n_tokens).mean()
+            loss = loss + self.sft_weight * sft_loss
+            self._metrics["sft_loss"].append(sft_loss.item())
+
+        margins = chosen_rewards - rejected_rewards
+        self._metrics["rewards/chosen"].append(chosen_rewards.mean().item())
+        self._metrics["rewards/rejected"].append(rejected_rewards.mean().item())
+        self._metrics["rewards/margins"].append(margins.mean().item())
+        self._metrics["rewards/accuracies"].append((margins > 0).float().mean().item())
+        self._metrics["logps/chosen"].append(policy_chosen.detach().mean().item())
+        self._metrics["logps/rejected"].append(policy_rejected.detach().mean().item())
+        if return_outputs:
+            return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Batch metrics since the last log, averaged, next to the Trainer's own loss.
+        if "loss" in logs:
+            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items() if v})
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+
+def train_dpo(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[PreferencePair],
+    settings: DPOSettings,
+    output_dir: str,
+) -> DPOResult:
+    """One ETO iteration's DPO: ``model`` is both the starting policy and the reference."""
+    if not pairs:
+        raise ValueError(
+            "DPO needs at least one preference pair, got none: exploration produced no trajectory that "
+            "differs in reward from the expert's; explore more tasks or check the pair-building stage."
+        )
+    rows, num_truncated = build_pair_rows(tokenizer, pairs, settings.max_length)
+    if not rows:
+        raise ValueError(
+            f"DPO: none of the {len(pairs)} pairs keeps an agent token within max_length="
+            f"{settings.max_length}; raise dpo.max_length."
+        )
+    if num_truncated:
+        logger.warning(
+            "DPO: %d of %d pairs exceed max_length=%d and lose their tail",
+            num_truncated,
+            len(rows),
+            settings.max_length,
+        )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if not isinstance(pad_id, int):
+        raise ValueError("The tokenizer has neither a pad nor an eos token; set tokenizer.pad_token.")
+
+    args = settings.to_trl(output_dir)
+    model = model.to(args.device)  # type: ignore[arg-type]
+    if args.disable_dropout:
+        # As TRL does: with dropout the policy's step-0 scores would differ from the reference's.
+        disable_dropout_in_model(model)
+    # Reference = the untouched model, scored before any adapter or update.
+    start = time.perf_counter()
+    compute_reference_logps(model, rows, pad_id, batch_size=2 * settings.per_device_train_batch_size)
+    ref_seconds = time.perf_counter() - start
+
+    trainee: torch.nn.Module = model if settings.lora is None else apply_lora(model, settings.lora)
+
+    trainer = MaskedDPOTrainer(
+        model=trainee,
+        args=args,
+        train_dataset=PairDataset(rows),
+        data_collator=PairCollator(pad_id),
+        processing_class=tokenizer,
+        beta=settings.beta,
+        sft_weight=settings.sft_weight,
+    )
+    quiet_trainer(trainer, __name__)
+    start = time.perf_counter()
+    trainer.train()
+    runtime = time.perf_counter() - start
+
+    trained = trainer.model
+    assert isinstance(trained, torch.nn.Module)
+    history = list(trainer.state.log_history)
+    first, last = first_last_loss(history)
+    return DPOResult(
+        model=trained,  # type: ignore[arg-type]
+        log_history=history,
+        first_loss=first,
+        last_loss=last,
+        num_steps=trainer.state.global_step,
+        runtime_s=runtime,
+        num_examples=len(rows),
+        num_truncated=num_truncated,
+        metrics=_final_metrics(trained, rows, pad_id, settings),
+        ref_logps_seconds=ref_seconds,
+    )
+
+
+def _final_metrics(
+    model: torch.nn.Module, rows: list[dict[str, Any]], pad_id: int, settings: DPOSettings
+) -> dict[str, float]:
+    """Implicit rewards of the trained policy over all pairs (one forward pass each, no grad)."""
+    chosen, rejected = score_pairs(model, rows, pad_id, batch_size=2 * settings.per_device_train_batch_size)
+    pc, pr = torch.tensor(chosen), torch.tensor(rejected)
+    rc = torch.tensor([r["ref_chosen_logps"] for r in rows])
+    rr = torch.tensor([r["ref_rejected_logps"] for r in rows])
+    losses, cr, rj = dpo_sigmoid_loss(pc, pr, rc, rr, settings.beta)
+    margins = cr - rj
+    return {
+        "loss": losses.mean().item(),
+        "reward_margin": margins.mean().item(),
+        "reward_accuracy": (margins > 0).float().mean().item(),
+        "rewards_chosen": cr.mean().item(),
+        "rewards_rejected": rj.mean().item(),
+        "logps_chosen": pc.mean().item(),
+        "logps_rejected": pr.mean().item(),
+    }

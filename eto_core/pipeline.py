@@ -1,0 +1,344 @@
+"""The ETO stages as plain functions: key -> reuse a finished artifact or compute and publish it.
+
+Each stage reads its inputs as artifact refs (uri + content digest), computes its explicit
+cache key (eto_core.cache) and, if an artifact under that key is already complete, returns it
+without recomputing: a crashed or repeated run resumes from every finished stage even when
+the orchestrator's own result cache is gone. Prefect tasks (tasks/) wrap these functions and
+use the same keys for Prefect's cache.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from environments.base import TextEnv
+from environments.registry import make_env
+from eto_core.cache import cache_key
+from eto_core.config import Recipe
+from eto_core.dpo import train_dpo
+from eto_core.eto_format import import_eto_file
+from eto_core.evaluation import summarize
+from eto_core.modeling import build_tiny_model, load_model, save_model, train_tokenizer
+from eto_core.pairs import build_pairs
+from eto_core.policy import GenerationSettings, LocalHFPolicy
+from eto_core.records import (
+    EvalSummary,
+    frame_to_pairs,
+    frame_to_trajectories,
+    read_records,
+    to_frame,
+    write_records,
+)
+from eto_core.rollout import collect_expert, run_episodes
+from eto_core.sft import train_sft
+from eto_core.storage import ArtifactRef, ArtifactStore, sha256_file
+
+TRAJ_FILE = "trajectories.parquet"
+PAIRS_FILE = "pairs.parquet"
+MODEL_DIR = "model"
+POINTER_FILE = "base_model.json"
+
+
+@dataclass
+class StageResult:
+    """What a stage hands on: its artifact, its metrics, and whether it was reused."""
+
+    stage: str
+    ref: ArtifactRef
+    metrics: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def make_store(recipe: Recipe, state_dir: str | Path = ".eto") -> ArtifactStore:
+    return ArtifactStore(
+        recipe.storage.root,
+        cache_dir=Path(state_dir) / "cache",
+        s3_endpoint_url=recipe.storage.s3_endpoint_url,
+        s3_region=recipe.storage.s3_region,
+    )
+
+
+def env_factory(recipe: Recipe) -> Callable[[], TextEnv]:
+    return partial(make_env, recipe.env.name, **recipe.env.kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _split_tasks(recipe: Recipe, split: str) -> list[str]:
+    env = env_factory(recipe)()
+    try:
+        ids = env.tasks(split)  # type: ignore[arg-type]
+    finally:
+        env.close()
+    limit = {"train": recipe.data.train_tasks, "seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}
+    n = limit.get(split, len(ids))
+    if n > len(ids):
+        raise ValueError(
+            f"data.{split}_tasks = {n} but environment '{recipe.env.name}' has only {len(ids)} {split} tasks; "
+            f"lower data.{split}_tasks."
+        )
+    return ids[:n]
+
+
+def _reuse(store: ArtifactStore, stage: str, key: str) -> StageResult | None:
+    uri = store.uri_for(stage, key)
+    manifest = store.read_manifest(uri)
+    if manifest is None:
+        return None
+    meta = manifest.get("meta", {})
+    return StageResult(stage, ArtifactRef(uri, manifest["digest"]), dict(meta.get("metrics", {})), True, meta.get("info", {}))
+
+
+def _publish(store: ArtifactStore, stage: str, key: str, folder: Path, metrics: dict[str, float], info: dict[str, Any]) -> StageResult:
+    ref = store.publish(folder, store.uri_for(stage, key), meta={"metrics": metrics, "info": info})
+    return StageResult(stage, ref, metrics, False, info)
+
+
+def _write_trajs(folder: Path, trajs: list[Any], name: str = TRAJ_FILE) -> None:
+    write_records(to_frame(trajs, "trajectories"), folder / name, "trajectories")
+
+
+def read_trajectories(store: ArtifactStore, ref: ArtifactRef, name: str = TRAJ_FILE) -> list[Any]:
+    return frame_to_trajectories(read_records(store.fetch(ref) / name, "trajectories"))
+
+
+# -- model loading -------------------------------------------------------------------------------
+def model_folder(store: ArtifactStore, ref: ArtifactRef) -> str:
+    """A loadable model path: the artifact's model folder, or the base model it points at."""
+    folder = store.fetch(ref)
+    pointer = folder / POINTER_FILE
+    if pointer.is_file():
+        return str(json.loads(pointer.read_text())["path"])
+    return str(folder / MODEL_DIR)
+
+
+def load_stage_model(recipe: Recipe, store: ArtifactStore, ref: ArtifactRef) -> tuple[Any, Any]:
+    return load_model(
+        model_folder(store, ref),
+        trust_remote_code=recipe.model.trust_remote_code,
+        chat_template=recipe.model.chat_template,
+    )
+
+
+# -- cache keys: what each stage's result depends on -----------------------------------------------
+def expert_key(recipe: Recipe) -> str:
+    settings: dict[str, Any] = {"env": recipe.env, "train_tasks": recipe.data.train_tasks}
+    if recipe.data.expert_file:
+        settings["expert_file_sha256"] = sha256_file(Path(recipe.data.expert_file))
+    return cache_key("expert", settings=settings)
+
+
+def model_init_key(recipe: Recipe, expert: ArtifactRef) -> str:
+    if recipe.model.path is not None:
+        return cache_key("model_init", settings={"path": recipe.model.path, "chat_template": recipe.model.chat_template})
+    settings = {"tiny": recipe.model.tiny, "corpus_tasks": recipe.model.tokenizer_corpus_tasks}
+    return cache_key("model_init", settings=settings, inputs={"expert": expert})
+
+
+def sft_key(recipe: Recipe, base: ArtifactRef, expert: ArtifactRef) -> str:
+    return cache_key("sft", settings={"sft": recipe.sft, "seed": recipe.seed}, inputs={"base": base, "expert": expert})
+
+
+def rollout_key(
+    recipe: Recipe, model: ArtifactRef, *, stage: str, split: str, iteration: int, gen: GenerationSettings
+) -> str:
+    settings = {"env": recipe.env, "split": split, "n": _limit(recipe, split), "gen": gen, "iteration": iteration,
+                "seed": recipe.seed}
+    return cache_key(stage, settings=settings, inputs={"model": model})
+
+
+def pairs_key(recipe: Recipe, expert: ArtifactRef, explored: ArtifactRef, iteration: int) -> str:
+    return cache_key(
+        "pairs", settings={"iteration": iteration, "cut_extra_rounds": recipe.pair_cut_extra_rounds},
+        inputs={"expert": expert, "explored": explored},
+    )
+
+
+def dpo_key(recipe: Recipe, model: ArtifactRef, pairs: ArtifactRef, iteration: int) -> str:
+    settings = {"dpo": recipe.dpo_for_iteration(iteration), "iteration": iteration, "seed": recipe.seed}
+    return cache_key("dpo", settings=settings, inputs={"model": model, "pairs": pairs})
+
+
+# -- stages --------------------------------------------------------------------------------------
+def expert_stage(recipe: Recipe, store: ArtifactStore, *, progress: bool = True) -> StageResult:
+    """Expert trajectories on the training tasks (from the env's expert or an ETO file)."""
+    key = expert_key(recipe)
+    if (hit := _reuse(store, "expert", key)) is not None:
+        return hit
+    if recipe.data.expert_file:
+        trajs = import_eto_file(recipe.data.expert_file, env=recipe.env.name)[: recipe.data.train_tasks]
+        skipped: list[str] = []
+    else:
+        trajs, skipped = collect_expert(
+            env_factory(recipe), _split_tasks(recipe, "train"), env_name=recipe.env.name, split="train",
+            one_shot=recipe.env.one_shot, progress=progress,
+        )
+    if not trajs:
+        raise ValueError(f"no expert trajectory succeeded on environment '{recipe.env.name}'; check its expert.")
+    folder = store.staging_dir()
+    _write_trajs(folder, trajs)
+    metrics = {
+        "expert_trajectories": float(len(trajs)),
+        "expert_skipped": float(len(skipped)),
+        "expert_avg_reward": sum(t.reward for t in trajs) / len(trajs),
+        "expert_mean_steps": sum(t.num_steps for t in trajs) / len(trajs),
+    }
+    return _publish(store, "expert", key, folder, metrics, {"skipped": skipped[:50]})
+
+
+def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef) -> StageResult:
+    """The starting model: the tiny default built from the expert corpus, or a base model path."""
+    key = model_init_key(recipe, expert)
+    if recipe.model.path is not None:
+        if (hit := _reuse(store, "model_init", key)) is not None:
+            return hit
+        # Validate now (tokenizer, chat template, weights) so a bad path fails before any training.
+        load_model(recipe.model.path, trust_remote_code=recipe.model.trust_remote_code,
+                   chat_template=recipe.model.chat_template)
+        folder = store.staging_dir()
+        (folder / POINTER_FILE).write_text(json.dumps({"path": recipe.model.path}))
+        return _publish(store, "model_init", key, folder, {}, {"base": recipe.model.path})
+
+    if (hit := _reuse(store, "model_init", key)) is not None:
+        return hit
+    trajs = read_trajectories(store, expert)[: recipe.model.tokenizer_corpus_tasks]
+    corpus = [m["content"] for t in trajs for m in t.messages]
+    tokenizer = train_tokenizer(corpus, recipe.model.tiny.vocab_size)
+    model = build_tiny_model(recipe.model.tiny, tokenizer)
+    folder = store.staging_dir()
+    save_model(model, tokenizer, folder / MODEL_DIR)
+    params = float(sum(p.numel() for p in model.parameters()))
+    return _publish(store, "model_init", key, folder, {"model_parameters": params, "vocab_size": float(len(tokenizer))}, {})
+
+
+def sft_stage(recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: ArtifactRef) -> StageResult:
+    key = sft_key(recipe, base, expert)
+    if (hit := _reuse(store, "sft", key)) is not None:
+        return hit
+    seed_everything(recipe.seed)
+    model, tokenizer = load_stage_model(recipe, store, base)
+    trajs = read_trajectories(store, expert)
+    folder = store.staging_dir()
+    result = train_sft(model, tokenizer, trajs, recipe.sft, str(folder / "trainer"))
+    save_model(result.model, tokenizer, folder / MODEL_DIR)
+    _drop_trainer_dir(folder)
+    (folder / "log_history.json").write_text(json.dumps(result.log_history))
+    metrics = {
+        "sft_first_loss": result.first_loss,
+        "sft_last_loss": result.last_loss,
+        "sft_steps": float(result.num_steps),
+        "sft_runtime_s": result.runtime_s,
+    }
+    return _publish(store, "sft", key, folder, metrics, {"log_history": result.log_history})
+
+
+def rollout_stage(
+    recipe: Recipe,
+    store: ArtifactStore,
+    model: ArtifactRef,
+    *,
+    stage: str,
+    split: str,
+    iteration: int,
+    gen: GenerationSettings,
+    progress: bool = True,
+) -> StageResult:
+    """Run the policy on a split: exploration (stage "explore") or evaluation (stage "evaluate")."""
+    source = "explore" if stage == "explore" else "eval"
+    key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    if (hit := _reuse(store, stage, key)) is not None:
+        return hit
+    seed_everything(recipe.seed + iteration)
+    hf_model, tokenizer = load_stage_model(recipe, store, model)
+    policy = LocalHFPolicy(hf_model, tokenizer, gen, model_uri=model.uri)
+    started = time.perf_counter()
+    trajs = run_episodes(
+        env_factory(recipe), _split_tasks(recipe, split), policy, env_name=recipe.env.name, split=split,
+        source=source, iteration=iteration, one_shot=recipe.env.one_shot, seed=recipe.seed,
+        batch_size=gen.batch_size, progress=progress,
+    )
+    elapsed = time.perf_counter() - started
+    folder = store.staging_dir()
+    _write_trajs(folder, trajs)
+    summary = summarize(trajs, stage=stage, iteration=iteration, split=split)
+    metrics = {
+        f"{split}_avg_reward": summary.avg_reward,
+        f"{split}_success_rate": summary.success_rate,
+        f"{split}_mean_steps": summary.mean_steps,
+        f"{split}_env_errors": summary.extra["env_errors"],
+        f"{split}_episodes_per_s": len(trajs) / elapsed if elapsed > 0 else 0.0,
+    }
+    return _publish(store, stage, key, folder, metrics, {"summary": asdict(summary)})
+
+
+def _limit(recipe: Recipe, split: str) -> int:
+    return {"train": recipe.data.train_tasks, "seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}.get(split, 0)
+
+
+def pairs_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, explored: ArtifactRef, iteration: int) -> StageResult:
+    key = pairs_key(recipe, expert, explored, iteration)
+    if (hit := _reuse(store, "pairs", key)) is not None:
+        return hit
+    pairs, stats = build_pairs(
+        read_trajectories(store, expert), read_trajectories(store, explored),
+        iteration=iteration, cut_extra_rounds=recipe.pair_cut_extra_rounds,
+    )
+    folder = store.staging_dir()
+    write_records(to_frame(pairs, "pairs"), folder / PAIRS_FILE, "pairs")
+    return _publish(store, "pairs", key, folder, stats.as_metrics(), {})
+
+
+def read_pairs(store: ArtifactStore, ref: ArtifactRef) -> list[Any]:
+    return frame_to_pairs(read_records(store.fetch(ref) / PAIRS_FILE, "pairs"))
+
+
+def dpo_stage(recipe: Recipe, store: ArtifactStore, model: ArtifactRef, pairs: ArtifactRef, iteration: int) -> StageResult:
+    settings = recipe.dpo_for_iteration(iteration)
+    key = dpo_key(recipe, model, pairs, iteration)
+    if (hit := _reuse(store, "dpo", key)) is not None:
+        return hit
+    pair_records = read_pairs(store, pairs)
+    if not pair_records:
+        raise ValueError(
+            f"iteration {iteration}: exploration produced no failure/success pairs (every episode tied with "
+            "the expert); explore more tasks (data.train_tasks) or sample (explore.temperature > 0)."
+        )
+    seed_everything(recipe.seed + iteration)
+    hf_model, tokenizer = load_stage_model(recipe, store, model)
+    folder = store.staging_dir()
+    result = train_dpo(hf_model, tokenizer, pair_records, settings, str(folder / "trainer"))
+    save_model(result.model, tokenizer, folder / MODEL_DIR)
+    _drop_trainer_dir(folder)
+    (folder / "log_history.json").write_text(json.dumps(result.log_history))
+    metrics = {
+        "dpo_first_loss": result.first_loss,
+        "dpo_last_loss": result.last_loss,
+        "dpo_steps": float(result.num_steps),
+        "dpo_runtime_s": result.runtime_s,
+        "dpo_ref_logps_s": result.ref_logps_seconds,
+        **{f"dpo_{k.replace('/', '_')}": float(v) for k, v in result.metrics.items()},
+    }
+    return _publish(store, "dpo", key, folder, metrics, {"log_history": result.log_history})
+
+
+def _drop_trainer_dir(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder / "trainer", ignore_errors=True)
+
+
+def eval_summary(trajs: list[Any], *, stage: str, iteration: int, split: str) -> EvalSummary:
+    return summarize(trajs, stage=stage, iteration=iteration, split=split)

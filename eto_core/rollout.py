@@ -1,0 +1,325 @@
+"""Batched rollouts of a policy in text environments, and expert-trajectory replay.
+
+The engine keeps up to ``batch_size`` episodes live, one environment instance per live slot
+(reused across episodes through ``reset``). Each engine step makes ONE ``policy.generate``
+call over every live episode, steps each environment with the parsed action, and refills
+finished slots from the queue so the batch stays full. Results come back in task order, and
+an episode's turns depend only on its own conversation, so a greedy policy gives the same
+trajectories whatever the batch size.
+
+Environment faults (an exception from ``reset`` or ``step``) replace that slot's environment
+and restart the episode from scratch, up to ``max_env_retries`` times; after that the episode
+is recorded with terminate_reason "env_error" and reward 0 so it is counted, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from environments.base import TextEnv
+from eto_core.policy import Policy
+from eto_core.prompts import (
+    INVALID_FORMAT_OBSERVATION,
+    agent_turn,
+    build_prompt,
+    observation_turn,
+    parse_action,
+)
+from eto_core.records import Message, Trajectory
+
+log = logging.getLogger(__name__)
+
+GENERIC_THOUGHT = "I should do the next step."
+
+EMPTY_TURN = "(no output)"
+"""Stands in for an agent turn that was empty after stripping: records require non-empty
+message content, and the turn is still a (wasted) step with an invalid-format observation."""
+
+
+@dataclass
+class _Episode:
+    index: int
+    task_id: str
+    failures: int = 0
+    messages: list[Message] = field(default_factory=list)
+    num_prompt: int = 0
+    steps: int = 0
+    reward: float = 0.0
+    success: bool = False
+    last_error: str = ""
+
+
+@dataclass
+class _Slot:
+    env: TextEnv | None = None
+    episode: _Episode | None = None
+
+
+def run_episodes(
+    make_env: Callable[[], TextEnv],
+    task_ids: Sequence[str],
+    policy: Policy,
+    *,
+    env_name: str,
+    split: str,
+    source: str,
+    iteration: int,
+    one_shot: bool,
+    seed: int = 0,
+    batch_size: int = 32,
+    max_env_retries: int = 2,
+    progress: bool = True,
+) -> list[Trajectory]:
+    """Roll ``policy`` out on every task; one trajectory per task id, in the given order.
+
+    An episode ends when the environment terminates it ("success" / "failure" from
+    ``info["success"]``), at ``env.max_steps`` steps counted here, invalid-format turns
+    included ("max_steps", also when the environment truncates), or when the policy returns
+    None because the conversation no longer fits in its context ("max_length"). ``seed`` is
+    recorded on each trajectory; sampling randomness belongs to the policy.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_env_retries < 0:
+        raise ValueError(f"max_env_retries must be >= 0, got {max_env_retries}")
+    results: list[Trajectory | None] = [None] * len(task_ids)
+    queue = deque(enumerate(task_ids))
+    slots = [_Slot() for _ in range(min(batch_size, len(task_ids)))]
+    bar = tqdm(total=len(task_ids), desc=f"{source} {env_name}/{split}", unit="ep", disable=not progress)
+
+    def record(ep: _Episode, reason: str) -> None:
+        if reason == "env_error":
+            messages = ep.messages or [
+                {"role": "user", "content": f"Environment error on task {ep.task_id}: {ep.last_error}"}
+            ]
+            num_prompt = ep.num_prompt or len(messages)
+            reward, success = 0.0, False
+        else:
+            messages, num_prompt, reward, success = ep.messages, ep.num_prompt, ep.reward, ep.success
+        results[ep.index] = Trajectory(
+            task_id=ep.task_id,
+            env=env_name,
+            split=split,
+            source=source,
+            iteration=iteration,
+            model_uri=policy.model_uri,
+            messages=messages,
+            num_prompt_messages=num_prompt,
+            reward=reward,
+            success=success,
+            num_steps=ep.steps,
+            terminate_reason=reason,
+            seed=seed,
+        )
+        bar.update(1)
+
+    def fault(slot: _Slot, ep: _Episode, exc: BaseException) -> bool:
+        """Replace the slot's environment; True when the episode should be retried."""
+        ep.failures += 1
+        ep.last_error = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "%s task %s: environment fault (attempt %d of %d): %s",
+            env_name,
+            ep.task_id,
+            ep.failures,
+            max_env_retries + 1,
+            ep.last_error,
+        )
+        _close_quietly(slot.env)
+        slot.env = None
+        return ep.failures <= max_env_retries
+
+    def start(slot: _Slot, ep: _Episode) -> None:
+        """Begin (or restart from scratch) ``ep`` in ``slot``; records it if it cannot start."""
+        while True:
+            ep.messages, ep.num_prompt, ep.steps, ep.reward, ep.success = [], 0, 0, 0.0, False
+            try:
+                if slot.env is None:
+                    slot.env = make_env()
+                env = slot.env
+                first_obs, _ = env.reset(ep.task_id)
+                prompt = build_prompt(
+                    env.task_instruction(), env.one_shot_example(), first_obs, one_shot=one_shot
+                )
+            except Exception as exc:  # any env fault: a broken instance must not stop the run
+                if fault(slot, ep, exc):
+                    continue
+                slot.episode = None
+                record(ep, "env_error")
+                return
+            ep.messages, ep.num_prompt = list(prompt), len(prompt)
+            slot.episode = ep
+            return
+
+    def refill() -> None:
+        for slot in slots:
+            while slot.episode is None and queue:
+                index, task_id = queue.popleft()
+                start(slot, _Episode(index, task_id))
+
+    try:
+        refill()
+        while True:
+            live = [slot for slot in slots if slot.episode is not None]
+            if not live:
+                break
+            turns = policy.generate([slot.episode.messages for slot in live if slot.episode is not None])
+            if len(turns) != len(live):
+                raise RuntimeError(
+                    f"policy {policy.name!r} returned {len(turns)} turns for {len(live)} episodes"
+                )
+            for slot, turn in zip(live, turns, strict=True):
+                ep = slot.episode
+                assert ep is not None and slot.env is not None
+                try:
+                    reason = _advance(slot.env, ep, turn)
+                except Exception as exc:  # env fault in step: fresh env, episode from scratch
+                    slot.episode = None
+                    if fault(slot, ep, exc):
+                        start(slot, ep)
+                    else:
+                        record(ep, "env_error")
+                    continue
+                if reason:
+                    slot.episode = None
+                    record(ep, reason)
+            refill()
+    finally:
+        bar.close()
+        for slot in slots:
+            _close_quietly(slot.env)
+    missing = [task_ids[i] for i, t in enumerate(results) if t is None]
+    if missing:  # every path above records; this guards the invariant, not a user error
+        raise RuntimeError(f"rollout lost episodes for tasks {missing[:5]}")
+    return [t for t in results if t is not None]
+
+
+def _advance(env: TextEnv, ep: _Episode, turn: str | None) -> str:
+    """Apply one agent turn; the end reason, or "" to go on. Env exceptions propagate."""
+    if turn is None:
+        return "max_length"
+    text = turn.strip() or EMPTY_TURN
+    action = parse_action(text)
+    terminated = truncated = False
+    if action is None:
+        # The environment never sees a malformed turn, but it still costs a step.
+        observation = INVALID_FORMAT_OBSERVATION
+    else:
+        result = env.step(action)
+        observation, terminated, truncated = result.observation, result.terminated, result.truncated
+        ep.reward = float(result.reward)
+        ep.success = bool(result.info.get("success", False))
+    ep.steps += 1
+    ep.messages.append({"role": "assistant", "content": text})
+    ep.messages.append({"role": "user", "content": observation_turn(observation)})
+    if terminated:
+        return "success" if ep.success else "failure"
+    if truncated or ep.steps >= env.max_steps:
+        return "max_steps"
+    return ""
+
+
+def _close_quietly(env: TextEnv | None) -> None:
+    if env is None:
+        return
+    try:
+        env.close()
+    except Exception as exc:  # closing a broken env may fail too; the slot gets a new one anyway
+        log.warning("closing environment failed: %s", exc)
+
+
+def expert_trajectory(
+    env: TextEnv, task_id: str, *, env_name: str, split: str, one_shot: bool
+) -> Trajectory | None:
+    """Replay the benchmark's expert on ``task_id``; None without an expert or if it fails.
+
+    Environment exceptions propagate (``collect_expert`` retries them on a fresh instance).
+    """
+    actions = env.expert(task_id)
+    if not actions:
+        return None
+    thoughts = env.expert_thoughts(task_id) or []
+    first_obs, _ = env.reset(task_id)
+    messages = build_prompt(env.task_instruction(), env.one_shot_example(), first_obs, one_shot=one_shot)
+    num_prompt = len(messages)
+    reward, success, steps, ended = 0.0, False, 0, False
+    for i, action in enumerate(actions):
+        thought = thoughts[i] if i < len(thoughts) and thoughts[i].strip() else GENERIC_THOUGHT
+        result = env.step(action)
+        steps += 1
+        messages.append({"role": "assistant", "content": agent_turn(thought, action)})
+        messages.append({"role": "user", "content": observation_turn(result.observation)})
+        reward, success = float(result.reward), bool(result.info.get("success", False))
+        if result.terminated or result.truncated:
+            ended = True
+            break
+    if not (ended and success):
+        # An expert that never terminates with success would teach the agent a wrong path.
+        return None
+    return Trajectory(
+        task_id=task_id,
+        env=env_name,
+        split=split,
+        source="expert",
+        iteration=0,
+        model_uri="expert",
+        messages=messages,
+        num_prompt_messages=num_prompt,
+        reward=reward,
+        success=True,
+        num_steps=steps,
+        terminate_reason="success",
+        seed=0,
+    )
+
+
+def collect_expert(
+    make_env: Callable[[], TextEnv],
+    task_ids: Sequence[str],
+    *,
+    env_name: str,
+    split: str,
+    one_shot: bool,
+    progress: bool = True,
+    max_env_retries: int = 2,
+) -> tuple[list[Trajectory], list[str]]:
+    """Expert trajectories for the tasks (in order) and the ids skipped (no or failing expert,
+    or an environment that kept failing; each skip is logged with its reason)."""
+    trajectories: list[Trajectory] = []
+    skipped: list[str] = []
+    env: TextEnv | None = None
+    try:
+        for task_id in tqdm(task_ids, desc=f"expert {env_name}/{split}", unit="ep", disable=not progress):
+            traj: Trajectory | None = None
+            for attempt in range(max_env_retries + 1):
+                try:
+                    if env is None:
+                        env = make_env()
+                    traj = expert_trajectory(env, task_id, env_name=env_name, split=split, one_shot=one_shot)
+                    if traj is None:
+                        log.info("%s task %s: no successful expert trajectory; skipped", env_name, task_id)
+                    break
+                except Exception as exc:  # env fault: replace the instance and replay from scratch
+                    log.warning(
+                        "%s task %s: environment fault in expert replay (attempt %d of %d): %s: %s",
+                        env_name,
+                        task_id,
+                        attempt + 1,
+                        max_env_retries + 1,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    _close_quietly(env)
+                    env = None
+            if traj is None:
+                skipped.append(task_id)
+            else:
+                trajectories.append(traj)
+    finally:
+        _close_quietly(env)
+    return trajectories, skipped

@@ -1,0 +1,242 @@
+"""Behavioural cloning on expert trajectories (ETO's SFT base agent) with TRL's SFTTrainer.
+
+The loss covers only the agent's own turns after the prompt. We hand TRL a pre-tokenized dataset
+(``input_ids`` + ``assistant_masks`` from ``tokenization.encode_conversation``): TRL 1.16 turns
+``assistant_masks`` into ``labels`` (-100 elsewhere) when it prepares a tokenized dataset. TRL's
+own ``assistant_only_loss=True`` cannot be used for this: it only accepts conversational
+(untokenized) datasets, and it would also train on the assistant turns of the prompt's
+in-context example, which are context, not the agent's behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from trl import SFTConfig, SFTTrainer
+
+from eto_core.lora import LoraSettings, apply_lora
+from eto_core.records import Trajectory
+from eto_core.tokenization import EncodingError, encode_conversation
+
+logger = logging.getLogger(__name__)
+
+SchedulerName = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+
+
+class SFTSettings(BaseModel):
+    """SFT hyper-parameters; the defaults suit the tiny from-scratch model on a CPU.
+
+    The paper's 7B setting is lr 2e-5, 3 epochs, batch 64 (set it in the recipe).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_train_epochs: float = Field(3.0, gt=0, description="Passes over the expert trajectories")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate")
+    per_device_train_batch_size: int = Field(8, ge=1, description="Trajectories per forward pass")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step")
+    max_length: int = Field(
+        1024, ge=16, description="Tokens kept per trajectory; longer ones lose their tail"
+    )
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of steps with linear LR warmup")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    lr_scheduler_type: SchedulerName = Field("cosine", description="Learning-rate schedule after warmup")
+    logging_steps: int = Field(1, ge=1, description="Optimizer steps between log_history entries")
+    seed: int = Field(0, description="Seed for data order and any random init (LoRA)")
+    lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights")
+
+    def to_trl(self, output_dir: str) -> SFTConfig:
+        """TRL's config for these settings, with CPU-safe, no-checkpoint, no-tracker defaults."""
+        cuda = torch.cuda.is_available()
+        return SFTConfig(
+            output_dir=output_dir,
+            num_train_epochs=self.num_train_epochs,
+            learning_rate=self.learning_rate,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            max_length=self.max_length,
+            # transformers 5 folded warmup_ratio into warmup_steps (a float < 1 is a ratio)
+            warmup_steps=self.warmup_ratio,
+            weight_decay=self.weight_decay,
+            lr_scheduler_type=self.lr_scheduler_type,
+            logging_steps=self.logging_steps,
+            seed=self.seed,
+            data_seed=self.seed,
+            # The mask comes with the tokenized dataset (see the module docstring).
+            assistant_only_loss=False,
+            completion_only_loss=False,
+            packing=False,
+            # Mixed precision is a GPU matter; the tiny model trains in fp32.
+            bf16=cuda and torch.cuda.is_bf16_supported(),
+            fp16=False,
+            use_cpu=not cuda,
+            # TRL enables checkpointing by default: on small models it only costs time.
+            activation_checkpointing=False,
+            report_to="none",
+            save_strategy="no",
+            dataloader_num_workers=0,
+            dataloader_pin_memory=cuda,
+            disable_tqdm=True,
+            shuffle_dataset=False,  # the Trainer's sampler already shuffles every epoch
+        )
+
+
+@dataclass
+class TrainResult:
+    model: PreTrainedModel
+    """The trained model; a LoRA adapter stays unmerged (``modeling.save_model`` merges)."""
+    log_history: list[dict[str, Any]]
+    first_loss: float
+    """Loss of the first log_history entry (a mean over ``logging_steps`` steps)."""
+    last_loss: float
+    num_steps: int
+    runtime_s: float
+    num_examples: int
+    num_truncated: int
+    """Examples cut at max_length (their tail is not trained on)."""
+
+
+def first_last_loss(log_history: list[dict[str, Any]]) -> tuple[float, float]:
+    """First and last logged training loss; the run's mean loss if no step was logged."""
+    losses = [float(e["loss"]) for e in log_history if "loss" in e]
+    if not losses:
+        mean = next((float(e["train_loss"]) for e in log_history if "train_loss" in e), float("nan"))
+        return mean, mean
+    return losses[0], losses[-1]
+
+
+class LoggingCallback(TrainerCallback):
+    """Training logs go to Python logging (the pipeline's log handler) instead of stdout."""
+
+    def __init__(self, name: str) -> None:
+        self.log = logging.getLogger(name)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if logs and state.is_local_process_zero:
+            self.log.info("step %d/%d: %s", state.global_step, state.max_steps, logs)
+
+
+def quiet_trainer(trainer: Trainer, name: str) -> None:
+    """With disable_tqdm the Trainer prints every log dict; route them to logging instead."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LoggingCallback(name))
+
+
+@contextmanager
+def keep_forward(model: PreTrainedModel) -> Iterator[None]:
+    """Undo, on exit, SFTTrainer's per-instance fused-LM-head patch of ``model.forward``.
+
+    The model we hand back then has the forward it came with: its class's, or an instance-level
+    one it already had (accelerate's device-map hooks live there, so we restore, not delete).
+    """
+    own = vars(model)
+    had, saved = "forward" in own, own.get("forward")
+    try:
+        yield
+    finally:
+        if had:
+            own["forward"] = saved
+        else:
+            own.pop("forward", None)
+
+
+def _sft_dataset(
+    tokenizer: PreTrainedTokenizerBase, trajectories: list[Trajectory], max_length: int
+) -> tuple[Dataset, int]:
+    rows: list[dict[str, list[int]]] = []
+    truncated = 0
+    for traj in trajectories:
+        try:
+            enc = encode_conversation(tokenizer, traj.messages, traj.num_prompt_messages, max_length)
+        except EncodingError as exc:
+            if exc.reason == "truncated_away":
+                # One over-long prompt should not stop the run; the count is in the warning.
+                logger.warning("SFT: skipping task %s: %s", traj.task_id, exc)
+                continue
+            raise EncodingError(f"SFT trajectory of task {traj.task_id}: {exc}", exc.reason) from None
+        truncated += enc.truncated
+        rows.append({"input_ids": enc.input_ids, "assistant_masks": enc.agent_mask})
+    if not rows:
+        raise ValueError(
+            f"SFT: none of the {len(trajectories)} trajectories keeps an agent token within "
+            f"max_length={max_length}; raise sft.max_length."
+        )
+    return Dataset.from_list(rows), truncated
+
+
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    trajectories: list[Trajectory],
+    settings: SFTSettings,
+    output_dir: str,
+) -> TrainResult:
+    """Fine-tune ``model`` on the agent turns of ``trajectories``; returns the trained model."""
+    if not trajectories:
+        raise ValueError("SFT needs at least one trajectory; the expert trajectory file is empty.")
+    dataset, num_truncated = _sft_dataset(tokenizer, trajectories, settings.max_length)
+    if num_truncated:
+        logger.warning(
+            "SFT: %d of %d trajectories exceed max_length=%d and lose their tail",
+            num_truncated,
+            len(dataset),
+            settings.max_length,
+        )
+    # Typed wide on purpose: with LoRA the trainee is a PeftModel around ``model``.
+    trainee: PreTrainedModel | PeftModel = (
+        model if settings.lora is None else apply_lora(model, settings.lora)
+    )
+
+    # TRL patches the unwrapped model (the PeftModel's base is ``model`` itself).
+    with keep_forward(model):
+        trainer = SFTTrainer(
+            model=trainee,
+            args=settings.to_trl(output_dir),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+        quiet_trainer(trainer, __name__)
+        start = time.perf_counter()
+        trainer.train()
+        runtime = time.perf_counter() - start
+
+    trained = trainer.model
+    assert isinstance(trained, torch.nn.Module)
+    history = list(trainer.state.log_history)
+    first, last = first_last_loss(history)
+    return TrainResult(
+        model=trained,  # type: ignore[arg-type]
+        log_history=history,
+        first_loss=first,
+        last_loss=last,
+        num_steps=trainer.state.global_step,
+        runtime_s=runtime,
+        num_examples=len(dataset),
+        num_truncated=num_truncated,
+    )

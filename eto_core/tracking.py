@@ -1,0 +1,159 @@
+"""MLflow helpers: a parent run per pipeline run, a nested run per stage, models registered.
+
+Uses ``MlflowClient`` with explicit run ids rather than the fluent API's active-run stack,
+because Prefect may run stages on worker threads where that stack is not shared.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from eto_core.records import EvalSummary
+
+PARENT_TAG = "mlflow.parentRunId"
+_MAX_PARAM = 500
+
+
+def flatten(prefix: str, value: Any) -> dict[str, str]:
+    """Nested settings -> flat ``a.b.c`` params (MLflow params are flat strings)."""
+    if isinstance(value, Mapping):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: str(value)[:_MAX_PARAM]}
+
+
+class Tracker:
+    """Thin wrapper over one tracking URI and experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        self.tracking_uri = tracking_uri
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+
+    def start_run(self, name: str, *, parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+        all_tags = dict(tags or {})
+        if parent:
+            all_tags[PARENT_TAG] = parent
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return str(run.info.run_id)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        flat = flatten("", dict(params))
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        items = [Metric(_clean(k), float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
+
+    def log_history(self, run_id: str, history: Sequence[Mapping[str, Any]], prefix: str) -> None:
+        """Trainer log_history -> step-indexed metrics."""
+        for entry in history:
+            step = int(entry.get("step", 0))
+            numeric = {f"{prefix}/{k}": float(v) for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
+            if numeric:
+                self.log_metrics(run_id, numeric, step=step)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(run_id, figure, artifact_file)
+
+    def log_dataset(self, run_id: str, frame: pd.DataFrame, *, name: str, source_uri: str, context: str) -> None:
+        """Record a dataset input (name, digest, source URI) so a model traces back to its data."""
+        light = frame.drop(columns=[c for c in ("messages", "prompt", "chosen", "rejected") if c in frame], errors="ignore")
+        with warnings.catch_warnings():
+            # MLflow warns that a file:// source is ambiguous and that int columns can't hold NaN;
+            # neither matters for a record of where the data lives.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(light, source=source_uri, name=name)
+            self.client.log_inputs(run_id, datasets=[_dataset_input(dataset, context)])
+
+    def register_model(self, name: str, run_id: str, artifact_path: str, tags: Mapping[str, str]) -> str:
+        """A new version of registered model ``name`` whose source is the run's model folder."""
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
+                raise
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        version = self.client.create_model_version(
+            name, source=source, run_id=run_id, tags={k: str(v) for k, v in tags.items()}
+        )
+        return str(version.version)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+
+def _clean(key: str) -> str:
+    # MLflow keys allow alphanumerics, _ - . space / only
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in key)
+
+
+def _dataset_input(dataset: Any, context: str) -> Any:
+    from mlflow.entities import DatasetInput, InputTag
+
+    return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value=context)])
+
+
+def reward_plot(summaries: Sequence[EvalSummary], title: str) -> Any:
+    """Average reward and success per iteration on each split (iteration 0 = SFT)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for split in sorted({s.split for s in summaries}):
+        pts = sorted((s.iteration, s.avg_reward, s.success_rate) for s in summaries if s.split == split)
+        xs = [p[0] for p in pts]
+        axes[0].plot(xs, [p[1] for p in pts], marker="o", label=split)
+        axes[1].plot(xs, [p[2] for p in pts], marker="o", label=split)
+    for ax, label in zip(axes, ("average reward", "success rate"), strict=True):
+        ax.set_xlabel("ETO iteration (0 = SFT)")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_plot(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as tmp:
+        fig.savefig(tmp.name, dpi=110)
+    Path(tmp.name).replace(path)
+    return path

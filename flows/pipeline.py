@@ -1,0 +1,150 @@
+"""The ETO pipeline as Prefect flows.
+
+``eto_pipeline``: one flow run = expert data + SFT + seen/unseen evaluation, then N iterations
+of explore -> pairs -> DPO -> evaluation, each stage a cached task; one MLflow parent run with a
+nested run per stage. ``sft_flow`` and ``eto_iteration_flow`` run parts on their own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from eto_core import pipeline as P
+from eto_core.config import Recipe
+from eto_core.evaluation import results_table
+from eto_core.records import EvalSummary
+from eto_core.storage import ArtifactRef, ArtifactStore
+from eto_core.tracking import Tracker, reward_plot
+from tasks.stages import (
+    dpo_task,
+    expert_task,
+    model_init_task,
+    pairs_task,
+    rollout_task,
+    sft_task,
+    summary_of,
+)
+
+EVAL_SPLITS = ("seen", "unseen")
+
+
+def _evaluate(
+    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, iteration: int,
+    tracker: Tracker | None, parent: str | None,
+) -> list[EvalSummary]:
+    out = []
+    for split in EVAL_SPLITS:
+        result = rollout_task(recipe, store, model, stage="evaluate", split=split, iteration=iteration,
+                              gen=recipe.evaluate, tracker=tracker, parent=parent)
+        summary = summary_of(result)
+        summary.stage = stage
+        out.append(summary)
+    return out
+
+
+def _iteration(
+    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, policy: ArtifactRef, iteration: int,
+    tracker: Tracker | None, parent: str | None, flow_run_id: str,
+) -> tuple[P.StageResult, P.StageResult, list[EvalSummary]]:
+    explored = rollout_task(recipe, store, policy, stage="explore", split="train", iteration=iteration,
+                            gen=recipe.explore, tracker=tracker, parent=parent)
+    pairs = pairs_task(recipe, store, expert, explored.ref, iteration, tracker=tracker, parent=parent)
+    new_policy = dpo_task(recipe, store, policy, pairs.ref, iteration, tracker=tracker, parent=parent,
+                          flow_run_id=flow_run_id)
+    summaries = _evaluate(recipe, store, new_policy.ref, stage="dpo", iteration=iteration, tracker=tracker,
+                          parent=parent)
+    return pairs, new_policy, summaries
+
+
+def _flow_run_id() -> str:
+    return str(flow_run.get_id() or "")
+
+
+@flow(name="eto-pipeline", log_prints=True)
+def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
+    """SFT on expert trajectories, then ``recipe.iterations`` rounds of ETO, evaluated on seen/unseen."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    store = P.make_store(recipe, state_dir)
+    tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
+    flow_run_id = _flow_run_id()
+    parent = tracker.start_run(f"{recipe.name}", tags={"prefect.flow_run_id": flow_run_id, "eto.recipe": recipe.name,
+                                                       "eto.env": recipe.env.name})
+    status = "FAILED"
+    try:
+        tracker.log_params(parent, recipe.model_dump(mode="json"))
+
+        expert = expert_task(recipe, store, tracker=tracker, parent=parent)
+        base = model_init_task(recipe, store, expert.ref)
+        sft = sft_task(recipe, store, base.ref, expert.ref, tracker=tracker, parent=parent, flow_run_id=flow_run_id)
+        summaries = _evaluate(recipe, store, sft.ref, stage="sft", iteration=0, tracker=tracker, parent=parent)
+        stage_metrics: dict[str, float] = {**expert.metrics, **base.metrics, **sft.metrics}
+        versions = {0: sft.info.get("model_version")}
+        policy = sft
+        for iteration in range(1, recipe.iterations + 1):
+            pairs, policy, iter_summaries = _iteration(recipe, store, expert.ref, policy.ref, iteration, tracker,
+                                                       parent, flow_run_id)
+            summaries += iter_summaries
+            tracker.log_metrics(parent, {**pairs.metrics, **policy.metrics}, step=iteration)
+            versions[iteration] = policy.info.get("model_version")
+
+        for s in summaries:
+            tracker.log_metrics(parent, {f"{s.split}_avg_reward": s.avg_reward, f"{s.split}_success_rate": s.success_rate,
+                                         f"{s.split}_mean_steps": s.mean_steps}, step=s.iteration)
+            version = versions.get(s.iteration)
+            if version:
+                tracker.client.set_model_version_tag(recipe.model_name, version, f"{s.split}_avg_reward", f"{s.avg_reward:.4f}")
+                tracker.client.set_model_version_tag(recipe.model_name, version, f"{s.split}_success_rate", f"{s.success_rate:.4f}")
+        tracker.log_metrics(parent, stage_metrics)
+        table = results_table(summaries)
+        fig = reward_plot(summaries, f"ETO on {recipe.env.name} ({recipe.name})")
+        tracker.log_figure(parent, fig, "reward_per_iteration.png")
+        tracker.log_text(parent, table, "results.md")
+        create_markdown_artifact(
+            key=f"eto-results-{recipe.name}".lower().replace("_", "-"),
+            markdown=f"# ETO results: {recipe.name} on {recipe.env.name}\n\n{table}\n",
+            description="Average reward and success rate per iteration on seen/unseen tasks",
+        )
+        elapsed = time.perf_counter() - started
+        tracker.log_metrics(parent, {"pipeline_seconds": elapsed})
+        logger.info("ETO results (%s):\n%s", recipe.name, table)
+        status = "FINISHED"
+        return {
+            "table": table,
+            "summaries": [asdict(s) for s in summaries],
+            "mlflow_run_id": parent,
+            "final_model": policy.ref.to_dict(),
+            "model_versions": versions,
+            "seconds": elapsed,
+        }
+    finally:
+        tracker.end_run(parent, status=status)
+
+
+@flow(name="eto-sft", log_prints=True)
+def sft_flow(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
+    """Expert data, SFT and its seen/unseen evaluation only."""
+    store = P.make_store(recipe, state_dir)
+    expert = expert_task(recipe, store)
+    base = model_init_task(recipe, store, expert.ref)
+    sft = sft_task(recipe, store, base.ref, expert.ref)
+    summaries = _evaluate(recipe, store, sft.ref, stage="sft", iteration=0, tracker=None, parent=None)
+    return {"model": sft.ref.to_dict(), "table": results_table(summaries)}
+
+
+@flow(name="eto-iteration", log_prints=True)
+def eto_iteration_flow(
+    recipe: Recipe, policy_uri: str, policy_digest: str, iteration: int = 1, state_dir: str = ".eto"
+) -> dict[str, Any]:
+    """One ETO iteration (explore -> pairs -> DPO -> eval) from a given policy artifact."""
+    store = P.make_store(recipe, state_dir)
+    expert = expert_task(recipe, store)
+    _, new_policy, summaries = _iteration(recipe, store, expert.ref, ArtifactRef(policy_uri, policy_digest),
+                                          iteration, None, None, _flow_run_id())
+    return {"model": new_policy.ref.to_dict(), "table": results_table(summaries)}

@@ -1,0 +1,169 @@
+"""One Prefect task per stage. Each is thin: call eto_core, log to MLflow, return a small result.
+
+Cache keys are explicit (``eto_core.pipeline.*_key``: stage settings + content digests of the
+input artifacts + versions), so Prefect's cache and the artifact store agree on what "the same
+stage" means. Models, stores and trackers are passed in but never hashed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from eto_core import pipeline as P
+from eto_core.config import Recipe
+from eto_core.policy import GenerationSettings
+from eto_core.records import EvalSummary
+from eto_core.storage import ArtifactRef, ArtifactStore
+from eto_core.tracking import Tracker
+
+
+def _key(fn: Any, *names: str) -> Any:
+    """A Prefect cache_key_fn from an eto_core key function applied to the task's parameters.
+
+    It returns None (run the task) when the artifact behind the key is gone, so Prefect's cache
+    never hands back a result that points at deleted files.
+    """
+    stage = fn.__name__.removesuffix("_key")
+
+    def key_fn(_: TaskRunContext, params: dict[str, Any]) -> str | None:
+        key = fn(params["recipe"], *(params[n] for n in names))
+        if params["store"].find(params["store"].uri_for(stage, key)) is None:
+            return None
+        return f"eto-{stage}-{key}"
+
+    return key_fn
+
+
+def _stage_run(
+    tracker: Tracker | None, parent: str | None, result: P.StageResult, name: str, params: dict[str, Any]
+) -> str | None:
+    """A nested MLflow run for a stage that actually ran; reused stages were logged when they ran."""
+    if tracker is None or parent is None or result.cached:
+        return None
+    run_id = tracker.start_run(name, parent=parent, tags={"eto.stage": result.stage, "eto.cached": str(result.cached),
+                                                          "eto.artifact": result.ref.uri})
+    tracker.log_params(run_id, params)
+    tracker.log_metrics(run_id, result.metrics)
+    history = result.info.get("log_history")
+    if history:
+        tracker.log_history(run_id, history, prefix="train")
+    return run_id
+
+
+def _finish(tracker: Tracker | None, run_id: str | None) -> None:
+    if tracker is not None and run_id is not None:
+        tracker.end_run(run_id)
+
+
+@task(name="expert-trajectories", cache_key_fn=_key(P.expert_key), persist_result=True)
+def expert_task(recipe: Recipe, store: ArtifactStore, tracker: Tracker | None = None, parent: str | None = None) -> P.StageResult:
+    result = P.expert_stage(recipe, store)
+    run_id = _stage_run(tracker, parent, result, "expert", {"env": recipe.env.model_dump(), "data": recipe.data.model_dump()})
+    if tracker and run_id:
+        frame = P.read_records(store.fetch(result.ref) / P.TRAJ_FILE, "trajectories")
+        tracker.log_dataset(run_id, frame, name="expert-trajectories", source_uri=result.ref.uri, context="training")
+    _finish(tracker, run_id)
+    return result
+
+
+@task(name="init-model", cache_key_fn=_key(P.model_init_key, "expert"), persist_result=True)
+def model_init_task(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef) -> P.StageResult:
+    return P.model_init_stage(recipe, store, expert)
+
+
+def _log_model(
+    tracker: Tracker | None, run_id: str | None, recipe: Recipe, store: ArtifactStore, result: P.StageResult,
+    *, stage: str, iteration: int, flow_run_id: str,
+) -> str | None:
+    """Log the model folder and register it as a new version; returns the version."""
+    if tracker is None or run_id is None or not recipe.tracking.log_models:
+        return None
+    folder = Path(P.model_folder(store, result.ref))
+    if not folder.is_dir():  # a hub id the user points at: nothing local to log
+        return None
+    tracker.log_artifacts(run_id, folder, "model")
+    return tracker.register_model(
+        recipe.model_name, run_id, "model",
+        tags={"env": recipe.env.name, "stage": stage, "iteration": str(iteration), "artifact": result.ref.uri,
+              "artifact_digest": result.ref.digest, "prefect_flow_run_id": flow_run_id, "recipe": recipe.name},
+    )
+
+
+@task(name="sft", cache_key_fn=_key(P.sft_key, "base", "expert"), persist_result=True)
+def sft_task(
+    recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: ArtifactRef,
+    tracker: Tracker | None = None, parent: str | None = None, flow_run_id: str = "",
+) -> P.StageResult:
+    result = P.sft_stage(recipe, store, base, expert)
+    run_id = _stage_run(tracker, parent, result, "sft", {"sft": recipe.sft.model_dump(), "seed": recipe.seed})
+    version = _log_model(tracker, run_id, recipe, store, result, stage="sft", iteration=0, flow_run_id=flow_run_id)
+    result.info["model_version"] = version
+    _finish(tracker, run_id)
+    result.info.pop("log_history", None)
+    return result
+
+
+def _rollout_key(_: TaskRunContext, params: dict[str, Any]) -> str | None:
+    stage = params["stage"]
+    key = P.rollout_key(params["recipe"], params["model"], stage=stage, split=params["split"],
+                        iteration=params["iteration"], gen=params["gen"])
+    if params["store"].find(params["store"].uri_for(stage, key)) is None:
+        return None
+    return f"eto-{stage}-{key}"
+
+
+@task(name="rollout", task_run_name="{stage}-{split}-iter{iteration}", cache_key_fn=_rollout_key, persist_result=True)
+def rollout_task(
+    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, split: str, iteration: int,
+    gen: GenerationSettings, tracker: Tracker | None = None, parent: str | None = None,
+) -> P.StageResult:
+    result = P.rollout_stage(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    run_id = _stage_run(tracker, parent, result, f"{stage}-{split}-iter{iteration}",
+                        {"generation": gen.model_dump(), "split": split, "iteration": iteration})
+    if tracker and run_id and stage == "explore":
+        frame = P.read_records(store.fetch(result.ref) / P.TRAJ_FILE, "trajectories")
+        tracker.log_dataset(run_id, frame, name=f"explore-iter{iteration}", source_uri=result.ref.uri, context="exploration")
+    _finish(tracker, run_id)
+    return result
+
+
+@task(name="pairs", task_run_name="pairs-iter{iteration}", cache_key_fn=_key(P.pairs_key, "expert", "explored", "iteration"), persist_result=True)
+def pairs_task(
+    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, explored: ArtifactRef, iteration: int,
+    tracker: Tracker | None = None, parent: str | None = None,
+) -> P.StageResult:
+    result = P.pairs_stage(recipe, store, expert, explored, iteration)
+    run_id = _stage_run(tracker, parent, result, f"pairs-iter{iteration}", {"cut_extra_rounds": recipe.pair_cut_extra_rounds})
+    if tracker and run_id:
+        frame = P.read_records(store.fetch(result.ref) / P.PAIRS_FILE, "pairs")
+        tracker.log_dataset(run_id, frame, name=f"pairs-iter{iteration}", source_uri=result.ref.uri, context="training")
+    _finish(tracker, run_id)
+    return result
+
+
+@task(name="dpo", task_run_name="dpo-iter{iteration}", cache_key_fn=_key(P.dpo_key, "model", "pairs", "iteration"), persist_result=True)
+def dpo_task(
+    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, pairs: ArtifactRef, iteration: int,
+    tracker: Tracker | None = None, parent: str | None = None, flow_run_id: str = "",
+) -> P.StageResult:
+    result = P.dpo_stage(recipe, store, model, pairs, iteration)
+    run_id = _stage_run(tracker, parent, result, f"dpo-iter{iteration}",
+                        {"dpo": recipe.dpo_for_iteration(iteration).model_dump(), "iteration": iteration})
+    version = _log_model(tracker, run_id, recipe, store, result, stage="dpo", iteration=iteration, flow_run_id=flow_run_id)
+    result.info["model_version"] = version
+    _finish(tracker, run_id)
+    result.info.pop("log_history", None)
+    return result
+
+
+def summary_of(result: P.StageResult) -> EvalSummary:
+    return EvalSummary(**result.info["summary"])
+
+
+def summaries_as_dicts(summaries: list[EvalSummary]) -> list[dict[str, Any]]:
+    return [asdict(s) for s in summaries]

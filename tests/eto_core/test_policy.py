@@ -1,0 +1,117 @@
+"""LocalHFPolicy: batching must not change what a greedy model writes, long contexts give None."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+import torch
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+
+from eto_core.modeling import TinyModelConfig, build_tiny_model
+from eto_core.policy import GenerationSettings, LocalHFPolicy, Policy, _ActionLineStop
+from eto_core.records import Message
+
+
+def lively_model(tokenizer: PreTrainedTokenizerBase, max_positions: int = 512) -> LlamaForCausalLM:
+    """A tiny random model whose weights are scaled up so greedy decoding varies token by token.
+
+    At the default init scale a random model repeats one token forever, which would let a
+    broken padding/attention mask go unnoticed.
+    """
+    cfg = TinyModelConfig(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=max_positions,
+    )
+    model = build_tiny_model(cfg, tokenizer)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3, generator=gen)
+    return model
+
+
+def conversations() -> list[list[Message]]:
+    convs = []
+    for k in (1, 4, 11, 25):
+        convs.append(
+            [
+                {"role": "user", "content": "Task: take the mug. " * k},
+                {"role": "assistant", "content": "Thought: go.\nAction: go to desk"},
+                {"role": "user", "content": "Observation: On the desk you see a mug."},
+            ][: 1 if k % 2 else 3]
+        )
+    return convs
+
+
+def test_settings_forbid_unknown_fields() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        GenerationSettings(max_tokens=3)  # type: ignore[call-arg]
+    assert GenerationSettings().temperature == 0.0
+
+
+def test_batched_equals_one_at_a_time(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    settings = GenerationSettings(max_new_tokens=12, max_context_tokens=512)
+    policy = LocalHFPolicy(lively_model(tiny_tokenizer), tiny_tokenizer, settings, model_uri="m")
+    assert isinstance(policy, Policy)
+    convs = conversations()
+    lengths = {len(policy.encode(c)) for c in convs}
+    assert len(lengths) == len(convs)  # different lengths, so rows really are padded
+    batched = policy.generate(convs)
+    single = [policy.generate([c])[0] for c in convs]
+    assert batched == single
+    assert all(isinstance(t, str) and t for t in batched)
+    assert len(set(batched)) > 1
+    # More conversations than batch_size: split into chunks, same answers.
+    chunked = LocalHFPolicy(
+        policy.model, tiny_tokenizer, settings.model_copy(update={"batch_size": 3})
+    ).generate(convs + convs)
+    assert chunked == batched + batched
+    assert policy.generated_tokens > 0
+
+
+def test_too_long_conversation_gives_none(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    settings = GenerationSettings(max_new_tokens=8, max_context_tokens=4096)
+    # The model's position table (256) is tighter than the setting, so it wins.
+    policy = LocalHFPolicy(lively_model(tiny_tokenizer, max_positions=256), tiny_tokenizer, settings)
+    assert policy.max_context_tokens == 256
+    short: list[Message] = [{"role": "user", "content": "Task: take the mug."}]
+    long: list[Message] = [{"role": "user", "content": "Task: take the mug. " * 200}]
+    assert policy.fits(short) and not policy.fits(long)
+    out = policy.generate([long, short, long])
+    assert out[0] is None and out[2] is None
+    assert out[1] == policy.generate([short])[0]
+    assert policy.generate([long]) == [None]
+
+
+def test_sampling_is_seeded_and_leaves_global_rng_alone(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    model = lively_model(tiny_tokenizer)
+    settings = GenerationSettings(max_new_tokens=10, temperature=1.0, seed=7)
+    convs = conversations()
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = LocalHFPolicy(model, tiny_tokenizer, settings).generate(convs)
+    assert torch.equal(torch.rand(1), expected_next)
+    second = LocalHFPolicy(model, tiny_tokenizer, settings).generate(convs)
+    assert first == second
+    other = LocalHFPolicy(model, tiny_tokenizer, settings.model_copy(update={"seed": 8})).generate(convs)
+    assert other != first
+
+
+def test_action_line_stop(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    prompt = [5, 6]
+
+    def done(text: str) -> bool:
+        ids = prompt + tiny_tokenizer.encode(text, add_special_tokens=False)
+        stop = _ActionLineStop(tiny_tokenizer, len(prompt))
+        return bool(stop(torch.tensor([ids]), None)[0])
+
+    assert done("Thought: go.\nAction: go to desk\n")
+    assert not done("Thought: go.\nAction: go to desk")  # the line may still grow
+    assert not done("Thought: go.\nAction:\n")  # no action yet
+    assert not done("Thought: go to the desk\n")

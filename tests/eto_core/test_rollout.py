@@ -1,0 +1,373 @@
+"""The rollout engine and expert replay, on a tiny counter environment and on ``tidy``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from transformers import PreTrainedTokenizerBase
+
+from environments.base import EnvError, Split, StepResult, TextEnv
+from eto_core.policy import GenerationSettings, LocalHFPolicy
+from eto_core.prompts import INVALID_FORMAT_OBSERVATION, agent_turn, parse_action
+from eto_core.records import Message, Trajectory, to_frame
+from eto_core.rollout import EMPTY_TURN, collect_expert, expert_trajectory, run_episodes
+from tests.eto_core.test_policy import lively_model
+
+# --- a tiny environment --------------------------------------------------------------------
+
+
+class CounterEnv(TextEnv):
+    """Task "count-N": "add" N times, then "stop". Reward = progress so far (capped at 1).
+
+    ``faults`` maps (task_id, step number) to how many more times that step should raise; it is
+    shared between instances so a retried episode on a fresh env sees the decremented count.
+    """
+
+    name = "counter"
+    max_steps = 6
+
+    def __init__(self, faults: dict[tuple[str, int], int] | None = None, log: list[str] | None = None):
+        self.faults = faults if faults is not None else {}
+        self.log = log if log is not None else []
+        self.task = ""
+        self.target = 0
+        self.count = 0
+        self.steps = 0
+        self.closed = False
+
+    def tasks(self, split: Split) -> list[str]:
+        return [f"count-{n}" for n in range(1, 5)]
+
+    def _maybe_fail(self, step: int) -> None:
+        key = (self.task, step)
+        if self.faults.get(key, 0) > 0:
+            self.faults[key] -= 1
+            raise EnvError(f"simulated crash at {key}")
+
+    def reset(self, task_id: str) -> tuple[str, dict[str, Any]]:
+        assert not self.closed
+        self.task, self.target, self.count, self.steps = task_id, int(task_id.split("-")[1]), 0, 0
+        self.log.append(f"reset {task_id}")
+        self._maybe_fail(0)
+        # The observation's length grows with the target, so batched prompts need padding.
+        return f"Task: count to {self.target} ({task_id})." + " One more." * self.target, {
+            "instruction": "count"
+        }
+
+    def step(self, action: str) -> StepResult:
+        assert not self.closed
+        self.steps += 1
+        self._maybe_fail(self.steps)
+        if action == "add":
+            self.count += 1
+        terminated = action == "stop"
+        success = terminated and self.count == self.target
+        truncated = not terminated and self.steps >= self.max_steps
+        reward = min(1.0, self.count / self.target)
+        return StepResult(f"Count is {self.count}.", reward, terminated, truncated, {"success": success})
+
+    def expert(self, task_id: str) -> list[str] | None:
+        n = int(task_id.split("-")[1])
+        if n == 4:
+            return None  # no expert for this task
+        return ["add"] * n + ["stop"] if n != 3 else ["add", "stop"]  # task 3's expert fails
+
+    def task_instruction(self) -> str:
+        return "Count to the target with 'add', then 'stop'."
+
+    def one_shot_example(self) -> list[tuple[str, str]]:
+        return [
+            ("Task: count to 1.", agent_turn("One add.", "add")),
+            ("Count is 1.", agent_turn("Done.", "stop")),
+        ]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ScriptedPolicy:
+    """Plays a fixed list of turns per task (found from the first observation); None = too long."""
+
+    name = "scripted"
+    model_uri = "scripted://test"
+
+    def __init__(self, scripts: dict[str, list[str | None]], default: str | None = None) -> None:
+        self.scripts = scripts
+        self.default = default
+        self.batch_sizes: list[int] = []
+
+    def generate(self, conversations: Sequence[list[Message]]) -> list[str | None]:
+        self.batch_sizes.append(len(conversations))
+        out: list[str | None] = []
+        for conv in conversations:
+            task = re.search(r"\((count-\d+)\)", conv[2]["content"])  # prompt without example
+            assert task is not None
+            turn = sum(m["role"] == "assistant" for m in conv[3:])
+            script = self.scripts.get(task.group(1), [])
+            out.append(script[turn] if turn < len(script) else self.default)
+        return out
+
+
+def act(action: str) -> str:
+    return agent_turn("next", action)
+
+
+def rollout(
+    tasks: Sequence[str], policy: Any, make_env: Callable[[], TextEnv] = CounterEnv, **kw: Any
+) -> list[Trajectory]:
+    args: dict[str, Any] = dict(
+        env_name="counter", split="train", source="explore", iteration=1, one_shot=False, progress=False
+    )
+    args.update(kw)
+    return run_episodes(make_env, tasks, policy, **args)
+
+
+def check_alternation(traj: Trajectory) -> None:
+    after = traj.messages[traj.num_prompt_messages :]
+    assert traj.messages[traj.num_prompt_messages - 1]["role"] == "user"
+    assert [m["role"] for m in after] == ["assistant", "user"] * traj.num_steps
+    to_frame([traj], "trajectories")  # schema-valid
+
+
+# --- rollout outcomes ---------------------------------------------------------------------
+
+
+def test_outcomes_and_order_with_refill() -> None:
+    scripts: dict[str, list[str | None]] = {
+        "count-1": [act("add"), act("stop")],  # success
+        "count-2": [act("add"), act("stop")],  # failure (stopped early)
+        "count-3": [act("add")] * 10,  # env truncates at max_steps
+        "count-4": ["no action here", "", act("add"), *["gibberish"] * 10],  # invalid formats -> max_steps
+        "count-5": [act("add"), None],  # context too long on the second turn
+        "count-6": [None],  # prompt alone too long
+    }
+    tasks = ["count-4", "count-1", "count-5", "count-2", "count-6", "count-3"]
+    policy = ScriptedPolicy(scripts)
+    trajs = rollout(tasks, policy, batch_size=2, seed=9)
+    assert [t.task_id for t in trajs] == tasks
+    by = {t.task_id: t for t in trajs}
+    assert (by["count-1"].terminate_reason, by["count-1"].success, by["count-1"].reward) == (
+        "success",
+        True,
+        1.0,
+    )
+    assert (by["count-2"].terminate_reason, by["count-2"].success, by["count-2"].reward) == (
+        "failure",
+        False,
+        0.5,
+    )
+    assert by["count-3"].terminate_reason == "max_steps" and by["count-3"].num_steps == 6
+    c4 = by["count-4"]
+    assert c4.terminate_reason == "max_steps" and c4.num_steps == CounterEnv.max_steps
+    assert c4.messages[c4.num_prompt_messages + 1]["content"] == f"Observation: {INVALID_FORMAT_OBSERVATION}"
+    assert c4.messages[c4.num_prompt_messages + 2]["content"] == EMPTY_TURN
+    assert c4.reward == 0.25  # the one valid "add" of 4; invalid turns never reach the env
+    assert (by["count-5"].terminate_reason, by["count-5"].num_steps, by["count-5"].reward) == (
+        "max_length",
+        1,
+        0.2,
+    )
+    assert (by["count-6"].terminate_reason, by["count-6"].num_steps, by["count-6"].reward) == (
+        "max_length",
+        0,
+        0.0,
+    )
+    for t in trajs:
+        assert (t.source, t.iteration, t.model_uri, t.seed, t.env) == (
+            "explore",
+            1,
+            "scripted://test",
+            9,
+            "counter",
+        )
+        assert t.num_prompt_messages == 3
+        check_alternation(t)
+    # Slots are refilled as episodes end: the batch stays full while the queue has tasks.
+    assert max(policy.batch_sizes) == 2
+    first_short = policy.batch_sizes.index(1)
+    assert all(b == 1 for b in policy.batch_sizes[first_short:])
+    assert sum(policy.batch_sizes) == sum(t.num_steps for t in trajs) + 2  # + the two None turns
+
+
+def test_env_reused_across_episodes_and_closed() -> None:
+    envs: list[CounterEnv] = []
+
+    def make() -> CounterEnv:
+        envs.append(CounterEnv())
+        return envs[-1]
+
+    trajs = rollout(
+        [f"count-{n}" for n in (1, 1, 1, 1)],
+        ScriptedPolicy({"count-1": [act("add"), act("stop")]}),
+        make,
+        batch_size=2,
+    )
+    assert all(t.success for t in trajs)
+    assert len(envs) == 2 and all(e.closed for e in envs)
+
+
+def test_env_fault_retried_then_succeeds() -> None:
+    log: list[str] = []
+    faults = {("count-2", 2): 1, ("count-1", 0): 2}  # a step crash once; a reset crash twice
+    policy = ScriptedPolicy(
+        {"count-1": [act("add"), act("stop")], "count-2": [act("add"), act("add"), act("stop")]}
+    )
+    trajs = rollout(["count-1", "count-2"], policy, lambda: CounterEnv(faults, log), batch_size=2)
+    assert [t.terminate_reason for t in trajs] == ["success", "success"]
+    assert trajs[1].num_steps == 3 and trajs[1].reward == 1.0  # restarted from scratch, not resumed
+    assert log.count("reset count-1") == 3 and log.count("reset count-2") == 2
+    for t in trajs:
+        check_alternation(t)
+
+
+def test_persistent_env_fault_recorded_as_env_error() -> None:
+    faults = {("count-2", 1): 100, ("count-1", 0): 100}
+    log: list[str] = []
+    policy = ScriptedPolicy({"count-2": [act("add"), act("add"), act("stop")], "count-3": [act("add")] * 6})
+    trajs = rollout(
+        ["count-1", "count-2", "count-3"],
+        policy,
+        lambda: CounterEnv(faults, log),
+        batch_size=3,
+        max_env_retries=2,
+    )
+    assert [t.task_id for t in trajs] == ["count-1", "count-2", "count-3"]
+    assert [t.terminate_reason for t in trajs] == ["env_error", "env_error", "max_steps"]
+    assert log.count("reset count-1") == 3 and log.count("reset count-2") == 3
+    for t in trajs[:2]:
+        assert t.reward == 0.0 and not t.success
+    to_frame(trajs, "trajectories")
+
+
+# --- the tiny real model ------------------------------------------------------------------
+
+
+def test_batched_and_sequential_rollouts_match(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    model = lively_model(tiny_tokenizer, max_positions=512)
+    settings = GenerationSettings(max_new_tokens=6, max_context_tokens=512)
+    tasks = ["count-1", "count-3", "count-1"]  # prompts of different lengths; a repeated task
+    policy = LocalHFPolicy(model, tiny_tokenizer, settings, model_uri="tiny")
+    batched = rollout(tasks, policy, batch_size=2)
+    assert len(policy.encode(batched[0].messages[:3])) != len(policy.encode(batched[1].messages[:3]))
+    assert len({m["content"] for t in batched for m in t.messages[3::2]}) > 3  # the model's turns vary
+    sequential = rollout(
+        tasks, LocalHFPolicy(model, tiny_tokenizer, settings, model_uri="tiny"), batch_size=1
+    )
+    assert batched == sequential
+    assert batched[0] == batched[2]
+    assert all(t.model_uri == "tiny" for t in batched)
+    to_frame(batched, "trajectories")
+
+
+# --- expert replay ------------------------------------------------------------------------
+
+
+def test_expert_trajectory() -> None:
+    env = CounterEnv()
+    traj = expert_trajectory(env, "count-2", env_name="counter", split="train", one_shot=True)
+    assert traj is not None
+    assert traj.num_prompt_messages == 2 + 2 * len(env.one_shot_example()) + 1
+    assert (traj.source, traj.iteration, traj.model_uri, traj.num_steps) == ("expert", 0, "expert", 3)
+    assert (traj.reward, traj.success, traj.terminate_reason) == (1.0, True, "success")
+    check_alternation(traj)
+    agent = [m["content"] for m in traj.messages[traj.num_prompt_messages :: 2]]
+    assert agent[0] == agent_turn("I should do the next step.", "add")  # generic thought
+    assert [parse_action(a) for a in agent] == ["add", "add", "stop"]
+    assert traj.messages[-1]["role"] == "user"  # the final observation is kept
+    assert expert_trajectory(env, "count-3", env_name="counter", split="train", one_shot=True) is None
+    assert expert_trajectory(env, "count-4", env_name="counter", split="train", one_shot=True) is None
+
+
+def test_collect_expert_skips_and_retries() -> None:
+    faults = {("count-1", 1): 1, ("count-2", 0): 10}
+    trajs, skipped = collect_expert(
+        lambda: CounterEnv(faults),
+        ["count-1", "count-2", "count-3", "count-4"],
+        env_name="counter",
+        split="train",
+        one_shot=False,
+        progress=False,
+    )
+    assert [t.task_id for t in trajs] == ["count-1"]
+    assert skipped == ["count-2", "count-3", "count-4"]
+    assert trajs[0].num_prompt_messages == 3
+
+
+# --- the default environment --------------------------------------------------------------
+
+
+def _tidy() -> TextEnv:
+    registry = pytest.importorskip("environments.registry")
+    return registry.make_env("tidy", train_size=8, seen_size=2, unseen_size=2, dev_size=2)  # type: ignore[no-any-return]
+
+
+class ExpertReplayPolicy:
+    """Replays tidy's expert by task (read from a side table), to drive run_episodes to success."""
+
+    name = "expert-replay"
+    model_uri = "replay"
+
+    def __init__(self, env: TextEnv, tasks: Sequence[str], num_prompt: int) -> None:
+        self.num_prompt = num_prompt
+        self.plans: dict[str, list[str]] = {}
+        for t in tasks:
+            first, _ = env.reset(t)
+            self.plans[first] = env.expert(t) or []
+
+    def generate(self, conversations: Sequence[list[Message]]) -> list[str | None]:
+        out: list[str | None] = []
+        for conv in conversations:
+            plan = self.plans[conv[self.num_prompt - 1]["content"]]
+            turn = (len(conv) - self.num_prompt) // 2
+            out.append(agent_turn("next", plan[turn]))
+        return out
+
+
+def test_tidy_expert_and_rollout(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    env = _tidy()
+    tasks = env.tasks("train")[:6]
+    experts, skipped = collect_expert(
+        _tidy, tasks, env_name="tidy", split="train", one_shot=True, progress=False
+    )
+    assert skipped == [] and len(experts) == 6
+    for t in experts:
+        check_alternation(t)
+        assert t.success and t.reward > 0
+    # Replaying the expert's actions through the engine gives the same conversation's actions.
+    replay = ExpertReplayPolicy(env, tasks, num_prompt=3)
+    trajs = run_episodes(
+        _tidy,
+        tasks,
+        replay,
+        env_name="tidy",
+        split="train",
+        source="explore",
+        iteration=1,
+        one_shot=False,
+        batch_size=4,
+        progress=False,
+    )
+    for traj, exp in zip(trajs, experts, strict=True):
+        assert traj.terminate_reason == "success" and traj.reward == exp.reward
+        assert traj.num_steps == exp.num_steps
+        check_alternation(traj)
+    # The tiny random model: its prompt with the one-shot example exceeds a 256-token context.
+    model = lively_model(tiny_tokenizer, max_positions=256)
+    policy = LocalHFPolicy(model, tiny_tokenizer, GenerationSettings(max_new_tokens=8), model_uri="tiny")
+    long = run_episodes(
+        _tidy,
+        tasks[:2],
+        policy,
+        env_name="tidy",
+        split="train",
+        source="eval",
+        iteration=0,
+        one_shot=True,
+        progress=False,
+    )
+    assert [t.terminate_reason for t in long] == ["max_length", "max_length"]
+    assert all(t.num_steps == 0 and t.reward == 0.0 for t in long)
+    to_frame(long + trajs + experts, "trajectories")

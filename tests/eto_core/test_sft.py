@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from trl import SFTTrainer
+
+from eto_core.lora import LoraSettings
+from eto_core.modeling import load_model, save_model
+from eto_core.records import Trajectory
+from eto_core.sft import SFTSettings, _sft_dataset, train_sft
+from eto_core.tokenization import encode_conversation
+
+
+def test_trl_builds_labels_from_our_agent_mask(
+    tiny_model: LlamaForCausalLM,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    toy_trajectories: list[Trajectory],
+    tmp_path: Path,
+) -> None:
+    """TRL 1.16 turns a tokenized dataset's assistant_masks into labels: -100 off the agent turns."""
+    settings = SFTSettings()
+    dataset, _ = _sft_dataset(tiny_tokenizer, toy_trajectories, settings.max_length)
+    trainer = SFTTrainer(
+        model=tiny_model,
+        args=settings.to_trl(str(tmp_path)),
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+    )
+    prepared = trainer.train_dataset
+    assert prepared is not None and len(prepared) == len(toy_trajectories)
+    for traj, row in zip(toy_trajectories, prepared, strict=True):
+        enc = encode_conversation(
+            tiny_tokenizer, traj.messages, traj.num_prompt_messages, settings.max_length
+        )
+        assert row["input_ids"] == enc.input_ids
+        assert row["labels"] == [t if m else -100 for t, m in zip(enc.input_ids, enc.agent_mask, strict=True)]
+        # the in-context example's agent turns are not trained
+        trained = tiny_tokenizer.decode([t for t in row["labels"] if t != -100])
+        assert "take key" not in trained and "OK" not in trained
+
+
+def test_sft_loss_goes_down_and_weights_change(
+    tiny_model: LlamaForCausalLM,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    toy_trajectories: list[Trajectory],
+    tmp_path: Path,
+) -> None:
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    settings = SFTSettings(
+        num_train_epochs=20,
+        learning_rate=1e-2,
+        per_device_train_batch_size=3,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+    )
+    result = train_sft(tiny_model, tiny_tokenizer, toy_trajectories, settings, str(tmp_path))
+
+    assert result.num_steps == 40
+    assert result.num_examples == len(toy_trajectories) and result.num_truncated == 0
+    assert result.first_loss > 4.0  # ~log(vocab) for a random model
+    assert result.last_loss < result.first_loss / 2
+    assert result.runtime_s > 0
+    after = result.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # TRL's fused-head patch is removed: the model we hand back has its class's forward.
+    assert "forward" not in vars(result.model)
+
+
+def test_sft_with_lora_trains_one_step_and_saves_merged(
+    tiny_model: LlamaForCausalLM,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    toy_trajectories: list[Trajectory],
+    tmp_path: Path,
+) -> None:
+    settings = SFTSettings(
+        num_train_epochs=1, learning_rate=1e-2, per_device_train_batch_size=8, lora=LoraSettings(r=4, alpha=8)
+    )
+    result = train_sft(tiny_model, tiny_tokenizer, toy_trajectories, settings, str(tmp_path / "run"))
+    assert result.num_steps == 1
+    assert hasattr(result.model, "merge_and_unload")
+    assert "forward" not in vars(tiny_model)  # TRL's patch on the wrapped base model is undone too
+    ids = torch.tensor([tiny_tokenizer.encode("Thought: go\nAction: take mug")])
+    result.model.eval()
+    with torch.no_grad():
+        want = result.model(input_ids=ids).logits
+
+    save_model(result.model, tiny_tokenizer, tmp_path / "merged")
+    loaded, _ = load_model(tmp_path / "merged")
+    assert type(loaded) is LlamaForCausalLM
+    assert not any("lora" in k for k in loaded.state_dict())
+    with torch.no_grad():
+        got = loaded(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_sft_settings_validation(tmp_path: Path) -> None:
+    cfg = SFTSettings(max_length=256).to_trl(str(tmp_path))
+    assert cfg.max_length == 256 and cfg.save_strategy == "no" and cfg.fp16 is False
+    assert cfg.activation_checkpointing is False
+    with pytest.raises(ValueError):
+        SFTSettings(lr=1.0)  # type: ignore[call-arg]
+
+
+def test_sft_rejects_empty(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="at least one trajectory"):
+        train_sft(tiny_model, tiny_tokenizer, [], SFTSettings(), str(tmp_path))

@@ -1,0 +1,67 @@
+"""The whole flow on the mini recipe under Prefect's test harness, with a real MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from eto_core.config import load_recipe
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():  # type: ignore[no-untyped-def]
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def test_mini_pipeline_runs_tracks_and_caches(tmp_path: Path, prefect_harness: None) -> None:
+    from flows.pipeline import eto_pipeline
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = load_recipe(
+        ROOT / "recipes" / "mini.yaml",
+        [f"storage.root={tmp_path / 'artifacts'}", f"tracking.mlflow_uri={uri}"],
+    )
+    state = str(tmp_path / "state")
+    first = eto_pipeline(recipe, state_dir=state)
+
+    # SFT + 1 iteration, each on seen and unseen
+    got = {(s["stage"], s["iteration"], s["split"]) for s in first["summaries"]}
+    assert got == {("sft", 0, "seen"), ("sft", 0, "unseen"), ("dpo", 1, "seen"), ("dpo", 1, "unseen")}
+    assert "ETO iter 1" in first["table"]
+    for s in first["summaries"]:
+        assert 0.0 <= s["avg_reward"] <= 1.0 and s["num_tasks"] == 4
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name(recipe.tracking.experiment)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id])
+    parent = client.get_run(first["mlflow_run_id"])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    stages = {r.data.tags["eto.stage"] for r in children}
+    assert {"expert", "sft", "explore", "pairs", "dpo", "evaluate"} <= stages
+    assert "seen_avg_reward" in parent.data.metrics and "pairs_lose" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "reward_per_iteration.png" in artifacts
+    versions = client.search_model_versions(f"name='{recipe.model_name}'")
+    assert len(versions) == 2  # SFT and iteration 1
+    assert {v.tags["stage"] for v in versions} == {"sft", "dpo"}
+    assert all("seen_avg_reward" in v.tags for v in versions)
+
+    # A rerun reuses every stage: same numbers, no new artifacts, no new model versions.
+    artifact_dirs = sorted(p for p in (tmp_path / "artifacts").glob("*/*"))
+    second = eto_pipeline(recipe, state_dir=state)
+    assert second["summaries"] == first["summaries"]
+    assert sorted(p for p in (tmp_path / "artifacts").glob("*/*")) == artifact_dirs
+    assert len(client.search_model_versions(f"name='{recipe.model_name}'")) == 2
+    rerun_children = [r for r in client.search_runs([exp.experiment_id])
+                      if r.data.tags.get("mlflow.parentRunId") == second["mlflow_run_id"]]
+    assert rerun_children == []
