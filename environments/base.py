@@ -34,6 +34,9 @@ class TextEnv(abc.ABC):
 
     name: str
     max_steps: int
+    version: str = "1"
+    """Bump when tasks, observations, rewards or expert demonstrations change: it is part of
+    the pipeline's cache keys, so cached trajectories of the old behaviour are not reused."""
 
     @abc.abstractmethod
     def tasks(self, split: Split) -> list[str]:

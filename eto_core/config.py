@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from eto_core.dpo import DPOSettings
 from eto_core.modeling import TinyModelConfig
 from eto_core.policy import GenerationSettings
+from eto_core.pretrain import PretrainSettings
 from eto_core.sft import SFTSettings
 
 
@@ -37,6 +38,9 @@ class DataSettings(_Strict):
     train_tasks: int = Field(
         200, ge=1, description="Training tasks used for expert SFT data and for exploration (first N of 'train')."
     )
+    explore_tasks: int | None = Field(
+        None, ge=1, description="Training tasks explored each iteration (first N of train_tasks); empty: all."
+    )
     seen_tasks: int = Field(50, ge=1, description="Evaluation tasks from the 'seen' split.")
     unseen_tasks: int = Field(50, ge=1, description="Evaluation tasks from the 'unseen' split.")
     expert_file: str | None = Field(
@@ -53,6 +57,10 @@ class ModelSettings(_Strict):
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Size of the from-scratch model.")
     tokenizer_corpus_tasks: int = Field(
         300, ge=1, description="Training tasks whose expert episodes train the tiny model's tokenizer."
+    )
+    pretrain: PretrainSettings = Field(
+        default_factory=PretrainSettings,
+        description="Language-model pre-training of the tiny model on the expert corpus (all tokens).",
     )
     chat_template: str | None = Field(
         None, description="Override the tokenizer's chat template (must carry {% generation %} markers)."
@@ -110,6 +118,11 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
+        if self.data.explore_tasks is not None and self.data.explore_tasks > self.data.train_tasks:
+            raise ValueError(
+                f"data.explore_tasks ({self.data.explore_tasks}) exceeds data.train_tasks "
+                f"({self.data.train_tasks}): exploration pairs need expert trajectories of the same tasks."
+            )
         if len(self.dpo_iterations) > max(self.iterations, 1) and self.iterations > 0:
             raise ValueError(
                 f"dpo_iterations has {len(self.dpo_iterations)} entries but iterations is {self.iterations}; "

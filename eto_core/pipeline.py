@@ -30,6 +30,7 @@ from eto_core.evaluation import summarize
 from eto_core.modeling import build_tiny_model, load_model, save_model, train_tokenizer
 from eto_core.pairs import build_pairs
 from eto_core.policy import GenerationSettings, LocalHFPolicy
+from eto_core.pretrain import pretrain_lm
 from eto_core.records import (
     EvalSummary,
     frame_to_pairs,
@@ -77,14 +78,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _split_tasks(recipe: Recipe, split: str) -> list[str]:
+def task_count(recipe: Recipe, split: str, stage: str) -> int:
+    """How many of a split's tasks a stage uses (always the first ones, so stages line up)."""
+    if split == "train":
+        if stage == "explore" and recipe.data.explore_tasks is not None:
+            return recipe.data.explore_tasks
+        return recipe.data.train_tasks
+    return {"seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}[split]
+
+
+def _split_tasks(recipe: Recipe, split: str, stage: str) -> list[str]:
     env = env_factory(recipe)()
     try:
         ids = env.tasks(split)  # type: ignore[arg-type]
     finally:
         env.close()
-    limit = {"train": recipe.data.train_tasks, "seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}
-    n = limit.get(split, len(ids))
+    n = task_count(recipe, split, stage)
     if n > len(ids):
         raise ValueError(
             f"data.{split}_tasks = {n} but environment '{recipe.env.name}' has only {len(ids)} {split} tasks; "
@@ -134,8 +143,17 @@ def load_stage_model(recipe: Recipe, store: ArtifactStore, ref: ArtifactRef) -> 
 
 
 # -- cache keys: what each stage's result depends on -----------------------------------------------
+def env_version(recipe: Recipe) -> str:
+    env = env_factory(recipe)()
+    try:
+        return env.version
+    finally:
+        env.close()
+
+
 def expert_key(recipe: Recipe) -> str:
-    settings: dict[str, Any] = {"env": recipe.env, "train_tasks": recipe.data.train_tasks}
+    settings: dict[str, Any] = {"env": recipe.env, "env_version": env_version(recipe),
+                                "train_tasks": recipe.data.train_tasks}
     if recipe.data.expert_file:
         settings["expert_file_sha256"] = sha256_file(Path(recipe.data.expert_file))
     return cache_key("expert", settings=settings)
@@ -144,7 +162,8 @@ def expert_key(recipe: Recipe) -> str:
 def model_init_key(recipe: Recipe, expert: ArtifactRef) -> str:
     if recipe.model.path is not None:
         return cache_key("model_init", settings={"path": recipe.model.path, "chat_template": recipe.model.chat_template})
-    settings = {"tiny": recipe.model.tiny, "corpus_tasks": recipe.model.tokenizer_corpus_tasks}
+    settings = {"tiny": recipe.model.tiny, "corpus_tasks": recipe.model.tokenizer_corpus_tasks,
+                "pretrain": recipe.model.pretrain}
     return cache_key("model_init", settings=settings, inputs={"expert": expert})
 
 
@@ -155,8 +174,8 @@ def sft_key(recipe: Recipe, base: ArtifactRef, expert: ArtifactRef) -> str:
 def rollout_key(
     recipe: Recipe, model: ArtifactRef, *, stage: str, split: str, iteration: int, gen: GenerationSettings
 ) -> str:
-    settings = {"env": recipe.env, "split": split, "n": _limit(recipe, split), "gen": gen, "iteration": iteration,
-                "seed": recipe.seed}
+    settings = {"env": recipe.env, "env_version": env_version(recipe), "split": split,
+                "n": task_count(recipe, split, stage), "gen": gen, "iteration": iteration, "seed": recipe.seed}
     return cache_key(stage, settings=settings, inputs={"model": model})
 
 
@@ -183,7 +202,7 @@ def expert_stage(recipe: Recipe, store: ArtifactStore, *, progress: bool = True)
         skipped: list[str] = []
     else:
         trajs, skipped = collect_expert(
-            env_factory(recipe), _split_tasks(recipe, "train"), env_name=recipe.env.name, split="train",
+            env_factory(recipe), _split_tasks(recipe, "train", "expert"), env_name=recipe.env.name, split="train",
             one_shot=recipe.env.one_shot, progress=progress,
         )
     if not trajs:
@@ -214,14 +233,23 @@ def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef) 
 
     if (hit := _reuse(store, "model_init", key)) is not None:
         return hit
-    trajs = read_trajectories(store, expert)[: recipe.model.tokenizer_corpus_tasks]
-    corpus = [m["content"] for t in trajs for m in t.messages]
+    trajs = read_trajectories(store, expert)
+    corpus = [m["content"] for t in trajs[: recipe.model.tokenizer_corpus_tasks] for m in t.messages]
     tokenizer = train_tokenizer(corpus, recipe.model.tiny.vocab_size)
     model = build_tiny_model(recipe.model.tiny, tokenizer)
     folder = store.staging_dir()
+    metrics = {"model_parameters": float(sum(p.numel() for p in model.parameters())),
+               "vocab_size": float(len(tokenizer))}
+    info: dict[str, Any] = {}
+    if recipe.model.pretrain.max_steps > 0:
+        seed_everything(recipe.model.pretrain.seed)
+        pre = pretrain_lm(model, tokenizer, trajs, recipe.model.pretrain, str(folder / "trainer"))
+        _drop_trainer_dir(folder)
+        metrics.update({"pretrain_first_loss": pre.first_loss, "pretrain_last_loss": pre.last_loss,
+                        "pretrain_steps": float(pre.num_steps), "pretrain_runtime_s": pre.runtime_s})
+        info["log_history"] = pre.log_history
     save_model(model, tokenizer, folder / MODEL_DIR)
-    params = float(sum(p.numel() for p in model.parameters()))
-    return _publish(store, "model_init", key, folder, {"model_parameters": params, "vocab_size": float(len(tokenizer))}, {})
+    return _publish(store, "model_init", key, folder, metrics, info)
 
 
 def sft_stage(recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: ArtifactRef) -> StageResult:
@@ -266,7 +294,7 @@ def rollout_stage(
     policy = LocalHFPolicy(hf_model, tokenizer, gen, model_uri=model.uri)
     started = time.perf_counter()
     trajs = run_episodes(
-        env_factory(recipe), _split_tasks(recipe, split), policy, env_name=recipe.env.name, split=split,
+        env_factory(recipe), _split_tasks(recipe, split, stage), policy, env_name=recipe.env.name, split=split,
         source=source, iteration=iteration, one_shot=recipe.env.one_shot, seed=recipe.seed,
         batch_size=gen.batch_size, progress=progress,
     )
@@ -282,10 +310,6 @@ def rollout_stage(
         f"{split}_episodes_per_s": len(trajs) / elapsed if elapsed > 0 else 0.0,
     }
     return _publish(store, stage, key, folder, metrics, {"summary": asdict(summary)})
-
-
-def _limit(recipe: Recipe, split: str) -> int:
-    return {"train": recipe.data.train_tasks, "seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}.get(split, 0)
 
 
 def pairs_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, explored: ArtifactRef, iteration: int) -> StageResult:

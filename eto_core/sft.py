@@ -21,6 +21,7 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -142,10 +143,41 @@ class LoggingCallback(TrainerCallback):
             self.log.info("step %d/%d: %s", state.global_step, state.max_steps, logs)
 
 
+class StepProgressCallback(TrainerCallback):
+    """A tqdm bar over optimizer steps showing the latest loss (the Trainer's own bar would also
+    print every log dict)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.bar: Any = None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.is_local_process_zero:
+            self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+        logs: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> None:
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}")
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def quiet_trainer(trainer: Trainer, name: str) -> None:
-    """With disable_tqdm the Trainer prints every log dict; route them to logging instead."""
+    """With disable_tqdm the Trainer prints every log dict; route them to logging and show our
+    own step bar instead."""
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(LoggingCallback(name))
+    trainer.add_callback(StepProgressCallback(name.rsplit(".", 1)[-1].upper()))
 
 
 @contextmanager

@@ -81,7 +81,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
         tracker.log_params(parent, recipe.model_dump(mode="json"))
 
         expert = expert_task(recipe, store, tracker=tracker, parent=parent)
-        base = model_init_task(recipe, store, expert.ref)
+        base = model_init_task(recipe, store, expert.ref, tracker=tracker, parent=parent)
         sft = sft_task(recipe, store, base.ref, expert.ref, tracker=tracker, parent=parent, flow_run_id=flow_run_id)
         summaries = _evaluate(recipe, store, sft.ref, stage="sft", iteration=0, tracker=tracker, parent=parent)
         stage_metrics: dict[str, float] = {**expert.metrics, **base.metrics, **sft.metrics}

@@ -72,8 +72,14 @@ def expert_task(recipe: Recipe, store: ArtifactStore, tracker: Tracker | None = 
 
 
 @task(name="init-model", cache_key_fn=_key(P.model_init_key, "expert"), persist_result=True)
-def model_init_task(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef) -> P.StageResult:
-    return P.model_init_stage(recipe, store, expert)
+def model_init_task(
+    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, tracker: Tracker | None = None, parent: str | None = None
+) -> P.StageResult:
+    result = P.model_init_stage(recipe, store, expert)
+    run_id = _stage_run(tracker, parent, result, "init-model", {"model": recipe.model.model_dump()})
+    _finish(tracker, run_id)
+    result.info.pop("log_history", None)
+    return result
 
 
 def _log_model(

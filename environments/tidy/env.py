@@ -46,6 +46,7 @@ def task_id(split: str, index: int) -> str:
 
 class TidyEnv(TextEnv):
     name = "tidy"
+    version = "2"  # 2: expert thoughts carry the search state
 
     def __init__(
         self,

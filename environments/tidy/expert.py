@@ -55,23 +55,26 @@ def expert_plan(world: World) -> list[tuple[str, str]]:
         for obj in room.contents[recep]:
             seen[obj] = recep
 
+    # Thoughts carry the agent's state forward (what it needs, where it has not looked yet), so
+    # each decision can be read off the previous turn instead of the whole history: good ReAct
+    # practice, and what makes the task learnable for a small model trained from scratch.
     target = world.target
+    prep = preposition(target)
     for kind in world.required:
         a_kind = f"{article(kind)} {kind}"
         known = next((o for o, r in seen.items() if obj_type(o) == kind), None)
         if known is not None and seen[known] != room.location:
-            arrive(seen[known], f"I saw {article(known)} {known} at {seen[known]}, I will go there.")
+            arrive(seen[known], f"I need {a_kind} for the {target}. I saw {article(known)} {known} at {seen[known]}.")
         while known is None:
-            recep = next(r for r in world.receptacles if r not in visited and r != target)
-            arrive(recep, f"I need to find {a_kind}. I have not checked {recep} yet.")
-            known = next((o for o in room.contents[recep] if obj_type(o) == kind), None)
+            unchecked = [r for r in world.receptacles if r not in visited and r != target]
+            arrive(unchecked[0], f"I need {a_kind} for the {target}. Not checked yet: {', '.join(unchecked)}.")
+            known = next((o for o in room.contents[unchecked[0]] if obj_type(o) == kind), None)
         here = room.location
         assert here is not None
-        act(f"I found {article(known)} {known} here, I will take it.", f"take {known} from {here}")
+        act(f"I see {article(known)} {known} here, I take it.", f"take {known} from {here}")
         seen.pop(known, None)
-        arrive(target, f"Now I bring the {known} to the {target}.")
-        prep = preposition(target)
-        act(f"Now I put the {known} {prep} the {target}.", f"put {known} {prep} {target}")
+        arrive(target, f"I have the {known}, now I go to the {target}.")
+        act(f"I am at the {target}, I put the {known} {prep} it.", f"put {known} {prep} {target}")
     if not room.done():
         raise AssertionError("tidy expert finished without solving the task")
     return steps

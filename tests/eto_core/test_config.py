@@ -1,0 +1,62 @@
+"""Recipes: the shipped ones load; bad ones fail naming the file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eto_core.config import Recipe, RecipeError, describe_fields, load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["default", "mini"])
+def test_shipped_recipes_load(name: str) -> None:
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+    assert recipe.name == name and recipe.iterations >= 1
+
+
+def test_overrides_and_per_iteration_dpo() -> None:
+    recipe = load_recipe(ROOT / "recipes" / "default.yaml", ["iterations=3", "dpo.beta=0.2", "seed=7"])
+    assert recipe.iterations == 3 and recipe.seed == 7
+    assert recipe.dpo_for_iteration(1).beta == 0.1  # dpo_iterations[0] overrides dpo.beta
+    assert recipe.dpo_for_iteration(2).beta == 0.5
+    assert recipe.dpo_for_iteration(3).beta == 0.5  # the last entry repeats
+    plain = Recipe()
+    assert plain.dpo_for_iteration(2) == plain.dpo
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("dpo: {beta: -1}", "dpo.beta"),
+        ("dpo: {betta: 0.1}", "unknown key"),
+        ("sft: {num_train_epochs: 0}", "sft.num_train_epochs"),
+        ("iterations: 1\ndpo_iterations: [{beta: 0.1}, {beta: 0.2}]", "dpo_iterations has 2 entries"),
+        ("data: {train_tasks: 10, explore_tasks: 20}", "explore_tasks"),
+        ("- a\n- b", "must be a mapping"),
+        ("name: [unclosed", "not valid YAML"),
+    ],
+)
+def test_bad_recipes_name_file_and_field(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, text))
+    assert needle in str(err.value) and "r.yaml" in str(err.value)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe("nope.yaml")
+
+
+def test_recipe_help_documents_every_field() -> None:
+    lines = describe_fields()
+    keys = {line.split(":", 1)[0] for line in lines}
+    assert {"iterations", "dpo.beta", "sft.learning_rate", "model.pretrain.max_steps", "storage.root"} <= keys
