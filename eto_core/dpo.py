@@ -28,7 +28,7 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from eto_core.lora import LoraSettings, apply_lora
 from eto_core.records import PreferencePair
-from eto_core.sft import SchedulerName, TrainResult, first_last_loss, quiet_trainer
+from eto_core.sft import SchedulerName, TrainResult, quiet_trainer, run_trainer
 from eto_core.tokenization import EncodingError, encode_pair
 
 logger = logging.getLogger(__name__)
@@ -363,24 +363,10 @@ def train_dpo(
         sft_weight=settings.sft_weight,
     )
     quiet_trainer(trainer, __name__)
-    start = time.perf_counter()
-    trainer.train()
-    runtime = time.perf_counter() - start
-
-    trained = trainer.model
-    assert isinstance(trained, torch.nn.Module)
-    history = list(trainer.state.log_history)
-    first, last = first_last_loss(history)
+    base = run_trainer(trainer, num_examples=len(rows), num_truncated=num_truncated)
     return DPOResult(
-        model=trained,  # type: ignore[arg-type]
-        log_history=history,
-        first_loss=first,
-        last_loss=last,
-        num_steps=trainer.state.global_step,
-        runtime_s=runtime,
-        num_examples=len(rows),
-        num_truncated=num_truncated,
-        metrics=_final_metrics(trained, rows, pad_id, settings),
+        **vars(base),
+        metrics=_final_metrics(base.model, rows, pad_id, settings),
         ref_logps_seconds=ref_seconds,
     )
 

@@ -40,7 +40,7 @@ from eto_core.records import (
     write_records,
 )
 from eto_core.rollout import collect_expert, run_episodes
-from eto_core.sft import train_sft
+from eto_core.sft import TrainResult, train_sft
 from eto_core.storage import ArtifactRef, ArtifactStore, sha256_file
 
 TRAJ_FILE = "trajectories.parquet"
@@ -261,15 +261,7 @@ def sft_stage(recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: A
     trajs = read_trajectories(store, expert)
     folder = store.staging_dir()
     result = train_sft(model, tokenizer, trajs, recipe.sft, str(folder / "trainer"))
-    save_model(result.model, tokenizer, folder / MODEL_DIR)
-    _drop_trainer_dir(folder)
-    (folder / "log_history.json").write_text(json.dumps(result.log_history))
-    metrics = {
-        "sft_first_loss": result.first_loss,
-        "sft_last_loss": result.last_loss,
-        "sft_steps": float(result.num_steps),
-        "sft_runtime_s": result.runtime_s,
-    }
+    metrics = _save_trained(folder, result, tokenizer, "sft")
     return _publish(store, "sft", key, folder, metrics, {"log_history": result.log_history})
 
 
@@ -344,18 +336,26 @@ def dpo_stage(recipe: Recipe, store: ArtifactStore, model: ArtifactRef, pairs: A
     hf_model, tokenizer = load_stage_model(recipe, store, model)
     folder = store.staging_dir()
     result = train_dpo(hf_model, tokenizer, pair_records, settings, str(folder / "trainer"))
-    save_model(result.model, tokenizer, folder / MODEL_DIR)
-    _drop_trainer_dir(folder)
-    (folder / "log_history.json").write_text(json.dumps(result.log_history))
     metrics = {
-        "dpo_first_loss": result.first_loss,
-        "dpo_last_loss": result.last_loss,
-        "dpo_steps": float(result.num_steps),
-        "dpo_runtime_s": result.runtime_s,
+        **_save_trained(folder, result, tokenizer, "dpo"),
         "dpo_ref_logps_s": result.ref_logps_seconds,
         **{f"dpo_{k.replace('/', '_')}": float(v) for k, v in result.metrics.items()},
     }
     return _publish(store, "dpo", key, folder, metrics, {"log_history": result.log_history})
+
+
+def _save_trained(folder: Path, result: TrainResult, tokenizer: Any, prefix: str) -> dict[str, float]:
+    """Save the trained model and its loss curve into the stage folder; the stage's metrics."""
+    save_model(result.model, tokenizer, folder / MODEL_DIR)
+    _drop_trainer_dir(folder)
+    (folder / "log_history.json").write_text(json.dumps(result.log_history))
+    return {
+        f"{prefix}_first_loss": result.first_loss,
+        f"{prefix}_last_loss": result.last_loss,
+        f"{prefix}_steps": float(result.num_steps),
+        f"{prefix}_runtime_s": result.runtime_s,
+        f"{prefix}_truncated": float(result.num_truncated),
+    }
 
 
 def _drop_trainer_dir(folder: Path) -> None:

@@ -254,10 +254,14 @@ def train_sft(
             processing_class=tokenizer,
         )
         quiet_trainer(trainer, __name__)
-        start = time.perf_counter()
-        trainer.train()
-        runtime = time.perf_counter() - start
+        return run_trainer(trainer, num_examples=len(dataset), num_truncated=num_truncated)
 
+
+def run_trainer(trainer: Trainer, *, num_examples: int, num_truncated: int) -> TrainResult:
+    """Train, time it, and collect the trained model and its loss curve."""
+    start = time.perf_counter()
+    trainer.train()
+    runtime = time.perf_counter() - start
     trained = trainer.model
     assert isinstance(trained, torch.nn.Module)
     history = list(trainer.state.log_history)
@@ -269,6 +273,6 @@ def train_sft(
         last_loss=last,
         num_steps=trainer.state.global_step,
         runtime_s=runtime,
-        num_examples=len(dataset),
+        num_examples=num_examples,
         num_truncated=num_truncated,
     )

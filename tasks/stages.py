@@ -55,6 +55,17 @@ def _stage_run(
     return run_id
 
 
+def _log_records(
+    tracker: Tracker | None, run_id: str | None, store: ArtifactStore, result: P.StageResult,
+    file: str, kind: str, name: str, context: str,
+) -> None:
+    """Log a stage's record file as an MLflow dataset input pointing at its artifact URI."""
+    if tracker is None or run_id is None:
+        return
+    frame = P.read_records(store.fetch(result.ref) / file, kind)
+    tracker.log_dataset(run_id, frame, name=name, source_uri=result.ref.uri, context=context)
+
+
 def _finish(tracker: Tracker | None, run_id: str | None) -> None:
     if tracker is not None and run_id is not None:
         tracker.end_run(run_id)
@@ -64,9 +75,7 @@ def _finish(tracker: Tracker | None, run_id: str | None) -> None:
 def expert_task(recipe: Recipe, store: ArtifactStore, tracker: Tracker | None = None, parent: str | None = None) -> P.StageResult:
     result = P.expert_stage(recipe, store)
     run_id = _stage_run(tracker, parent, result, "expert", {"env": recipe.env.model_dump(), "data": recipe.data.model_dump()})
-    if tracker and run_id:
-        frame = P.read_records(store.fetch(result.ref) / P.TRAJ_FILE, "trajectories")
-        tracker.log_dataset(run_id, frame, name="expert-trajectories", source_uri=result.ref.uri, context="training")
+    _log_records(tracker, run_id, store, result, P.TRAJ_FILE, "trajectories", "expert-trajectories", "training")
     _finish(tracker, run_id)
     return result
 
@@ -131,9 +140,8 @@ def rollout_task(
     result = P.rollout_stage(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen)
     run_id = _stage_run(tracker, parent, result, f"{stage}-{split}-iter{iteration}",
                         {"generation": gen.model_dump(), "split": split, "iteration": iteration})
-    if tracker and run_id and stage == "explore":
-        frame = P.read_records(store.fetch(result.ref) / P.TRAJ_FILE, "trajectories")
-        tracker.log_dataset(run_id, frame, name=f"explore-iter{iteration}", source_uri=result.ref.uri, context="exploration")
+    if stage == "explore":
+        _log_records(tracker, run_id, store, result, P.TRAJ_FILE, "trajectories", f"explore-iter{iteration}", "exploration")
     _finish(tracker, run_id)
     return result
 
@@ -145,9 +153,7 @@ def pairs_task(
 ) -> P.StageResult:
     result = P.pairs_stage(recipe, store, expert, explored, iteration)
     run_id = _stage_run(tracker, parent, result, f"pairs-iter{iteration}", {"cut_extra_rounds": recipe.pair_cut_extra_rounds})
-    if tracker and run_id:
-        frame = P.read_records(store.fetch(result.ref) / P.PAIRS_FILE, "pairs")
-        tracker.log_dataset(run_id, frame, name=f"pairs-iter{iteration}", source_uri=result.ref.uri, context="training")
+    _log_records(tracker, run_id, store, result, P.PAIRS_FILE, "pairs", f"pairs-iter{iteration}", "training")
     _finish(tracker, run_id)
     return result
 

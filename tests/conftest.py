@@ -19,6 +19,7 @@ for _key, _value in {
     "TOKENIZERS_PARALLELISM": "false",
     "PREFECT_HOME": os.path.join(_STATE, "prefect"),
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }.items():
     os.environ.setdefault(_key, _value)
 os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
