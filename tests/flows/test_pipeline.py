@@ -65,3 +65,25 @@ def test_mini_pipeline_runs_tracks_and_caches(tmp_path: Path, prefect_harness: N
     rerun_children = [r for r in client.search_runs([exp.experiment_id])
                       if r.data.tags.get("mlflow.parentRunId") == second["mlflow_run_id"]]
     assert rerun_children == []
+
+
+def test_stage_flows_share_the_pipeline_cache(tmp_path: Path, prefect_harness: None) -> None:
+    from flows.pipeline import eto_iteration_flow, eto_pipeline, sft_flow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = load_recipe(
+        ROOT / "recipes" / "mini.yaml",
+        [f"storage.root={tmp_path / 'artifacts'}", f"tracking.mlflow_uri={uri}", "iterations=0"],
+    )
+    state = str(tmp_path / "state")
+    sft = sft_flow(recipe, state_dir=state)
+    assert "sft" in sft["table"]
+    before = sorted((tmp_path / "artifacts").glob("*/*"))
+    # The full pipeline with the same settings reuses the stage flow's artifacts.
+    full = eto_pipeline(recipe, state_dir=state)
+    assert full["final_model"] == sft["model"]
+    assert sorted((tmp_path / "artifacts").glob("*/*")) == before
+    # One iteration on its own, from the SFT model.
+    it = eto_iteration_flow(recipe, sft["model"]["uri"], sft["model"]["digest"], iteration=1, state_dir=state)
+    assert "ETO iter 1" in it["table"]
+    assert (tmp_path / "artifacts" / "dpo").is_dir()
