@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from pydantic import BaseModel
 
 from environments.base import TextEnv
 from environments.registry import make_env
@@ -71,6 +72,15 @@ def make_store(recipe: Recipe, state_dir: str | Path = ".eto") -> ArtifactStore:
 
 def env_factory(recipe: Recipe) -> Callable[[], TextEnv]:
     return partial(make_env, recipe.env.name, **recipe.env.kwargs)
+
+
+_S = TypeVar("_S", bound=BaseModel)
+
+
+def seeded(settings: _S, recipe: Recipe) -> _S:
+    """Component settings with the recipe's global seed added to their own seed, so one
+    ``seed`` in a recipe (or ``eto run --seed``) varies model init, data order and sampling."""
+    return settings.model_copy(update={"seed": settings.seed + recipe.seed})  # type: ignore[attr-defined]  # every seeded settings model has `seed`
 
 
 def seed_everything(seed: int) -> None:
@@ -162,8 +172,8 @@ def expert_key(recipe: Recipe) -> str:
 def model_init_key(recipe: Recipe, expert: ArtifactRef) -> str:
     if recipe.model.path is not None:
         return cache_key("model_init", settings={"path": recipe.model.path, "chat_template": recipe.model.chat_template})
-    settings = {"tiny": recipe.model.tiny, "corpus_tasks": recipe.model.tokenizer_corpus_tasks,
-                "pretrain": recipe.model.pretrain}
+    settings = {"tiny": seeded(recipe.model.tiny, recipe), "corpus_tasks": recipe.model.tokenizer_corpus_tasks,
+                "pretrain": seeded(recipe.model.pretrain, recipe)}
     return cache_key("model_init", settings=settings, inputs={"expert": expert})
 
 
@@ -236,14 +246,15 @@ def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef) 
     trajs = read_trajectories(store, expert)
     corpus = [m["content"] for t in trajs[: recipe.model.tokenizer_corpus_tasks] for m in t.messages]
     tokenizer = train_tokenizer(corpus, recipe.model.tiny.vocab_size)
-    model = build_tiny_model(recipe.model.tiny, tokenizer)
+    model = build_tiny_model(seeded(recipe.model.tiny, recipe), tokenizer)
     folder = store.staging_dir()
     metrics = {"model_parameters": float(sum(p.numel() for p in model.parameters())),
                "vocab_size": float(len(tokenizer))}
     info: dict[str, Any] = {}
     if recipe.model.pretrain.max_steps > 0:
-        seed_everything(recipe.model.pretrain.seed)
-        pre = pretrain_lm(model, tokenizer, trajs, recipe.model.pretrain, str(folder / "trainer"))
+        pretrain = seeded(recipe.model.pretrain, recipe)
+        seed_everything(pretrain.seed)
+        pre = pretrain_lm(model, tokenizer, trajs, pretrain, str(folder / "trainer"))
         _drop_trainer_dir(folder)
         metrics.update({"pretrain_first_loss": pre.first_loss, "pretrain_last_loss": pre.last_loss,
                         "pretrain_steps": float(pre.num_steps), "pretrain_runtime_s": pre.runtime_s})
@@ -260,7 +271,7 @@ def sft_stage(recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: A
     model, tokenizer = load_stage_model(recipe, store, base)
     trajs = read_trajectories(store, expert)
     folder = store.staging_dir()
-    result = train_sft(model, tokenizer, trajs, recipe.sft, str(folder / "trainer"))
+    result = train_sft(model, tokenizer, trajs, seeded(recipe.sft, recipe), str(folder / "trainer"))
     metrics = _save_trained(folder, result, tokenizer, "sft")
     return _publish(store, "sft", key, folder, metrics, {"log_history": result.log_history})
 
@@ -283,7 +294,7 @@ def rollout_stage(
         return hit
     seed_everything(recipe.seed + iteration)
     hf_model, tokenizer = load_stage_model(recipe, store, model)
-    policy = LocalHFPolicy(hf_model, tokenizer, gen, model_uri=model.uri)
+    policy = LocalHFPolicy(hf_model, tokenizer, seeded(gen, recipe), model_uri=model.uri)
     started = time.perf_counter()
     trajs = run_episodes(
         env_factory(recipe), _split_tasks(recipe, split, stage), policy, env_name=recipe.env.name, split=split,
@@ -322,7 +333,7 @@ def read_pairs(store: ArtifactStore, ref: ArtifactRef) -> list[Any]:
 
 
 def dpo_stage(recipe: Recipe, store: ArtifactStore, model: ArtifactRef, pairs: ArtifactRef, iteration: int) -> StageResult:
-    settings = recipe.dpo_for_iteration(iteration)
+    settings = seeded(recipe.dpo_for_iteration(iteration), recipe)
     key = dpo_key(recipe, model, pairs, iteration)
     if (hit := _reuse(store, "dpo", key)) is not None:
         return hit
