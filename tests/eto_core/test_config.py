@@ -60,3 +60,14 @@ def test_recipe_help_documents_every_field() -> None:
     lines = describe_fields()
     keys = {line.split(":", 1)[0] for line in lines}
     assert {"iterations", "dpo.beta", "sft.learning_rate", "model.pretrain.max_steps", "storage.root"} <= keys
+
+
+def test_global_seed_reaches_every_component() -> None:
+    from eto_core.pipeline import seeded
+
+    r0 = load_recipe(ROOT / "recipes" / "default.yaml")
+    r3 = load_recipe(ROOT / "recipes" / "default.yaml", ["seed=3"])
+    for part in ("sft", "dpo", "explore", "evaluate"):
+        assert seeded(getattr(r3, part), r3).seed == getattr(r3, part).seed + 3
+        assert seeded(getattr(r0, part), r0) == getattr(r0, part)  # seed 0 leaves settings as written
+    assert seeded(r3.model.tiny, r3).seed == 3 and seeded(r3.model.pretrain, r3).seed == 3
