@@ -80,6 +80,9 @@ def build_pairs(
     pairs: list[PreferencePair] = []
     seen_ids: set[str] = set()
     for agent in explored:
+        if agent.terminate_reason == "env_error":  # an environment fault says nothing about the policy
+            stats.unusable += 1
+            continue
         expert = by_task.get(agent.task_id)
         if expert is None:
             stats.no_expert += 1

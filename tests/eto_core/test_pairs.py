@@ -84,3 +84,11 @@ def test_mismatched_prompts_raise() -> None:
     other.messages[0] = {"role": "user", "content": "different instruction"}
     with pytest.raises(PairError, match="prompts differ"):
         build_pairs([expert], [other], iteration=1)
+
+
+def test_env_error_episodes_make_no_pair() -> None:
+    experts = [traj("a", ["e1"], 1.0, source="expert")]
+    crashed = traj("a", ["x"], 0.0)
+    crashed.terminate_reason = "env_error"
+    pairs, stats = build_pairs(experts, [crashed], iteration=1)
+    assert pairs == [] and stats.unusable == 1
