@@ -7,6 +7,7 @@ stage" means. Models, stores and trackers are passed in but never hashed.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,19 @@ def _key(fn: Any, *names: str) -> Any:
 
     def key_fn(_: TaskRunContext, params: dict[str, Any]) -> str | None:
         key = fn(params["recipe"], *(params[n] for n in names))
-        if params["store"].find(params["store"].uri_for(stage, key)) is None:
+        store = params["store"]
+        if store.find(store.uri_for(stage, key)) is None:
             return None
-        return f"eto-{stage}-{key}"
+        return _prefect_key(store, stage, key)
 
     return key_fn
+
+
+def _prefect_key(store: ArtifactStore, stage: str, key: str) -> str:
+    """Prefect's cache is shared by every run on the same Prefect home or server, and a cached
+    result names artifact URIs: so the key names the artifact root too."""
+    root = hashlib.sha256(store.root.encode()).hexdigest()[:12]
+    return f"eto-{stage}-{key}-{root}"
 
 
 def _stage_run(
@@ -127,9 +136,10 @@ def _rollout_key(_: TaskRunContext, params: dict[str, Any]) -> str | None:
     stage = params["stage"]
     key = P.rollout_key(params["recipe"], params["model"], stage=stage, split=params["split"],
                         iteration=params["iteration"], gen=params["gen"])
-    if params["store"].find(params["store"].uri_for(stage, key)) is None:
+    store = params["store"]
+    if store.find(store.uri_for(stage, key)) is None:
         return None
-    return f"eto-{stage}-{key}"
+    return _prefect_key(store, stage, key)
 
 
 @task(name="rollout", task_run_name="{stage}-{split}-iter{iteration}", cache_key_fn=_rollout_key, persist_result=True)
