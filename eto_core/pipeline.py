@@ -359,7 +359,9 @@ def _save_trained(folder: Path, result: TrainResult, tokenizer: Any, prefix: str
     """Save the trained model and its loss curve into the stage folder; the stage's metrics."""
     save_model(result.model, tokenizer, folder / MODEL_DIR)
     _drop_trainer_dir(folder)
-    (folder / "log_history.json").write_text(json.dumps(result.log_history))
+    # The loss curve goes to the manifest's meta and MLflow, not into a file: it holds wall
+    # times, which would make the artifact's content digest (and every key after it) differ
+    # between two runs that trained the very same weights.
     return {
         f"{prefix}_first_loss": result.first_loss,
         f"{prefix}_last_loss": result.last_loss,
