@@ -43,7 +43,16 @@ class Tracker:
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        if found:
+            self.experiment_id = found.experiment_id
+        else:
+            # With a local SQLite store MLflow would put artifacts in ./mlruns of whatever folder
+            # the run started from; keep them beside the database instead.
+            location = None
+            if tracking_uri.startswith("sqlite:///"):
+                db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+                location = (db.parent / "mlartifacts").as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
 
     def start_run(self, name: str, *, parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         all_tags = dict(tags or {})
@@ -140,7 +149,9 @@ def reward_plot(summaries: Sequence[EvalSummary], title: str) -> Any:
         xs = [p[0] for p in pts]
         axes[0].plot(xs, [p[1] for p in pts], marker="o", label=split)
         axes[1].plot(xs, [p[2] for p in pts], marker="o", label=split)
+    iterations = sorted({s.iteration for s in summaries})
     for ax, label in zip(axes, ("average reward", "success rate"), strict=True):
+        ax.set_xticks(iterations)
         ax.set_xlabel("ETO iteration (0 = SFT)")
         ax.set_ylabel(label)
         ax.set_ylim(0, 1.02)
