@@ -9,6 +9,7 @@ use the same keys for Prefect's cache.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -33,7 +34,6 @@ from eto_core.pairs import build_pairs
 from eto_core.policy import GenerationSettings, LocalHFPolicy
 from eto_core.pretrain import pretrain_lm
 from eto_core.records import (
-    EvalSummary,
     frame_to_pairs,
     frame_to_trajectories,
     read_records,
@@ -154,7 +154,15 @@ def load_stage_model(recipe: Recipe, store: ArtifactStore, ref: ArtifactRef) -> 
 
 # -- cache keys: what each stage's result depends on -----------------------------------------------
 def env_version(recipe: Recipe) -> str:
-    env = env_factory(recipe)()
+    """The environment's behaviour version (part of the rollout and expert cache keys)."""
+    return _env_version(recipe.env.name, json.dumps(recipe.env.kwargs, sort_keys=True, default=str))
+
+
+@functools.cache
+def _env_version(name: str, kwargs_json: str) -> str:
+    # Keys are computed for every stage and every Prefect cache lookup: build the environment
+    # (a JVM for some benchmarks) once per process, not once per key.
+    env = make_env(name, **json.loads(kwargs_json))
     try:
         return env.version
     finally:
@@ -375,7 +383,3 @@ def _drop_trainer_dir(folder: Path) -> None:
     import shutil
 
     shutil.rmtree(folder / "trainer", ignore_errors=True)
-
-
-def eval_summary(trajs: list[Any], *, stage: str, iteration: int, split: str) -> EvalSummary:
-    return summarize(trajs, stage=stage, iteration=iteration, split=split)

@@ -8,7 +8,6 @@ stage" means. Models, stores and trackers are passed in but never hashed.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +184,3 @@ def dpo_task(
 
 def summary_of(result: P.StageResult) -> EvalSummary:
     return EvalSummary(**result.info["summary"])
-
-
-def summaries_as_dicts(summaries: list[EvalSummary]) -> list[dict[str, Any]]:
-    return [asdict(s) for s in summaries]
