@@ -13,8 +13,16 @@ from typing import Any
 from environments.base import TextEnv
 from environments.tidy import TidyEnv
 
+
+def _sciworld(**kwargs: Any) -> TextEnv:
+    from environments.sciworld import SciWorldEnv
+
+    return SciWorldEnv(**kwargs)
+
+
 _CONSTRUCTORS: dict[str, Callable[..., TextEnv]] = {
     "tidy": TidyEnv,
+    "sciworld": _sciworld,
 }
 
 ENV_NAMES: tuple[str, ...] = tuple(sorted(_CONSTRUCTORS))

@@ -144,7 +144,7 @@ def run_episodes(
                 env = slot.env
                 first_obs, _ = env.reset(ep.task_id)
                 prompt = build_prompt(
-                    env.task_instruction(), env.one_shot_example(), first_obs, one_shot=one_shot
+                    env.task_instruction(), env.one_shot_example() if one_shot else [], first_obs, one_shot=one_shot
                 )
             except Exception as exc:  # any env fault: a broken instance must not stop the run
                 if fault(slot, ep, exc):
@@ -245,7 +245,7 @@ def expert_trajectory(
         return None
     thoughts = env.expert_thoughts(task_id) or []
     first_obs, _ = env.reset(task_id)
-    messages = build_prompt(env.task_instruction(), env.one_shot_example(), first_obs, one_shot=one_shot)
+    messages = build_prompt(env.task_instruction(), env.one_shot_example() if one_shot else [], first_obs, one_shot=one_shot)
     num_prompt = len(messages)
     reward, success, steps, ended = 0.0, False, 0, False
     for i, action in enumerate(actions):
