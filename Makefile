@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RECIPE ?= recipes/default.yaml
 # Optional extras the tests exercise; the benchmark adapters' heavy dependencies live here.
-EXTRAS ?= dev,sciworld
+EXTRAS ?= dev,sciworld,webshop
 
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true

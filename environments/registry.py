@@ -20,9 +20,16 @@ def _sciworld(**kwargs: Any) -> TextEnv:
     return SciWorldEnv(**kwargs)
 
 
+def _webshop(**kwargs: Any) -> TextEnv:
+    from environments.webshop import WebShopEnv
+
+    return WebShopEnv(**kwargs)
+
+
 _CONSTRUCTORS: dict[str, Callable[..., TextEnv]] = {
     "tidy": TidyEnv,
     "sciworld": _sciworld,
+    "webshop": _webshop,
 }
 
 ENV_NAMES: tuple[str, ...] = tuple(sorted(_CONSTRUCTORS))
