@@ -70,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, help="output .parquet or .jsonl path")
     imp.add_argument("--prompt-messages", type=int, default=3,
                      help="leading messages forming the prompt (instruction, OK, [example turns], task); default 3")
+    data = sub.add_parser(
+        "data",
+        help="download a benchmark's official data files",
+        description="Download a benchmark's official data files into a folder (atomic: a file appears only "
+        "once complete and parsed). Without internet access it prints where the files go and their links.",
+    )
+    data.add_argument("benchmark", choices=["webshop"], help="which benchmark's data")
+    data.add_argument("--dest", default="data/webshop", help="target folder (default: %(default)s)")
+    data.add_argument("--size", choices=["small", "all"], default="small",
+                      help="small: the 1,000-product catalogue; all: the full 1.18M products (default: %(default)s)")
     return parser
 
 
@@ -106,6 +116,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from environments.webshop.download import DownloadError, download
+
+    try:
+        paths = download(Path(args.dest), args.size)
+    except DownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(p)
+    print(f"WebShop data ready: set env.kwargs.data_dir: {args.dest}")
+    return 0
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from eto_core.eto_format import import_eto_file
     from eto_core.records import RecordError, to_frame, write_records
@@ -136,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "import-eto":
         return _cmd_import(args)
+    if args.command == "data":
+        return _cmd_data(args)
     return 2
 
 
