@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RECIPE ?= recipes/default.yaml
 # Optional extras the tests exercise; the benchmark adapters' heavy dependencies live here.
-EXTRAS ?= dev,sciworld,webshop
+EXTRAS ?= dev,sciworld,webshop,alfworld
 
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -20,11 +20,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 setup: $(VENV)/.installed
 
+# The venv's bin goes first on PATH for the install: fast-downward (an alfworld dependency)
+# builds itself with a bare `python`, which must be the venv's.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
 run: setup

@@ -20,6 +20,12 @@ def _sciworld(**kwargs: Any) -> TextEnv:
     return SciWorldEnv(**kwargs)
 
 
+def _alfworld(**kwargs: Any) -> TextEnv:
+    from environments.alfworld.env import AlfworldEnv
+
+    return AlfworldEnv(**kwargs)
+
+
 def _webshop(**kwargs: Any) -> TextEnv:
     from environments.webshop import WebShopEnv
 
@@ -28,6 +34,7 @@ def _webshop(**kwargs: Any) -> TextEnv:
 
 _CONSTRUCTORS: dict[str, Callable[..., TextEnv]] = {
     "tidy": TidyEnv,
+    "alfworld": _alfworld,
     "sciworld": _sciworld,
     "webshop": _webshop,
 }
