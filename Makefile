@@ -7,7 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RECIPE ?= recipes/default.yaml
 # Optional extras the tests exercise; the benchmark adapters' heavy dependencies live here.
-EXTRAS ?= dev,sciworld,webshop,alfworld
+EXTRAS ?= dev,sciworld,webshop,alfworld,stack
+STACK_DIR ?= .eto/stack
 
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -16,7 +17,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean stack-up stack-down deploy
 
 setup: $(VENV)/.installed
 
@@ -39,5 +40,17 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The production stack (docs/stack.md): SeaweedFS S3, MLflow server, Prefect server on 127.0.0.1.
+stack-up: setup
+	$(VENV)/bin/eto stack up --state-dir $(STACK_DIR)
+
+stack-down: setup
+	$(VENV)/bin/eto stack down --state-dir $(STACK_DIR)
+
+deploy: setup
+	$(VENV)/bin/eto stack deploy --state-dir $(STACK_DIR)
+
+# Stop a running stack first: deleting its state under it would orphan its processes.
 clean:
+	-[ -x $(VENV)/bin/eto ] && $(VENV)/bin/eto stack down --state-dir $(STACK_DIR)
 	rm -rf .eto

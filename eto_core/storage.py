@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,15 @@ MANIFEST = "manifest.json"
 
 
 class ArtifactError(RuntimeError):
-    """A missing, partial or corrupt artifact; the message says which and what to do."""
+    """A missing, partial or corrupt artifact, or an unusable store; the message says which and what to do."""
+
+
+# S3 calls fail fast: a refused or silent endpoint costs seconds, not botocore's minutes.
+S3_CONNECT_TIMEOUT = 3.0
+S3_READ_TIMEOUT = 60.0
+S3_MAX_ATTEMPTS = 3
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
+                    "ExpiredToken", "InvalidClientTokenId", "403", "Forbidden"}
 
 
 @dataclass(frozen=True)
@@ -93,11 +103,62 @@ class ArtifactStore:
     def s3(self) -> Any:
         if self._client is None:
             import boto3  # only S3 users need it at import time
+            from botocore.config import Config
 
-            self._client = boto3.client(
-                "s3", endpoint_url=self._s3_endpoint_url, region_name=self._s3_region
+            # A session per store: credentials are read when the store first talks to S3, not
+            # taken from boto3's process-wide default session cached by an earlier client.
+            self._client = boto3.session.Session().client(
+                "s3", endpoint_url=self._s3_endpoint_url, region_name=self._s3_region,
+                config=Config(connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT,
+                              retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}),
             )
         return self._client
+
+    def check(self) -> None:
+        """Fail now, with the setting to fix, when an S3 root cannot be listed (no-op locally)."""
+        if self.scheme != "s3":
+            return
+        with self._s3_errors():
+            self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+
+    @contextmanager
+    def _s3_errors(self) -> Iterator[None]:
+        """botocore's exceptions -> one ArtifactError that names the setting or variable to fix."""
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ReadTimeoutError,
+        )
+
+        endpoint = self._s3_endpoint_url or "the default AWS endpoint"
+        try:
+            yield
+        except (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ReadTimeoutError) as exc:
+            raise ArtifactError(
+                f"{self.root}: cannot reach the S3 endpoint {endpoint} ({type(exc).__name__}); check "
+                "storage.s3_endpoint_url and that the S3 server is up (local stack: `eto stack status`)."
+            ) from None
+        except (NoCredentialsError, PartialCredentialsError):
+            raise ArtifactError(
+                f"{self.root}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                '(local stack: eval "$(eto stack env)").'
+            ) from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _BAD_CREDENTIALS:
+                raise ArtifactError(
+                    f"{self.root}: the S3 endpoint {endpoint} rejected the credentials ({code}); check "
+                    'AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (local stack: eval "$(eto stack env)").'
+                ) from None
+            if code == "NoSuchBucket":
+                raise ArtifactError(
+                    f"{self.root}: bucket '{self.bucket}' does not exist at {endpoint}; create it or fix storage.root."
+                ) from None
+            raise
 
     def _s3_key(self, uri: str, rel: str = "") -> str:
         key = urlparse(uri).path.lstrip("/")
@@ -107,14 +168,15 @@ class ArtifactStore:
     def read_manifest(self, uri: str) -> dict[str, Any] | None:
         """The manifest of a finished artifact, or None when it is absent or unfinished."""
         if self.scheme == "s3":
-            try:
-                body = self.s3.get_object(Bucket=self.bucket, Key=self._s3_key(uri, MANIFEST))["Body"].read()
-            except self.s3.exceptions.NoSuchKey:
-                return None
-            except Exception as exc:  # botocore's ClientError for 404 on some servers
-                if "404" in str(exc) or "NoSuchKey" in str(exc):
-                    return None
-                raise
+            from botocore.exceptions import ClientError
+
+            with self._s3_errors():
+                try:
+                    body = self.s3.get_object(Bucket=self.bucket, Key=self._s3_key(uri, MANIFEST))["Body"].read()
+                except ClientError as exc:  # NoSuchKey, or a bare 404 on some servers
+                    if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404"):
+                        return None
+                    raise
             return dict(json.loads(body))
         path = self._local_path(uri) / MANIFEST
         if not path.is_file():
@@ -142,10 +204,11 @@ class ArtifactStore:
             folder = self.cache_dir / ref.digest
             if not (folder / MANIFEST).is_file():
                 tmp = Path(tempfile.mkdtemp(dir=self._ensure(self.cache_dir), prefix=".fetch-"))
-                for rel in manifest["files"]:
-                    target = tmp / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    self.s3.download_file(self.bucket, self._s3_key(ref.uri, rel), str(target))
+                with self._s3_errors():
+                    for rel in manifest["files"]:
+                        target = tmp / rel
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        self.s3.download_file(self.bucket, self._s3_key(ref.uri, rel), str(target))
                 (tmp / MANIFEST).write_text(json.dumps(manifest))
                 self._verify(tmp, manifest, ref.uri)
                 shutil.rmtree(folder, ignore_errors=True)
@@ -177,11 +240,12 @@ class ArtifactStore:
         """Move/upload ``folder`` to ``uri``; the manifest goes last so readers never see half."""
         manifest = build_manifest(folder, meta)
         if self.scheme == "s3":
-            for rel in manifest["files"]:
-                self.s3.upload_file(str(folder / rel), self.bucket, self._s3_key(uri, rel))
-            self.s3.put_object(
-                Bucket=self.bucket, Key=self._s3_key(uri, MANIFEST), Body=json.dumps(manifest).encode()
-            )
+            with self._s3_errors():
+                for rel in manifest["files"]:
+                    self.s3.upload_file(str(folder / rel), self.bucket, self._s3_key(uri, rel))
+                self.s3.put_object(
+                    Bucket=self.bucket, Key=self._s3_key(uri, MANIFEST), Body=json.dumps(manifest).encode()
+                )
             shutil.rmtree(folder, ignore_errors=True)
         else:
             target = self._local_path(uri)

@@ -7,8 +7,12 @@ because Prefect may run stages on worker threads where that stack is not shared.
 from __future__ import annotations
 
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,38 @@ from eto_core.records import EvalSummary
 
 PARENT_TAG = "mlflow.parentRunId"
 _MAX_PARAM = 500
+CHAMPION = "champion"
+# Model versions are compared on the seen split: unseen stays a held-out report, never a selector.
+SELECTION_METRIC = "seen_avg_reward"
+
+
+class TrackingError(RuntimeError):
+    """An MLflow tracking server that cannot be used; the message names the setting to fix."""
+
+
+def check_server(tracking_uri: str, *, timeout: float = 3.0, attempts: int = 2) -> None:
+    """Fail in seconds, naming tracking.mlflow_uri, when an http(s) tracking server does not answer.
+
+    MLflow's own client retries a dead server for minutes before it says so.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    url = f"{tracking_uri.rstrip('/')}/health"
+    reason = ""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered: an auth or proxy layer in front is the server's business
+        except (urllib.error.URLError, OSError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+        if attempt + 1 < attempts:
+            time.sleep(1.0)
+    raise TrackingError(
+        f"cannot reach the MLflow tracking server at {tracking_uri} ({reason}); check tracking.mlflow_uri "
+        "(eto run --mlflow-uri) and that the server is up (local stack: `eto stack status`)."
+    )
 
 
 def flatten(prefix: str, value: Any) -> dict[str, str]:
@@ -39,6 +75,7 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str) -> None:
         self.tracking_uri = tracking_uri
+        check_server(tracking_uri)
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -123,6 +160,87 @@ class Tracker:
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
+
+    def promote_if_better(self, name: str, version: str, metric: str = SELECTION_METRIC) -> ChampionDecision:
+        """Move the ``champion`` alias to ``version`` only if its ``metric`` tag beats the champion's.
+
+        Both scores are model-version tags written after evaluation; a tie keeps the champion (a
+        new version has to earn the move). The decision is written on the candidate version.
+        """
+        score = _float_tag(self.client.get_model_version(name, version).tags, metric)
+        if score is None:
+            raise ValueError(f"{name} v{version} has no '{metric}' tag; evaluate it before promoting it")
+        try:
+            current = self.client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException:
+            current = None
+        if current is None:
+            decision = ChampionDecision(name, version, score, None, None, True, f"v{version} is the first champion "
+                                        f"({metric} {score:.4f})")
+        elif str(current.version) == str(version):
+            decision = ChampionDecision(name, version, score, version, score, False, f"v{version} is already champion")
+        else:
+            best = _float_tag(current.tags, metric)
+            promoted = best is None or score > best
+            vs = "no score" if best is None else f"{best:.4f}"
+            verb = "beats" if promoted else "does not beat"
+            decision = ChampionDecision(name, version, score, str(current.version), best, promoted,
+                                        f"v{version} {metric} {score:.4f} {verb} champion v{current.version} ({vs})")
+        if decision.promoted:
+            self.set_alias(name, CHAMPION, version)
+        self.client.set_model_version_tag(name, version, "champion_decision", decision.reason)
+        return decision
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    """Whether a new model version took the ``champion`` alias, and why."""
+
+    name: str
+    candidate: str
+    candidate_score: float
+    champion: str | None  # the champion before the decision
+    champion_score: float | None
+    promoted: bool
+    reason: str
+
+
+def compare_versions(tracking_uri: str, name: str) -> list[dict[str, str]]:
+    """One row per version of a registered model: aliases, tags and its stage run's metrics."""
+    check_server(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    rows = []
+    for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda mv: int(mv.version)):
+        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        rows.append({
+            "version": str(mv.version),
+            "aliases": ",".join(sorted(aliases.get(str(mv.version), []))) or "-",
+            **{k: mv.tags.get(k, "-") for k in ("stage", "iteration", "seen_avg_reward", "seen_success_rate",
+                                                 "unseen_avg_reward", "unseen_success_rate")},
+            # The run's final values; per-step training curves live under train/ in the run.
+            "run metrics": " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" not in k) or "-",
+            "flow run": mv.tags.get("prefect_flow_run_id", "")[:8] or "-",
+        })
+    return rows
+
+
+def _float_tag(tags: Mapping[str, str], key: str) -> float | None:
+    try:
+        return float(tags[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def markdown_table(rows: Sequence[Mapping[str, str]]) -> str:
+    if not rows:
+        return "(no rows)"
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def _clean(key: str) -> str:

@@ -72,6 +72,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     logger = get_run_logger()
     started = time.perf_counter()
     store = P.make_store(recipe, state_dir)
+    store.check()  # an unreachable or misconfigured S3 root fails here, naming the setting
     tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
     flow_run_id = _flow_run_id()
     parent = tracker.start_run(f"{recipe.name}", tags={"prefect.flow_run_id": flow_run_id, "eto.recipe": recipe.name,
@@ -101,6 +102,14 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
             if version:
                 tracker.client.set_model_version_tag(recipe.model_name, version, f"{s.split}_avg_reward", f"{s.avg_reward:.4f}")
                 tracker.client.set_model_version_tag(recipe.model_name, version, f"{s.split}_success_rate", f"{s.success_rate:.4f}")
+        # The champion alias moves, in iteration order, only to a version that beats it on seen.
+        for iteration, version in sorted(versions.items()):
+            if version:
+                decision = tracker.promote_if_better(recipe.model_name, version)
+                champion = decision.candidate if decision.promoted else decision.champion
+                tracker.set_tags(parent, {f"eto.champion.iter{iteration}": decision.reason,
+                                          "eto.champion_version": str(champion)})
+                logger.info("champion %s: %s", "moved" if decision.promoted else "kept", decision.reason)
         tracker.log_metrics(parent, stage_metrics)
         table = results_table(summaries)
         fig = reward_plot(summaries, f"ETO on {recipe.env.name} ({recipe.name})")

@@ -101,20 +101,39 @@ def model_init_task(
 
 def _log_model(
     tracker: Tracker | None, run_id: str | None, recipe: Recipe, store: ArtifactStore, result: P.StageResult,
-    *, stage: str, iteration: int, flow_run_id: str,
+    *, stage: str, iteration: int, flow_run_id: str, data: dict[str, ArtifactRef],
 ) -> str | None:
-    """Log the model folder and register it as a new version; returns the version."""
+    """Log the model folder and register it as a new version; returns the version.
+
+    ``data`` names the input artifacts the model was trained from; their content digests become
+    version tags, so a version traces back to exact data without opening its run.
+    """
     if tracker is None or run_id is None or not recipe.tracking.log_models:
         return None
     folder = Path(P.model_folder(store, result.ref))
     if not folder.is_dir():  # a hub id the user points at: nothing local to log
         return None
+    # A LoRA policy is already merged into plain weights by the stage: these are files, never a
+    # PeftModel through mlflow.transformers (which reloads the wrong weights).
     tracker.log_artifacts(run_id, folder, "model")
     return tracker.register_model(
         recipe.model_name, run_id, "model",
         tags={"env": recipe.env.name, "stage": stage, "iteration": str(iteration), "artifact": result.ref.uri,
-              "artifact_digest": result.ref.digest, "prefect_flow_run_id": flow_run_id, "recipe": recipe.name},
+              "artifact_digest": result.ref.digest, "prefect_flow_run_id": flow_run_id, "recipe": recipe.name,
+              **{f"data.{name}_digest": ref.digest for name, ref in data.items()},
+              **{f"data.{name}_uri": ref.uri for name, ref in data.items()}},
     )
+
+
+def _log_input(
+    tracker: Tracker | None, run_id: str | None, store: ArtifactStore, ref: ArtifactRef,
+    file: str, kind: str, name: str,
+) -> None:
+    """Log the records a training run read as its MLflow dataset input (source: their artifact URI)."""
+    if tracker is None or run_id is None:
+        return
+    frame = P.read_records(store.fetch(ref) / file, kind)
+    tracker.log_dataset(run_id, frame, name=name, source_uri=ref.uri, context="training")
 
 
 @task(name="sft", cache_key_fn=_key(P.sft_key, "base", "expert"), persist_result=True)
@@ -124,7 +143,9 @@ def sft_task(
 ) -> P.StageResult:
     result = P.sft_stage(recipe, store, base, expert)
     run_id = _stage_run(tracker, parent, result, "sft", {"sft": recipe.sft.model_dump(), "seed": recipe.seed})
-    version = _log_model(tracker, run_id, recipe, store, result, stage="sft", iteration=0, flow_run_id=flow_run_id)
+    _log_input(tracker, run_id, store, expert, P.TRAJ_FILE, "trajectories", "expert-trajectories")
+    version = _log_model(tracker, run_id, recipe, store, result, stage="sft", iteration=0, flow_run_id=flow_run_id,
+                         data={"expert": expert, "base_model": base})
     result.info["model_version"] = version
     _finish(tracker, run_id)
     result.info.pop("log_history", None)
@@ -175,7 +196,9 @@ def dpo_task(
     result = P.dpo_stage(recipe, store, model, pairs, iteration)
     run_id = _stage_run(tracker, parent, result, f"dpo-iter{iteration}",
                         {"dpo": recipe.dpo_for_iteration(iteration).model_dump(), "iteration": iteration})
-    version = _log_model(tracker, run_id, recipe, store, result, stage="dpo", iteration=iteration, flow_run_id=flow_run_id)
+    _log_input(tracker, run_id, store, pairs, P.PAIRS_FILE, "pairs", f"pairs-iter{iteration}")
+    version = _log_model(tracker, run_id, recipe, store, result, stage="dpo", iteration=iteration, flow_run_id=flow_run_id,
+                         data={"pairs": pairs, "reference_model": model})
     result.info["model_version"] = version
     _finish(tracker, run_id)
     result.info.pop("log_history", None)
