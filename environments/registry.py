@@ -47,5 +47,7 @@ def make_env(name: str, **kwargs: Any) -> TextEnv:
     try:
         constructor = _CONSTRUCTORS[name]
     except KeyError:
-        raise ValueError(f"unknown environment {name!r}; known: {', '.join(ENV_NAMES)}") from None
+        raise ValueError(
+            f"unknown environment {name!r}; set env.name to one of: {', '.join(ENV_NAMES)} (`eto envs` lists them)"
+        ) from None
     return constructor(**kwargs)

@@ -8,7 +8,7 @@ field documentation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -46,6 +46,11 @@ class DataSettings(_Strict):
     expert_file: str | None = Field(
         None,
         description="Optional expert trajectories in ETO's published JSON format instead of the env's expert.",
+    )
+    on_split_overlap: Literal["error", "warn"] = Field(
+        "error",
+        description="What to do when seen/unseen task ids are also training task ids: 'error' refuses to "
+        "train; 'warn' logs a loud warning and goes on (results are then not held out).",
     )
 
 
@@ -176,7 +181,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
     if "=" not in item:
-        raise RecipeError(f"override '{item}' must look like key.sub=value")
+        raise RecipeError(f"{path}: override '{item}' must look like key.sub=value, e.g. --set dpo.beta=0.2")
     key, value = item.split("=", 1)
     node = raw
     parts = key.split(".")

@@ -81,7 +81,10 @@ def import_eto_file(
             raise _fail(path, index, rid, "must start with a human turn and end with a gpt turn")
         if len(messages) <= num_prompt_messages:
             raise _fail(path, index, rid, f"has no agent turn after the {num_prompt_messages} prompt messages")
-        reward = float(rec.get("reward", 1.0))
+        reward = rec.get("reward", 1.0)
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not 0.0 <= reward <= 1.0:
+            raise _fail(path, index, rid, f"'reward' is {reward!r}; expected a number in [0, 1]")
+        reward = float(reward)
         out.append(
             Trajectory(
                 task_id=rid,

@@ -38,6 +38,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
@@ -130,6 +131,16 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local folder or hub id (safetensors only) with its tokenizer."""
     src = str(path)
+    local = Path(src).expanduser()
+    # A hub id is "name" or "namespace/name"; anything else that names no folder is a typo'd
+    # path, which would otherwise surface as a puzzling "Repo id must be in the form" error.
+    if not local.exists() and (local.is_absolute() or src.startswith((".", "~")) or src.count("/") > 1):
+        raise ModelError(f"model '{src}': no such folder; fix model.path (a local model folder or a hub id).")
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"model '{src}': the folder has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer into it (tokenizer.save_pretrained) or point model.path at the full model folder."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

@@ -29,6 +29,7 @@ from eto_core.config import Recipe
 from eto_core.dpo import train_dpo
 from eto_core.eto_format import import_eto_file
 from eto_core.evaluation import summarize
+from eto_core.hygiene import check_split_overlap
 from eto_core.modeling import build_tiny_model, load_model, save_model, train_tokenizer
 from eto_core.pairs import build_pairs
 from eto_core.policy import GenerationSettings, LocalHFPolicy
@@ -110,6 +111,21 @@ def _split_tasks(recipe: Recipe, split: str, stage: str) -> list[str]:
             f"lower data.{split}_tasks."
         )
     return ids[:n]
+
+
+def check_splits(recipe: Recipe) -> dict[str, list[str]]:
+    """Refuse (or warn, per data.on_split_overlap) when evaluation tasks are training tasks."""
+    env = env_factory(recipe)()
+    try:
+        train = env.tasks("train")[: recipe.data.train_tasks]
+        evals = {s: env.tasks(s)[: task_count(recipe, s, "evaluate")] for s in ("seen", "unseen")}  # type: ignore[arg-type]
+    finally:
+        env.close()
+    if recipe.data.expert_file:  # SFT trains on the file's tasks as well as exploring the env's
+        train = train + [t.task_id for t in import_eto_file(recipe.data.expert_file, env=recipe.env.name)]
+    return check_split_overlap(
+        train, evals, mode=recipe.data.on_split_overlap, source=f"environment '{recipe.env.name}'"
+    )
 
 
 def _reuse(store: ArtifactStore, stage: str, key: str) -> StageResult | None:
@@ -212,6 +228,7 @@ def dpo_key(recipe: Recipe, model: ArtifactRef, pairs: ArtifactRef, iteration: i
 # -- stages --------------------------------------------------------------------------------------
 def expert_stage(recipe: Recipe, store: ArtifactStore, *, progress: bool = True) -> StageResult:
     """Expert trajectories on the training tasks (from the env's expert or an ETO file)."""
+    check_splits(recipe)  # before any training, and on every run: the check is cheap
     key = expert_key(recipe)
     if (hit := _reuse(store, "expert", key)) is not None:
         return hit
@@ -300,6 +317,10 @@ def rollout_stage(
     key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
     if (hit := _reuse(store, stage, key)) is not None:
         return hit
+    if stage == "evaluate":
+        # The eval key moves with data.seen/unseen_tasks, the expert key does not: re-check here
+        # so growing an evaluation split cannot slip past a cached expert stage.
+        check_splits(recipe)
     seed_everything(recipe.seed + iteration)
     hf_model, tokenizer = load_stage_model(recipe, store, model)
     policy = LocalHFPolicy(hf_model, tokenizer, seeded(gen, recipe), model_uri=model.uri)

@@ -190,13 +190,20 @@ def _describe(exc: pa.errors.SchemaErrors, name: str, source: str) -> str:
         row = case["index"]
         where = f"row {int(row)}" if pd.notna(row) else "all rows"
         field_name = case["column"] if pd.notna(case["column"]) else "(frame)"
+        # Frame-level checks name the schema as the column and the field as the failure case.
+        if case["check"] == "column_in_dataframe":
+            lines.append(f"  field '{case['failure_case']}': missing (every {name} record needs it)")
+            continue
+        if case["check"] == "column_in_schema":
+            lines.append(f"  field '{case['failure_case']}': not a {name} field (drop it)")
+            continue
         value = repr(case["failure_case"])
         if len(value) > 120:
             value = value[:117] + "..."
         lines.append(f"  {where}, field '{field_name}': {case['check']} (got {value})")
     lines.append(
         "Fix or regenerate the file: the field list and rules are in eto_core/records.py "
-        "(docs/data.md describes each record)."
+        "(docs/pipeline.md, section Records, describes each record)."
     )
     return "\n".join(lines)
 
@@ -243,7 +250,8 @@ def read_records(path: str | Path, kind: str) -> pd.DataFrame:
                             f"{path}: line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}); "
                             "the file may be truncated: regenerate it or delete the line."
                         ) from None
-            frame = pd.DataFrame(rows)
+            # No lines means no records: JSONL carries no column names to check then.
+            frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(SCHEMAS[kind].columns))
         else:
             raise RecordError(f"{path}: unknown record file type '{path.suffix}'; use .parquet or .jsonl.")
     except RecordError:
@@ -265,7 +273,11 @@ def write_records(frame: pd.DataFrame, path: str | Path, kind: str) -> None:
     if path.suffix == ".parquet":
         frame.to_parquet(tmp, index=False)
     else:
-        frame.to_json(tmp, orient="records", lines=True)
+        # json.dumps, not DataFrame.to_json: pandas rounds floats to 10 digits, so a reward read
+        # back from JSONL would differ from the one written (and so would every digest after it).
+        with tmp.open("w") as fh:
+            for row in frame.to_dict(orient="records"):
+                fh.write(json.dumps(_to_py(row), ensure_ascii=False) + "\n")
     tmp.replace(path)
 
 

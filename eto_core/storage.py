@@ -221,10 +221,16 @@ class ArtifactStore:
     def _verify(self, folder: Path, manifest: dict[str, Any], uri: str) -> None:
         for rel, expected in manifest["files"].items():
             path = folder / rel
+            # A finished artifact is reused as it is, so rerunning alone would hit the same files:
+            # the fix is to delete the artifact first.
             if not path.is_file():
-                raise ArtifactError(f"{uri}: file '{rel}' listed in the manifest is missing; rerun its stage.")
+                raise ArtifactError(
+                    f"{uri}: file '{rel}' listed in the manifest is missing; delete {uri} and rerun its stage."
+                )
             if sha256_file(path) != expected:
-                raise ArtifactError(f"{uri}: file '{rel}' does not match its manifest hash (corrupt); rerun its stage.")
+                raise ArtifactError(
+                    f"{uri}: file '{rel}' does not match its manifest hash (corrupt); delete {uri} and rerun its stage."
+                )
 
     # -- writing --------------------------------------------------------------------------------
     @staticmethod

@@ -11,7 +11,7 @@ from eto_core.config import Recipe, RecipeError, describe_fields, load_recipe
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["default", "mini"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml")))
 def test_shipped_recipes_load(name: str) -> None:
     recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
     assert recipe.name == name and recipe.iterations >= 1
