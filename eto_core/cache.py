@@ -22,10 +22,12 @@ STAGE_VERSIONS: dict[str, int] = {
     "model_init": 1,
     "expert": 1,
     "sft": 1,
-    "explore": 1,
+    "explore": 2,  # 2: rollouts run in checkpointed shards, sampling seeded per shard
+    "explore_shard": 1,
     "pairs": 1,
     "dpo": 1,
-    "evaluate": 1,
+    "evaluate": 2,
+    "evaluate_shard": 1,
 }
 
 

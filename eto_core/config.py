@@ -32,6 +32,18 @@ class EnvSettings(_Strict):
     name: str = Field("tidy", description="Registered environment name (see environments/registry.py).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments of the environment.")
     one_shot: bool = Field(True, description="Put the benchmark's one-shot example into every prompt (ETO does).")
+    step_timeout_s: float | None = Field(
+        120.0,
+        gt=0,
+        description="Seconds one reset or step may take before the environment counts as hung: it is closed and "
+        "replaced and the episode restarted (empty: wait forever).",
+    )
+    max_retries: int = Field(
+        2,
+        ge=0,
+        description="Restarts of an episode on a fresh environment after a crash or hang; after that it is "
+        "recorded as 'env_error' with the fault, never counted as a model failure.",
+    )
 
 
 class DataSettings(_Strict):

@@ -238,7 +238,7 @@ def expert_stage(recipe: Recipe, store: ArtifactStore, *, progress: bool = True)
     else:
         trajs, skipped = collect_expert(
             env_factory(recipe), _split_tasks(recipe, "train", "expert"), env_name=recipe.env.name, split="train",
-            one_shot=recipe.env.one_shot, progress=progress,
+            one_shot=recipe.env.one_shot, progress=progress, max_env_retries=recipe.env.max_retries,
         )
     if not trajs:
         raise ValueError(f"no expert trajectory succeeded on environment '{recipe.env.name}'; check its expert.")
@@ -322,15 +322,41 @@ def rollout_stage(
         # so growing an evaluation split cannot slip past a cached expert stage.
         check_splits(recipe)
     seed_everything(recipe.seed + iteration)
-    hf_model, tokenizer = load_stage_model(recipe, store, model)
-    policy = LocalHFPolicy(hf_model, tokenizer, seeded(gen, recipe), model_uri=model.uri)
-    started = time.perf_counter()
-    trajs = run_episodes(
-        env_factory(recipe), _split_tasks(recipe, split, stage), policy, env_name=recipe.env.name, split=split,
-        source=source, iteration=iteration, one_shot=recipe.env.one_shot, seed=recipe.seed,
-        batch_size=gen.batch_size, progress=progress,
-    )
-    elapsed = time.perf_counter() - started
+    tasks = _split_tasks(recipe, split, stage)
+    shards = [tasks[i : i + gen.shard_size] for i in range(0, len(tasks), gen.shard_size)]
+    loaded: tuple[Any, Any] | None = None  # the model loads only if some shard still has to run
+    trajs: list[Any] = []
+    reused = 0
+    ran_episodes, ran_seconds = 0, 0.0
+    for index, shard_tasks in enumerate(shards):
+        # Each shard is its own artifact, published as it finishes: a crash mid-rollout costs
+        # at most the shard in flight, and the rerun picks up the finished ones by key.
+        shard_stage = f"{stage}_shard"
+        shard_key = cache_key(shard_stage, settings={"rollout": key, "index": index, "tasks": shard_tasks})
+        if (hit := _reuse(store, shard_stage, shard_key)) is not None:
+            trajs += read_trajectories(store, hit.ref)
+            reused += 1
+            continue
+        if loaded is None:
+            loaded = load_stage_model(recipe, store, model)
+        # Sampling is seeded per shard, so a resumed rollout samples exactly what an
+        # uninterrupted one would have.
+        shard_gen = seeded(gen, recipe).model_copy(update={"seed": gen.seed + recipe.seed + index})
+        policy = LocalHFPolicy(*loaded, shard_gen, model_uri=model.uri)
+        started = time.perf_counter()
+        shard_trajs = run_episodes(
+            env_factory(recipe), shard_tasks, policy, env_name=recipe.env.name, split=split,
+            source=source, iteration=iteration, one_shot=recipe.env.one_shot, seed=recipe.seed,
+            batch_size=gen.batch_size, max_env_retries=recipe.env.max_retries,
+            step_timeout=recipe.env.step_timeout_s, progress=progress,
+            desc=f"{source} {recipe.env.name}/{split} shard {index + 1}/{len(shards)}",
+        )
+        ran_seconds += time.perf_counter() - started
+        ran_episodes += len(shard_trajs)
+        shard_folder = store.staging_dir()
+        _write_trajs(shard_folder, shard_trajs)
+        _publish(store, shard_stage, shard_key, shard_folder, {}, {"index": index, "of": len(shards)})
+        trajs += shard_trajs
     folder = store.staging_dir()
     _write_trajs(folder, trajs)
     summary = summarize(trajs, stage=stage, iteration=iteration, split=split)
@@ -339,7 +365,8 @@ def rollout_stage(
         f"{split}_success_rate": summary.success_rate,
         f"{split}_mean_steps": summary.mean_steps,
         f"{split}_env_errors": summary.extra["env_errors"],
-        f"{split}_episodes_per_s": len(trajs) / elapsed if elapsed > 0 else 0.0,
+        f"{split}_episodes_per_s": ran_episodes / ran_seconds if ran_seconds > 0 else 0.0,
+        f"{split}_shards_reused": float(reused),
     }
     return _publish(store, stage, key, folder, metrics, {"summary": asdict(summary)})
 

@@ -64,6 +64,14 @@ class GenerationSettings(BaseModel):
         ),
     )
     seed: int = Field(default=0, description="Seeds sampling, so a sampled rollout can be reproduced.")
+    shard_size: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Episodes per checkpointed shard: each finished shard is saved as its own artifact, so a "
+            "run that crashes mid-rollout redoes at most one shard."
+        ),
+    )
 
 
 # The action line is complete once a non-empty "Action: ..." is followed by a newline; the

@@ -7,17 +7,21 @@ finished slots from the queue so the batch stays full. Results come back in task
 an episode's turns depend only on its own conversation, so a greedy policy gives the same
 trajectories whatever the batch size.
 
-Environment faults (an exception from ``reset`` or ``step``) replace that slot's environment
-and restart the episode from scratch, up to ``max_env_retries`` times; after that the episode
-is recorded with terminate_reason "env_error" and reward 0 so it is counted, never dropped.
+Environment faults (an exception from ``reset`` or ``step``, or no answer within
+``step_timeout``) replace that slot's environment and restart the episode from scratch, up to
+``max_env_retries`` times; after that the episode is recorded with terminate_reason
+"env_error", reward 0 and the fault as its last message, so it is counted, never dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 
@@ -39,6 +43,39 @@ GENERIC_THOUGHT = "I should do the next step."
 EMPTY_TURN = "(no output)"
 """Stands in for an agent turn that was empty after stripping: records require non-empty
 message content, and the turn is still a (wasted) step with an invalid-format observation."""
+
+
+_T = TypeVar("_T")
+
+
+class EnvTimeout(RuntimeError):
+    """An environment call that did not return within the step timeout (a hung environment)."""
+
+
+def call_with_timeout(fn: Callable[[], _T], timeout: float | None, what: str) -> _T:
+    """``fn()``, or EnvTimeout when it has not returned after ``timeout`` seconds.
+
+    The call runs in a daemon thread that is abandoned on timeout: Python cannot stop a thread,
+    so the caller closes the environment, which ends a JVM-backed call, and uses a fresh one.
+    """
+    if timeout is None:
+        return fn()
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"env-{what}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise EnvTimeout(f"environment {what} gave no answer within {timeout:g} s (env.step_timeout_s)")
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
 
 
 @dataclass
@@ -73,7 +110,9 @@ def run_episodes(
     seed: int = 0,
     batch_size: int = 32,
     max_env_retries: int = 2,
+    step_timeout: float | None = None,
     progress: bool = True,
+    desc: str | None = None,
 ) -> list[Trajectory]:
     """Roll ``policy`` out on every task; one trajectory per task id, in the given order.
 
@@ -90,13 +129,14 @@ def run_episodes(
     results: list[Trajectory | None] = [None] * len(task_ids)
     queue = deque(enumerate(task_ids))
     slots = [_Slot() for _ in range(min(batch_size, len(task_ids)))]
-    bar = tqdm(total=len(task_ids), desc=f"{source} {env_name}/{split}", unit="ep", disable=not progress)
+    bar = tqdm(total=len(task_ids), desc=desc or f"{source} {env_name}/{split}", unit="ep", disable=not progress)
 
     def record(ep: _Episode, reason: str) -> None:
         if reason == "env_error":
-            messages = ep.messages or [
-                {"role": "user", "content": f"Environment error on task {ep.task_id}: {ep.last_error}"}
-            ]
+            # The fault is the record's last message, so the file says why without the logs.
+            fault_msg: Message = {"role": "user", "content": f"Environment error on task {ep.task_id} after "
+                                  f"{ep.failures} attempt(s): {ep.last_error}"}
+            messages = [*ep.messages, fault_msg] if ep.messages else [fault_msg]
             num_prompt = ep.num_prompt or len(messages)
             reward, success = 0.0, False
         else:
@@ -142,7 +182,7 @@ def run_episodes(
                 if slot.env is None:
                     slot.env = make_env()
                 env = slot.env
-                first_obs, _ = env.reset(ep.task_id)
+                first_obs, _ = call_with_timeout(partial(env.reset, ep.task_id), step_timeout, "reset")
                 prompt = build_prompt(
                     env.task_instruction(), env.one_shot_example() if one_shot else [], first_obs, one_shot=one_shot
                 )
@@ -177,7 +217,7 @@ def run_episodes(
                 ep = slot.episode
                 assert ep is not None and slot.env is not None
                 try:
-                    reason = _advance(slot.env, ep, turn)
+                    reason = _advance(slot.env, ep, turn, step_timeout)
                 except Exception as exc:  # env fault in step: fresh env, episode from scratch
                     slot.episode = None
                     if fault(slot, ep, exc):
@@ -199,7 +239,7 @@ def run_episodes(
     return [t for t in results if t is not None]
 
 
-def _advance(env: TextEnv, ep: _Episode, turn: str | None) -> str:
+def _advance(env: TextEnv, ep: _Episode, turn: str | None, step_timeout: float | None = None) -> str:
     """Apply one agent turn; the end reason, or "" to go on. Env exceptions propagate."""
     if turn is None:
         return "max_length"
@@ -210,7 +250,7 @@ def _advance(env: TextEnv, ep: _Episode, turn: str | None) -> str:
         # The environment never sees a malformed turn, but it still costs a step.
         observation = INVALID_FORMAT_OBSERVATION
     else:
-        result = env.step(action)
+        result = call_with_timeout(partial(env.step, action), step_timeout, "step")
         observation, terminated, truncated = result.observation, result.terminated, result.truncated
         ep.reward = float(result.reward)
         ep.success = bool(result.info.get("success", False))

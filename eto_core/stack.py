@@ -29,7 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -255,9 +255,10 @@ def _write_weed_identity(config: StackConfig, creds: Credentials) -> None:
 # -- up / down / status --------------------------------------------------------------------------
 def up(
     config: StackConfig, creds: Credentials, base_env: Mapping[str, str],
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, names: Sequence[str] = SERVICES,
 ) -> list[ServiceStatus]:
-    """Start every service that is not running, wait until each is healthy, create the bucket."""
+    """Start every service (of ``names``) that is not running, wait until each is healthy, create
+    the bucket."""
     running = load_config(config.state_dir)
     settings = (config.ports, config.bucket, config.region)
     if running is not None and (running.ports, running.bucket, running.region) != settings and any(
@@ -272,7 +273,7 @@ def up(
     save_config(config)
     _write_weed_identity(config, creds)
     specs = services(config, creds, base_env)
-    for name in SERVICES:
+    for name in (n for n in SERVICES if n in names):
         spec = specs[name]
         status = service_status(config, name)
         if status.state == "running":
@@ -289,12 +290,14 @@ def up(
             log(f"{name}: healthy at {status.url}")
         if name == "s3":
             ensure_bucket(config, creds)
-    return [service_status(config, name) for name in SERVICES]
+    return [service_status(config, name) for name in SERVICES if name in names]
 
 
-def down(config: StackConfig, log: Callable[[str], None] = print, grace: float = 20.0) -> None:
-    """Stop every service (process group and descendants), newest first; no process is left."""
-    for name in reversed(SERVICES):
+def down(
+    config: StackConfig, log: Callable[[str], None] = print, grace: float = 20.0, names: Sequence[str] = SERVICES
+) -> None:
+    """Stop every service (of ``names``: process group and descendants), newest first; no process is left."""
+    for name in (n for n in reversed(SERVICES) if n in names):
         record = _read_pid(config, name)
         if record is None:
             continue

@@ -35,6 +35,35 @@ class TrackingError(RuntimeError):
     """An MLflow tracking server that cannot be used; the message names the setting to fix."""
 
 
+# MLflow's client retries an unanswered request 7 times with a doubling backoff (minutes) by
+# default; these bound a mid-run outage to about 15 s of retries before the run stops with a
+# TrackingError. Applied with setdefault, so a user's own settings win.
+MLFLOW_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+_UNREACHABLE_SIGNS = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+                      "Connection aborted", "Read timed out", "RemoteDisconnected")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """An MLflow client error that means the tracking server did not answer (vs. a bad request)."""
+    import requests
+
+    return isinstance(exc, (MlflowException, requests.exceptions.ConnectionError, requests.exceptions.Timeout)) and \
+        any(sign in str(exc) for sign in _UNREACHABLE_SIGNS)
+
+
+def lost_server_error(tracking_uri: str, exc: BaseException) -> TrackingError:
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return TrackingError(
+        f"the MLflow tracking server at {tracking_uri} stopped answering during the run ({first}); every stage "
+        "that finished is kept in the artifact store: once tracking.mlflow_uri answers again, rerun the same "
+        "command and it resumes from them."
+    )
+
+
 def check_server(tracking_uri: str, *, timeout: float = 3.0, attempts: int = 2) -> None:
     """Fail in seconds, naming tracking.mlflow_uri, when an http(s) tracking server does not answer.
 
@@ -97,6 +126,13 @@ class Tracker:
             all_tags[PARENT_TAG] = parent
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         return str(run.info.run_id)
+
+    def has_stage_run(self, artifact_uri: str) -> bool:
+        """Whether a stage run tagged with this artifact was already logged in the experiment."""
+        quoted = artifact_uri.replace("'", "\\'")
+        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`eto.artifact` = '{quoted}'",
+                                        max_results=1)
+        return bool(found)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -7,6 +7,7 @@ nested run per stage. ``sft_flow`` and ``eto_iteration_flow`` run parts on their
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from typing import Any
@@ -20,7 +21,7 @@ from eto_core.config import Recipe
 from eto_core.evaluation import results_table
 from eto_core.records import EvalSummary
 from eto_core.storage import ArtifactRef, ArtifactStore
-from eto_core.tracking import Tracker, reward_plot
+from eto_core.tracking import MLFLOW_RETRY_DEFAULTS, Tracker, is_unreachable, lost_server_error, reward_plot
 from tasks.stages import (
     dpo_task,
     expert_task,
@@ -71,6 +72,8 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     """SFT on expert trajectories, then ``recipe.iterations`` rounds of ETO, evaluated on seen/unseen."""
     logger = get_run_logger()
     started = time.perf_counter()
+    for key, value in MLFLOW_RETRY_DEFAULTS.items():  # bounded retries, also for deployment runs
+        os.environ.setdefault(key, value)
     store = P.make_store(recipe, state_dir)
     store.check()  # an unreachable or misconfigured S3 root fails here, naming the setting
     tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
@@ -132,8 +135,17 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
             "model_versions": versions,
             "seconds": elapsed,
         }
+    except Exception as exc:
+        if is_unreachable(exc):
+            raise lost_server_error(recipe.tracking.mlflow_uri, exc) from exc
+        raise
     finally:
-        tracker.end_run(parent, status=status)
+        try:
+            tracker.end_run(parent, status=status)
+        except Exception as exc:  # the server may be the thing that failed: keep the first error
+            if not is_unreachable(exc):
+                raise
+            logger.warning("could not mark MLflow run %s %s: %s", parent, status, str(exc).splitlines()[0][:200])
 
 
 @flow(name="eto-sft", log_prints=True)

@@ -50,8 +50,12 @@ def _prefect_key(store: ArtifactStore, stage: str, key: str) -> str:
 def _stage_run(
     tracker: Tracker | None, parent: str | None, result: P.StageResult, name: str, params: dict[str, Any]
 ) -> str | None:
-    """A nested MLflow run for a stage that actually ran; reused stages were logged when they ran."""
-    if tracker is None or parent is None or result.cached:
+    """A nested MLflow run for a stage that ran, or that was reused but never reached MLflow (a
+    crash or a tracking outage between publishing its artifact and logging it); a stage logged
+    by the run that computed it is not logged again."""
+    if tracker is None or parent is None:
+        return None
+    if result.cached and tracker.has_stage_run(result.ref.uri):
         return None
     run_id = tracker.start_run(name, parent=parent, tags={"eto.stage": result.stage, "eto.cached": str(result.cached),
                                                           "eto.artifact": result.ref.uri})
@@ -88,7 +92,10 @@ def expert_task(recipe: Recipe, store: ArtifactStore, tracker: Tracker | None = 
     return result
 
 
-@task(name="init-model", cache_key_fn=_key(P.model_init_key, "expert"), persist_result=True)
+# Training tasks do not turn print() into log lines: datasets' fingerprinting (through dill)
+# captures stdout around dis.dis to find a function's globals, and with Prefect's log_prints
+# every line of that bytecode dump landed in the task's log instead.
+@task(name="init-model", cache_key_fn=_key(P.model_init_key, "expert"), persist_result=True, log_prints=False)
 def model_init_task(
     recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, tracker: Tracker | None = None, parent: str | None = None
 ) -> P.StageResult:
@@ -136,7 +143,7 @@ def _log_input(
     tracker.log_dataset(run_id, frame, name=name, source_uri=ref.uri, context="training")
 
 
-@task(name="sft", cache_key_fn=_key(P.sft_key, "base", "expert"), persist_result=True)
+@task(name="sft", cache_key_fn=_key(P.sft_key, "base", "expert"), persist_result=True, log_prints=False)
 def sft_task(
     recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: ArtifactRef,
     tracker: Tracker | None = None, parent: str | None = None, flow_run_id: str = "",
@@ -188,7 +195,7 @@ def pairs_task(
     return result
 
 
-@task(name="dpo", task_run_name="dpo-iter{iteration}", cache_key_fn=_key(P.dpo_key, "model", "pairs", "iteration"), persist_result=True)
+@task(name="dpo", task_run_name="dpo-iter{iteration}", cache_key_fn=_key(P.dpo_key, "model", "pairs", "iteration"), persist_result=True, log_prints=False)
 def dpo_task(
     recipe: Recipe, store: ArtifactStore, model: ArtifactRef, pairs: ArtifactRef, iteration: int,
     tracker: Tracker | None = None, parent: str | None = None, flow_run_id: str = "",

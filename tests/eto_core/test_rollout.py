@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -240,6 +242,67 @@ def test_persistent_env_fault_recorded_as_env_error() -> None:
     for t in trajs[:2]:
         assert t.reward == 0.0 and not t.success
     to_frame(trajs, "trajectories")
+
+
+def test_env_error_record_names_the_fault() -> None:
+    faults = {("count-2", 2): 100}
+    policy = ScriptedPolicy({"count-2": [act("add"), act("add"), act("stop")]})
+    [traj] = rollout(["count-2"], policy, lambda: CounterEnv(faults), max_env_retries=1)
+    assert traj.terminate_reason == "env_error" and traj.reward == 0.0
+    assert traj.messages[-1] == {"role": "user", "content": "Environment error on task count-2 after 2 attempt(s): "
+                                 "EnvError: simulated crash at ('count-2', 2)"}
+
+
+class HangingEnv(CounterEnv):
+    """CounterEnv whose step blocks (as a wedged simulator would) where ``hangs`` says, until
+    the environment is closed; ``hangs`` is shared like ``faults``."""
+
+    def __init__(self, hangs: dict[tuple[str, int], int], log: list[str]) -> None:
+        super().__init__(log=log)
+        self.hangs = hangs
+        self._released = threading.Event()
+
+    def step(self, action: str) -> StepResult:
+        key = (self.task, self.steps + 1)
+        if self.hangs.get(key, 0) > 0:
+            self.hangs[key] -= 1
+            self.log.append(f"hang {key}")
+            self._released.wait()  # until close(): the engine must not wait for this
+            raise EnvError("closed while hanging")
+        return super().step(action)
+
+    def close(self) -> None:
+        super().close()
+        self._released.set()
+
+
+def test_hung_step_times_out_and_the_episode_is_retried_on_a_fresh_env() -> None:
+    log: list[str] = []
+    hangs = {("count-2", 2): 1}
+    envs: list[HangingEnv] = []
+
+    def make() -> HangingEnv:
+        envs.append(HangingEnv(hangs, log))
+        return envs[-1]
+
+    policy = ScriptedPolicy({"count-1": [act("add"), act("stop")], "count-2": [act("add"), act("add"), act("stop")]})
+    started = time.perf_counter()
+    trajs = rollout(["count-1", "count-2"], policy, make, batch_size=2, step_timeout=0.5)
+    assert time.perf_counter() - started < 10
+    assert [t.terminate_reason for t in trajs] == ["success", "success"]
+    assert trajs[1].num_steps == 3 and log.count("reset count-2") == 2 and log.count("hang ('count-2', 2)") == 1
+    assert all(e.closed for e in envs) and len(envs) == 3  # the hung instance was replaced, then closed
+    for t in trajs:
+        check_alternation(t)
+
+
+def test_an_environment_that_always_hangs_is_recorded_as_env_error_with_the_timeout() -> None:
+    log: list[str] = []
+    policy = ScriptedPolicy({"count-1": [act("add"), act("stop")]})
+    [traj] = rollout(["count-1"], policy, lambda: HangingEnv({("count-1", 1): 100}, log), step_timeout=0.2,
+                     max_env_retries=2)
+    assert traj.terminate_reason == "env_error" and log.count("hang ('count-1', 1)") == 3
+    assert "EnvTimeout: environment step gave no answer within 0.2 s (env.step_timeout_s)" in traj.messages[-1]["content"]
 
 
 # --- the tiny real model ------------------------------------------------------------------

@@ -88,7 +88,8 @@ def test_every_artifact_is_in_the_bucket(stack: Stack, mini: MiniRuns) -> None:
     s3 = _s3(stack)
     keys = mini.objects_after_first
     manifests = [k for k in keys if k.startswith("artifacts/") and k.endswith("/manifest.json")]
-    assert {k.split("/")[1] for k in manifests} == STAGES
+    # every stage, and the checkpointed shards of the rollout stages
+    assert {k.split("/")[1] for k in manifests} == STAGES | {"explore_shard", "evaluate_shard"}
     for key in manifests:
         manifest = json.loads(s3.get_object(Bucket=stack.config.bucket, Key=key)["Body"].read())
         folder = key.removesuffix("manifest.json")
