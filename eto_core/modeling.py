@@ -159,6 +159,11 @@ def load_model(
             src, trust_remote_code=trust_remote_code, use_safetensors=True, dtype=dtype
         )
     except (OSError, ValueError) as exc:
+        if not trust_remote_code and "trust_remote_code" in str(exc):
+            raise ModelError(
+                f"model '{src}': its config asks to run the model's own Python code, which is off by default; "
+                "read that code, then set model.trust_remote_code: true in the recipe if you trust it."
+            ) from None
         raise ModelError(f"model '{src}': cannot load safetensors weights ({exc}).") from None
     return model, tokenizer
 

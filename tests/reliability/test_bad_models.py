@@ -41,3 +41,40 @@ def test_folder_with_tokenizer_but_no_weights(
     with fault("models", "model folder with a tokenizer but no weights", ModelError,
                r"model '.*': cannot load safetensors weights"):
         load_model(tmp_path)
+
+
+def test_pickled_weights_are_refused(tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast, fault: Fault) -> None:
+    """A pytorch_model.bin is a pickle that can run code on load: only safetensors are read."""
+    import torch
+
+    from eto_core.modeling import build_tiny_model
+    from tests.conftest import TINY_CFG
+
+    model = build_tiny_model(TINY_CFG, tiny_tokenizer)
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # the legacy pickle format
+    tiny_tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "pytorch_model.bin").is_file() and not (tmp_path / "model.safetensors").exists()
+    with fault("security", "model folder with pickled weights only (pytorch_model.bin)", ModelError,
+               r"model '.*': cannot load safetensors weights"):
+        load_model(tmp_path)
+
+
+def test_remote_code_is_not_run_unless_the_recipe_allows_it(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast, fault: Fault
+) -> None:
+    """A config that asks for custom code (auto_map) is refused while model.trust_remote_code is false."""
+    import json
+
+    from eto_core.config import Recipe
+
+    assert Recipe().model.trust_remote_code is False
+    tiny_tokenizer.save_pretrained(tmp_path)
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.Evil"}}))
+    with fault("security", "model folder whose config asks to run its own code (auto_map)", ModelError,
+               r"model '.*': its config asks to run the model's own Python code.*set model\.trust_remote_code: true"):
+        load_model(tmp_path)
+    assert not marker.exists()

@@ -40,6 +40,10 @@ def _recipe(tmp_path: Path, text: str) -> Path:
         ("a recipe that is a YAML list", "- name: mini\n",
          r"recipe\.yaml: a recipe must be a mapping of settings, got list"),
         ("invalid YAML (unclosed bracket)", "dpo: {beta: 0.1\n", r"recipe\.yaml: not valid YAML"),
+        ("env.step_timeout_s = 0", "env: {step_timeout_s: 0}\n",
+         r"recipe\.yaml: .*  env\.step_timeout_s: Input should be greater than 0"),
+        ("explore.shard_size = 0", "explore: {shard_size: 0}\n",
+         r"recipe\.yaml: .*  explore\.shard_size: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_recipe_file(tmp_path: Path, fault: Fault, what: str, text: str, match: str) -> None:

@@ -50,10 +50,26 @@ def _errors(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error:")]
 
 
-def _bounce(config: S.StackConfig, creds: S.Credentials, name: str) -> None:
-    """Stop ``name`` (as its host going away would), then nothing: the caller restarts it."""
-    S.down(config, log=lambda _: None, names=(name,))
-    assert S.service_status(config, name).state == "stopped"
+def _stop_during_sft(config: S.StackConfig, name: str, work: Path, args: list[str],
+                     env: dict[str, str]) -> tuple[str, float]:
+    """Run the command, stop service ``name`` once SFT shows progress, and let the run stop by
+    itself; its one error line and the seconds it kept retrying."""
+    stopped_at: list[float] = []
+
+    def stop(output: str, _root: Path) -> bool:
+        if not stopped_at and bar_at(output, "SFT", 2):
+            S.down(config, log=lambda _: None, names=(name,))
+            assert S.service_status(config, name).state == "stopped"
+            stopped_at.append(time.monotonic())
+        return False  # never kill the run: it must stop by itself
+
+    outage = run(work, stop, extra=args, env=env)
+    assert stopped_at, "SFT never showed progress"
+    gave_up = time.monotonic() - stopped_at[0]
+    errors = _errors(outage.output)
+    assert outage.returncode == 2 and len(errors) == 1, outage.output[-4000:]
+    assert gave_up < GIVE_UP_SECONDS
+    return errors[0], gave_up
 
 
 def test_s3_outage_mid_run_stops_with_a_clear_error_and_the_rerun_resumes(
@@ -62,22 +78,9 @@ def test_s3_outage_mid_run_stops_with_a_clear_error_and_the_rerun_resumes(
     config, creds = services
     env = _env(config, creds)
     args = ["--artifact-root", config.artifact_root, "--set", f"storage.s3_endpoint_url={config.s3_endpoint_url}"]
-    stopped_at: list[float] = []
-
-    def stop_s3(output: str, _root: Path) -> bool:
-        if not stopped_at and bar_at(output, "SFT", 2):
-            _bounce(config, creds, "s3")
-            stopped_at.append(time.monotonic())
-        return False  # never kill the run: it must stop by itself
-
-    outage = run(tmp_path / "run", stop_s3, extra=args, env=env)
-    assert stopped_at, "SFT never showed progress"
-    gave_up = time.monotonic() - stopped_at[0]
-    assert outage.returncode == 2, outage.output[-4000:]
-    errors = _errors(outage.output)
-    assert len(errors) == 1 and "cannot reach the S3 endpoint" in errors[0], outage.output[-4000:]
-    assert config.s3_endpoint_url in errors[0] and "storage.s3_endpoint_url" in errors[0]
-    assert gave_up < GIVE_UP_SECONDS
+    error, gave_up = _stop_during_sft(config, "s3", tmp_path / "run", args, env)
+    assert "cannot reach the S3 endpoint" in error
+    assert config.s3_endpoint_url in error and "storage.s3_endpoint_url" in error
 
     S.up(config, creds, clean_env(), log=lambda _: None, names=("s3",))
     s3 = boto3.client("s3", endpoint_url=config.s3_endpoint_url, region_name=config.region,
@@ -93,7 +96,7 @@ def test_s3_outage_mid_run_stops_with_a_clear_error_and_the_rerun_resumes(
     assert {k.split("/")[1] for k in after if k.endswith("/manifest.json")} >= {"sft", "dpo", "evaluate"}
     ROWS.append({"area": "service faults", "test": "s3 outage",
                  "fault": "SeaweedFS (the S3 artifact store) stopped while SFT trains",
-                 "error": f"{errors[0]} (after {gave_up:.0f} s of retries); after the server came back the same "
+                 "error": f"{error} (after {gave_up:.0f} s of retries); after the server came back the same "
                           "command completed, reusing the expert and model_init artifacts already in the bucket",
                  "lost": "the SFT stage in flight; nothing in the bucket"})
 
@@ -104,22 +107,9 @@ def test_mlflow_outage_mid_run_stops_with_a_clear_error_and_the_rerun_resumes(
     config, creds = services
     env = _env(config, creds)
     args = ["--mlflow-uri", config.mlflow_uri]
-    stopped_at: list[float] = []
-
-    def stop_mlflow(output: str, _root: Path) -> bool:
-        if not stopped_at and bar_at(output, "SFT", 2):
-            _bounce(config, creds, "mlflow")
-            stopped_at.append(time.monotonic())
-        return False
-
-    outage = run(tmp_path / "run", stop_mlflow, extra=args, env=env)
-    assert stopped_at, "SFT never showed progress"
-    gave_up = time.monotonic() - stopped_at[0]
-    assert outage.returncode == 2, outage.output[-4000:]
-    errors = _errors(outage.output)
-    assert len(errors) == 1 and "stopped answering during the run" in errors[0], outage.output[-4000:]
-    assert config.mlflow_uri in errors[0] and "tracking.mlflow_uri" in errors[0]
-    assert gave_up < GIVE_UP_SECONDS
+    error, gave_up = _stop_during_sft(config, "mlflow", tmp_path / "run", args, env)
+    assert "stopped answering during the run" in error
+    assert config.mlflow_uri in error and "tracking.mlflow_uri" in error
     assert (tmp_path / "run" / "artifacts" / "sft").is_dir()  # SFT published before it tried to log
 
     S.up(config, creds, clean_env(), log=lambda _: None, names=("mlflow",))
@@ -133,7 +123,7 @@ def test_mlflow_outage_mid_run_stops_with_a_clear_error_and_the_rerun_resumes(
     assert {v.tags.get("stage") for v in versions} == {"sft", "dpo"}
     ROWS.append({"area": "service faults", "test": "mlflow outage",
                  "fault": "the MLflow tracking server stopped while SFT trains",
-                 "error": f"{errors[0]} (after {gave_up:.0f} s of retries); after the server came back the same "
+                 "error": f"{error} (after {gave_up:.0f} s of retries); after the server came back the same "
                           "command completed, reused the published SFT model and logged and registered it then",
                  "lost": "nothing: the stage finished and was published before the outage stopped the run"})
 
