@@ -83,7 +83,8 @@ def _finish(tracker: Tracker | None, run_id: str | None) -> None:
         tracker.end_run(run_id)
 
 
-@task(name="expert-trajectories", cache_key_fn=_key(P.expert_key), persist_result=True)
+# No print() -> log lines here either: ALFWorld's PDDL planner prints its whole search.
+@task(name="expert-trajectories", cache_key_fn=_key(P.expert_key), persist_result=True, log_prints=False)
 def expert_task(recipe: Recipe, store: ArtifactStore, tracker: Tracker | None = None, parent: str | None = None) -> P.StageResult:
     result = P.expert_stage(recipe, store)
     run_id = _stage_run(tracker, parent, result, "expert", {"env": recipe.env.model_dump(), "data": recipe.data.model_dump()})
