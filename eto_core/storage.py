@@ -47,6 +47,16 @@ class ArtifactRef:
         return {"uri": self.uri, "digest": self.digest}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -239,8 +249,22 @@ class ArtifactStore:
         return path
 
     def staging_dir(self) -> Path:
-        """A fresh local folder to write a stage's output into before publishing."""
-        return Path(tempfile.mkdtemp(dir=self._ensure(self.cache_dir / "staging"), prefix="stage-"))
+        """A fresh local folder to write a stage's output into before publishing; its name holds
+        this process's id, so a crashed process's folders can be told apart and removed."""
+        return Path(tempfile.mkdtemp(dir=self._ensure(self.cache_dir / "staging"), prefix=f"stage-{os.getpid()}-"))
+
+    def remove_stale_staging(self) -> list[Path]:
+        """Delete staging folders left by processes that are gone (a killed run's half-written
+        model can be gigabytes). Folders of live processes, and unnamed ones, are kept."""
+        removed: list[Path] = []
+        staging = self.cache_dir / "staging"
+        for folder in sorted(staging.glob("stage-*")) if staging.is_dir() else []:
+            pid = folder.name.split("-")[1]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        return removed
 
     def publish(self, folder: Path, uri: str, meta: dict[str, Any] | None = None) -> ArtifactRef:
         """Move/upload ``folder`` to ``uri``; the manifest goes last so readers never see half."""

@@ -76,6 +76,8 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
         os.environ.setdefault(key, value)
     store = P.make_store(recipe, state_dir)
     store.check()  # an unreachable or misconfigured S3 root fails here, naming the setting
+    for folder in store.remove_stale_staging():
+        logger.info("removed %s, left by a crashed run", folder)
     tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
     flow_run_id = _flow_run_id()
     parent = tracker.start_run(f"{recipe.name}", tags={"prefect.flow_run_id": flow_run_id, "eto.recipe": recipe.name,

@@ -44,3 +44,20 @@ def test_corruption_detected(tmp_path: Path) -> None:
     (store.fetch(ref) / "a.txt").write_text("tampered")
     with pytest.raises(ArtifactError, match="does not match its manifest"):
         store.fetch(ref)
+
+
+def test_staging_left_by_a_dead_process_is_removed_and_live_ones_are_kept(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    store = ArtifactStore(str(tmp_path / "root"), cache_dir=tmp_path / "cache")
+    mine = store.staging_dir()
+    (mine / "model.safetensors").write_text("half")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "cache" / "staging" / f"stage-{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "model.safetensors").write_text("half")
+    assert mine.name.startswith(f"stage-{os.getpid()}-")
+    assert store.remove_stale_staging() == [stale]
+    assert mine.is_dir() and not stale.exists()

@@ -90,8 +90,10 @@ def test_kill_9_in_every_stage_then_rerun_completes_with_the_uninterrupted_resul
     result = json.loads((work / "result.json").read_text())
     assert result["summaries"] == expected["summaries"]
     assert result["final_model"]["digest"] == expected["final_model"]["digest"]
+    # The killed runs' half-written staging folders were cleaned up by the run that followed.
+    assert not list((work / "state" / "cache" / "staging").glob("stage-*"))
     ROWS.append({"area": "crash (kill -9)", "test": "final rerun",
                  "fault": "the same command after the five kills above",
                  "error": "completed; evaluation summaries and the final model's content digest equal an "
-                          "uninterrupted run's (same seed)",
+                          "uninterrupted run's (same seed); the killed runs' staging folders were removed",
                  "lost": "nothing"})
