@@ -81,12 +81,20 @@ def test_parquet_with_an_unknown_column(tmp_path: Path, trajectories: pd.DataFra
         read_records(path, "trajectories")
 
 
-def test_empty_file_without_fields(tmp_path: Path, fault: Fault) -> None:
+def test_jsonl_records_without_fields(tmp_path: Path, fault: Fault) -> None:
     path = tmp_path / "empty.jsonl"
-    path.write_text("\n")
-    with fault("records", "empty JSONL file (no fields at all)", RecordError,
+    path.write_text("{}\n{}\n")
+    with fault("records", "JSONL lines that are empty objects (no fields at all)", RecordError,
                r"empty\.jsonl: Trajectory records lack the fields \['task_id'"):
         read_records(path, "trajectories")
+
+
+def test_an_empty_jsonl_file_is_zero_records(tmp_path: Path) -> None:
+    """No lines is no records (what writing an empty pair list gives), not an error."""
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    frame = read_records(path, "trajectories")
+    assert frame.empty and "task_id" in frame.columns
 
 
 def test_unknown_file_type(tmp_path: Path, fault: Fault) -> None:
