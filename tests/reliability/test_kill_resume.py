@@ -77,9 +77,9 @@ def test_kill_9_in_every_stage_then_rerun_completes_with_the_uninterrupted_resul
         ROWS.append({
             "area": "crash (kill -9)", "test": f"kill during {stage}",
             "fault": f"SIGKILL to `eto run`'s process group during {where}",
-            "error": (f"the rerun reused the {len(before)} artifact(s) finished before it "
-                      f"({', '.join(reused) or 'none'}) and published {len(after) - len(before)} more before "
-                      "this kill; the store held only complete artifacts (manifest + hashes checked)"),
+            "error": (f"this run reused, untouched, the {len(before)} artifact(s) earlier runs had finished "
+                      f"({', '.join(reused) or 'none'}) and published {len(after) - len(before)} more before the "
+                      "kill; afterwards the store held only complete artifacts (manifest + hashes checked)"),
             "lost": "the work in flight in that stage (at most one rollout shard); no partial artifact"})
 
     before = manifests(root)
