@@ -79,7 +79,10 @@ def run(work: Path, kill_when: Callable[[str, Path], bool] | None, *, extra: Seq
     deadline = time.monotonic() + RUN_TIMEOUT
     while proc.poll() is None and time.monotonic() < deadline:
         if kill_when is not None and kill_when(b"".join(chunks).decode(errors="replace"), work / "artifacts"):
-            group = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)] + [proc.pid]
+            try:
+                group = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)] + [proc.pid]
+            except psutil.NoSuchProcess:  # it ended on its own just now
+                group = [proc.pid]
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
             killed = True
@@ -93,10 +96,17 @@ def run(work: Path, kill_when: Callable[[str, Path], bool] | None, *, extra: Seq
     return Run(proc.returncode, b"".join(chunks).decode(errors="replace"), killed)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_gone(pids: list[int]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in pids if _alive(p)]
         if not alive:
             return
         time.sleep(0.1)
