@@ -129,6 +129,7 @@ def test_a_killed_jvm_is_restarted_and_the_episode_completes_intact(sw_cache: Pa
     (traj,) = run_episodes(
         make, [tid], policy, env_name="sciworld", split="seen", source="eval", iteration=0,
         one_shot=False, batch_size=1, progress=False,
+        step_timeout=60.0,  # as the pipeline runs it: each simulator call on a watchdog thread
     )
     assert traj.terminate_reason == "success" and traj.success and traj.reward == 1.0
     assert traj.num_steps == len(gold)
