@@ -24,6 +24,11 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
 
+# Imported now, not first at the end of the session: hypothesis' pytest plugin imports it in
+# its terminal summary, and that late import (assertion rewriting -> ast.parse) was seen to hit
+# CPython 3.11.7's "AST constructor recursion depth mismatch" SystemError after the ScienceWorld
+# and crash tests ran in one session, failing a run whose tests had all passed.
+import hypothesis  # noqa: F401
 import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
