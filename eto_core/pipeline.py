@@ -341,7 +341,7 @@ def rollout_stage(
             loaded = load_stage_model(recipe, store, model)
         # Sampling is seeded per shard, so a resumed rollout samples exactly what an
         # uninterrupted one would have.
-        shard_gen = seeded(gen, recipe).model_copy(update={"seed": gen.seed + recipe.seed + index})
+        shard_gen = gen.model_copy(update={"seed": gen.seed + recipe.seed + index})
         policy = LocalHFPolicy(*loaded, shard_gen, model_uri=model.uri)
         started = time.perf_counter()
         shard_trajs = run_episodes(

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from eto_core.storage import MANIFEST
+from tests.integration.conftest import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # The mini recipe with stages long enough (seconds) to be hit in the middle, and rollouts in
@@ -41,8 +42,9 @@ def _cmd(work: Path) -> list[str]:
             *[arg for o in OVERRIDES for arg in ("--set", o)]]
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING", "AWS_"))}
+def subprocess_env() -> dict[str, str]:
+    """This environment for `eto run` in a child: no other stack's settings, Prefect in --state-dir."""
+    env = clean_env()
     for key in ("PREFECT_HOME", "PREFECT_LOCAL_STORAGE_PATH"):  # the CLI puts them in --state-dir
         env.pop(key, None)
     return env
@@ -69,7 +71,7 @@ def run(work: Path, kill_when: Callable[[str, Path], bool] | None, *, extra: Seq
         env: dict[str, str] | None = None) -> Run:
     """Run the command (``extra`` options last, so they win); SIGKILL its process group as soon
     as ``kill_when(output, root)`` holds. A ``kill_when`` that never holds just watches."""
-    proc = subprocess.Popen([*_cmd(work), *extra], cwd=ROOT, env=env or _env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*_cmd(work), *extra], cwd=ROOT, env=env or subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(proc.stdout.fileno(), 65536), b"")),  # type: ignore[union-attr]

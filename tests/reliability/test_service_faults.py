@@ -18,7 +18,7 @@ import pytest
 
 from eto_core import stack as S
 from tests.integration.conftest import clean_env, free_port, free_weed_base
-from tests.reliability.cli_runs import bar_at, run
+from tests.reliability.cli_runs import bar_at, run, subprocess_env
 from tests.reliability.conftest import ROWS
 
 pytestmark = pytest.mark.slow
@@ -40,10 +40,8 @@ def services(tmp_path: Path) -> Iterator[tuple[S.StackConfig, S.Credentials]]:
 
 
 def _env(config: S.StackConfig, creds: S.Credentials) -> dict[str, str]:
-    env = {**clean_env(), "AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key,
-           "AWS_DEFAULT_REGION": config.region}
-    env.pop("PREFECT_HOME", None)
-    return env
+    return {**subprocess_env(), "AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+            "AWS_DEFAULT_REGION": config.region}
 
 
 def _errors(output: str) -> list[str]:
