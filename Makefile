@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 RECIPE ?= recipes/default.yaml
 # Optional extras the tests exercise; the benchmark adapters' heavy dependencies live here.
-EXTRAS ?= dev,sciworld,webshop,alfworld,stack
+EXTRAS ?= dev,sciworld,webshop,alfworld,stack,dask
 STACK_DIR ?= .eto/stack
 
 export DO_NOT_TRACK := true

@@ -44,6 +44,12 @@ class EnvSettings(_Strict):
         description="Restarts of an episode on a fresh environment after a crash or hang; after that it is "
         "recorded as 'env_error' with the fault, never counted as a model failure.",
     )
+    concurrent_steps: bool = Field(
+        False,
+        description="Step the live episodes' environments in parallel threads after each batched generation. "
+        "Helps where a step blocks outside Python (ScienceWorld's JVM, a remote env); pure-Python envs "
+        "gain nothing under the GIL. Trajectories are the same either way.",
+    )
 
 
 class DataSettings(_Strict):
@@ -108,6 +114,58 @@ class TrackingSettings(_Strict):
     log_models: bool = Field(True, description="Log each stage's model folder and register it.")
 
 
+class PolicySettings(_Strict):
+    """Which engine writes the agent's turns in exploration and evaluation."""
+
+    backend: Literal["hf", "vllm", "openai"] = Field(
+        "hf",
+        description="'hf': the stage's model in this process (CPU or GPU); 'vllm': the stage's model in an "
+        "in-process vLLM engine (GPU; pip install 'eto[vllm]'); 'openai': an OpenAI-compatible endpoint "
+        "(a served model or an API model as a baseline; `eto evaluate` only, since the endpoint, not the "
+        "pipeline, decides which model answers).",
+    )
+    prefix_cache: bool = Field(
+        True,
+        description="hf backend: encode the prompt prefix every conversation of a batch shares (instruction + "
+        "one-shot example) once and reuse its KV cache, instead of re-encoding it for every row at every step.",
+    )
+    base_url: str | None = Field(None, description="openai backend: the endpoint, e.g. http://127.0.0.1:8000/v1.")
+    model: str | None = Field(None, description="openai backend: the served model's name.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai backend: environment variable holding the API key (never logged)."
+    )
+    timeout_s: float = Field(120.0, gt=0, description="openai backend: seconds per request before a retry.")
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="vllm backend: fraction of GPU memory vLLM may take."
+    )
+
+    def key_fields(self) -> dict[str, Any]:
+        """What changes the turns a backend writes (part of the rollout cache keys)."""
+        if self.backend == "openai":
+            return {"backend": self.backend, "base_url": self.base_url, "model": self.model}
+        # The prefix cache is the same arithmetic on the same tokens: not a key field.
+        return {"backend": self.backend}
+
+
+class RunnerSettings(_Strict):
+    """Where rollout shards run: the pipeline submits each shard as a Prefect task to this runner."""
+
+    kind: Literal["thread", "dask", "ray"] = Field(
+        "thread",
+        description="'thread': Prefect's thread pool in this process; 'dask': prefect-dask's DaskTaskRunner "
+        "(a local cluster, or the scheduler at `address`); 'ray': prefect-ray's RayTaskRunner.",
+    )
+    workers: int = Field(
+        1, ge=1, description="Shards in flight: threads, or the local Dask cluster's worker processes."
+    )
+    address: str | None = Field(
+        None, description="An existing Dask scheduler (tcp://host:8786) or Ray cluster (ray://host:10001)."
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads per shard task (default: torch's own choice)."
+    )
+
+
 class Recipe(_Strict):
     name: str = Field("default", description="Recipe name; used in run names and the registered model name.")
     seed: int = Field(0, description="Global seed (model init, data order, sampling).")
@@ -130,6 +188,8 @@ class Recipe(_Strict):
     pair_cut_extra_rounds: int = Field(
         5, ge=0, description="Cut the failed trajectory at the expert's length plus this many rounds (ETO: 5)."
     )
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
@@ -150,6 +210,8 @@ class Recipe(_Strict):
                 "explore.max_context_tokens exceeds model.tiny.max_position_embeddings; lower the first or "
                 "raise the second."
             )
+        if self.policy.backend == "openai" and not (self.policy.base_url and self.policy.model):
+            raise ValueError("policy.backend is 'openai' but policy.base_url or policy.model is empty; set both.")
         return self
 
     def dpo_for_iteration(self, iteration: int) -> DPOSettings:

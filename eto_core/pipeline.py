@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
+import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +27,7 @@ from pydantic import BaseModel
 
 from environments.base import TextEnv
 from environments.registry import make_env
+from eto_core.backends import make_policy
 from eto_core.cache import cache_key
 from eto_core.config import Recipe
 from eto_core.dpo import train_dpo
@@ -32,7 +36,7 @@ from eto_core.evaluation import summarize
 from eto_core.hygiene import check_split_overlap
 from eto_core.modeling import build_tiny_model, load_model, save_model, train_tokenizer
 from eto_core.pairs import build_pairs
-from eto_core.policy import GenerationSettings, LocalHFPolicy
+from eto_core.policy import GenerationSettings
 from eto_core.pretrain import pretrain_lm
 from eto_core.records import (
     frame_to_pairs,
@@ -209,7 +213,8 @@ def rollout_key(
     recipe: Recipe, model: ArtifactRef, *, stage: str, split: str, iteration: int, gen: GenerationSettings
 ) -> str:
     settings = {"env": recipe.env, "env_version": env_version(recipe), "split": split,
-                "n": task_count(recipe, split, stage), "gen": gen, "iteration": iteration, "seed": recipe.seed}
+                "n": task_count(recipe, split, stage), "gen": gen, "iteration": iteration, "seed": recipe.seed,
+                "policy": recipe.policy.key_fields()}
     return cache_key(stage, settings=settings, inputs={"model": model})
 
 
@@ -301,6 +306,112 @@ def sft_stage(recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: A
     return _publish(store, "sft", key, folder, metrics, {"log_history": result.log_history})
 
 
+@dataclass(frozen=True)
+class ShardSpec:
+    """One checkpointed slice of a rollout: small and picklable, so it can run in any worker."""
+
+    stage: str
+    split: str
+    iteration: int
+    rollout_key: str
+    index: int
+    of: int
+    tasks: tuple[str, ...]
+    gen: GenerationSettings
+
+    @property
+    def key(self) -> str:
+        return cache_key(f"{self.stage}_shard", settings={"rollout": self.rollout_key, "index": self.index,
+                                                           "tasks": list(self.tasks)})
+
+
+@dataclass
+class ShardOutcome:
+    """A finished shard: its artifact, and the episodes and seconds it took if it ran now."""
+
+    ref: ArtifactRef
+    reused: bool
+    episodes: int = 0
+    seconds: float = 0.0
+
+
+def plan_rollout(
+    recipe: Recipe, model: ArtifactRef, *, stage: str, split: str, iteration: int, gen: GenerationSettings
+) -> tuple[str, list[ShardSpec]]:
+    """The rollout's cache key and its shards (the split's tasks in slices of ``gen.shard_size``)."""
+    key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    tasks = _split_tasks(recipe, split, stage)
+    slices = [tuple(tasks[i : i + gen.shard_size]) for i in range(0, len(tasks), gen.shard_size)]
+    # Sampling is seeded per shard, so a resumed (or distributed) rollout samples exactly what
+    # an uninterrupted one in a single process would have.
+    return key, [
+        ShardSpec(stage, split, iteration, key, index, len(slices), shard_tasks,
+                  gen.model_copy(update={"seed": gen.seed + recipe.seed + index}))
+        for index, shard_tasks in enumerate(slices)
+    ]
+
+
+def _loaded_policy_model(recipe: Recipe, store: ArtifactStore, model: ArtifactRef) -> tuple[Any, Any]:
+    """The stage model, loaded once per process (and model) however many shards this process runs."""
+    with _MODEL_LOCK:
+        cached = _MODEL_CACHE.get("entry")
+        if cached is not None and cached[0] == model.digest:
+            return cached[1]
+        loaded = load_stage_model(recipe, store, model)
+        _MODEL_CACHE["entry"] = (model.digest, loaded)
+        return loaded
+
+
+_MODEL_LOCK = threading.Lock()
+_MODEL_CACHE: dict[str, tuple[str, tuple[Any, Any]]] = {}
+
+
+def rollout_shard(
+    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, shard: ShardSpec, *, progress: bool = True
+) -> ShardOutcome:
+    """Reuse the shard's artifact or roll the policy out on its tasks and publish them."""
+    shard_stage = f"{shard.stage}_shard"
+    if (hit := _reuse(store, shard_stage, shard.key)) is not None:
+        return ShardOutcome(hit.ref, reused=True)
+    policy = make_policy(recipe.policy, shard.gen, model_uri=model.uri,
+                         load_hf=lambda: _loaded_policy_model(recipe, store, model),
+                         model_path=lambda: model_folder(store, model),
+                         trust_remote_code=recipe.model.trust_remote_code)
+    source = "explore" if shard.stage == "explore" else "eval"
+    started = time.perf_counter()
+    trajs = run_episodes(
+        env_factory(recipe), list(shard.tasks), policy, env_name=recipe.env.name, split=shard.split,
+        source=source, iteration=shard.iteration, one_shot=recipe.env.one_shot, seed=recipe.seed,
+        batch_size=shard.gen.batch_size, max_env_retries=recipe.env.max_retries,
+        step_timeout=recipe.env.step_timeout_s, concurrent_steps=recipe.env.concurrent_steps, progress=progress,
+        desc=f"{source} {recipe.env.name}/{shard.split} shard {shard.index + 1}/{shard.of}",
+    )
+    seconds = time.perf_counter() - started
+    folder = store.staging_dir()
+    _write_trajs(folder, trajs)
+    # Which process ran the shard: with a distributed runner, where to look for its logs.
+    worker = {"host": socket.gethostname(), "pid": os.getpid()}
+    ref = _publish(store, shard_stage, shard.key, folder, {},
+                   {"index": shard.index, "of": shard.of, "seconds": seconds, "worker": worker}).ref
+    return ShardOutcome(ref, reused=False, episodes=len(trajs), seconds=seconds)
+
+
+def pending_shards(
+    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, split: str, iteration: int,
+    gen: GenerationSettings,
+) -> list[ShardSpec]:
+    """The shards a rollout still needs to run: none when the whole rollout is published."""
+    key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    if store.find(store.uri_for(stage, key)) is not None:
+        return []
+    if stage == "evaluate":
+        # The eval key moves with data.seen/unseen_tasks, the expert key does not: re-check here
+        # so growing an evaluation split cannot slip past a cached expert stage.
+        check_splits(recipe)
+    _, shards = plan_rollout(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    return [s for s in shards if store.find(store.uri_for(f"{stage}_shard", s.key)) is None]
+
+
 def rollout_stage(
     recipe: Recipe,
     store: ArtifactStore,
@@ -312,51 +423,29 @@ def rollout_stage(
     gen: GenerationSettings,
     progress: bool = True,
 ) -> StageResult:
-    """Run the policy on a split: exploration (stage "explore") or evaluation (stage "evaluate")."""
-    source = "explore" if stage == "explore" else "eval"
+    """Run the policy on a split: exploration (stage "explore") or evaluation (stage "evaluate").
+
+    The rollout runs as shards, each its own artifact published as it finishes: a crash
+    mid-rollout costs at most the shards in flight, and the rerun picks up the finished ones by
+    key. Shards not yet published run here, one after another; the flow runs them as tasks on
+    its task runner first (``pending_shards`` + ``rollout_shard``), so that here they are all
+    reused. Either way the result is the same.
+    """
     key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
     if (hit := _reuse(store, stage, key)) is not None:
         return hit
     if stage == "evaluate":
-        # The eval key moves with data.seen/unseen_tasks, the expert key does not: re-check here
-        # so growing an evaluation split cannot slip past a cached expert stage.
-        check_splits(recipe)
+        check_splits(recipe)  # as in pending_shards
     seed_everything(recipe.seed + iteration)
-    tasks = _split_tasks(recipe, split, stage)
-    shards = [tasks[i : i + gen.shard_size] for i in range(0, len(tasks), gen.shard_size)]
-    loaded: tuple[Any, Any] | None = None  # the model loads only if some shard still has to run
+    _, shards = plan_rollout(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    outcomes = [rollout_shard(recipe, store, model, shard, progress=progress) for shard in shards]
     trajs: list[Any] = []
-    reused = 0
-    ran_episodes, ran_seconds = 0, 0.0
-    for index, shard_tasks in enumerate(shards):
-        # Each shard is its own artifact, published as it finishes: a crash mid-rollout costs
-        # at most the shard in flight, and the rerun picks up the finished ones by key.
-        shard_stage = f"{stage}_shard"
-        shard_key = cache_key(shard_stage, settings={"rollout": key, "index": index, "tasks": shard_tasks})
-        if (hit := _reuse(store, shard_stage, shard_key)) is not None:
-            trajs += read_trajectories(store, hit.ref)
-            reused += 1
-            continue
-        if loaded is None:
-            loaded = load_stage_model(recipe, store, model)
-        # Sampling is seeded per shard, so a resumed rollout samples exactly what an
-        # uninterrupted one would have.
-        shard_gen = gen.model_copy(update={"seed": gen.seed + recipe.seed + index})
-        policy = LocalHFPolicy(*loaded, shard_gen, model_uri=model.uri)
-        started = time.perf_counter()
-        shard_trajs = run_episodes(
-            env_factory(recipe), shard_tasks, policy, env_name=recipe.env.name, split=split,
-            source=source, iteration=iteration, one_shot=recipe.env.one_shot, seed=recipe.seed,
-            batch_size=gen.batch_size, max_env_retries=recipe.env.max_retries,
-            step_timeout=recipe.env.step_timeout_s, progress=progress,
-            desc=f"{source} {recipe.env.name}/{split} shard {index + 1}/{len(shards)}",
-        )
-        ran_seconds += time.perf_counter() - started
-        ran_episodes += len(shard_trajs)
-        shard_folder = store.staging_dir()
-        _write_trajs(shard_folder, shard_trajs)
-        _publish(store, shard_stage, shard_key, shard_folder, {}, {"index": index, "of": len(shards)})
-        trajs += shard_trajs
+    for outcome in outcomes:
+        trajs += read_trajectories(store, outcome.ref)
+    # Throughput of the shards that ran in this call or, when all were reused (run as tasks
+    # just before), of every shard from its manifest: the time each took where it ran.
+    timed = [o for o in outcomes if not o.reused] or [_timed(store, o) for o in outcomes]
+    ran_episodes, ran_seconds = sum(o.episodes for o in timed), sum(o.seconds for o in timed)
     folder = store.staging_dir()
     _write_trajs(folder, trajs)
     summary = summarize(trajs, stage=stage, iteration=iteration, split=split)
@@ -365,10 +454,18 @@ def rollout_stage(
         f"{split}_success_rate": summary.success_rate,
         f"{split}_mean_steps": summary.mean_steps,
         f"{split}_env_errors": summary.extra["env_errors"],
+        # Summed over shards: with shards in parallel this is per-worker throughput.
         f"{split}_episodes_per_s": ran_episodes / ran_seconds if ran_seconds > 0 else 0.0,
-        f"{split}_shards_reused": float(reused),
+        f"{split}_shards_reused": float(sum(o.reused for o in outcomes)),
     }
     return _publish(store, stage, key, folder, metrics, {"summary": asdict(summary)})
+
+
+def _timed(store: ArtifactStore, outcome: ShardOutcome) -> ShardOutcome:
+    manifest = store.read_manifest(outcome.ref.uri) or {}
+    info = manifest.get("meta", {}).get("info", {})
+    episodes = len(read_trajectories(store, outcome.ref))
+    return ShardOutcome(outcome.ref, outcome.reused, episodes, float(info.get("seconds", 0.0)))
 
 
 def pairs_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, explored: ArtifactRef, iteration: int) -> StageResult:

@@ -11,13 +11,22 @@ prompt (a truncated prompt silently loses the instruction and would poison the r
 
 from __future__ import annotations
 
+import copy
+import inspect
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    DynamicCache,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from eto_core.records import Message
 
@@ -122,6 +131,7 @@ class LocalHFPolicy:
         settings: GenerationSettings | None = None,
         model_uri: str = "",
         name: str = "",
+        prefix_cache: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -145,6 +155,9 @@ class LocalHFPolicy:
         self._calls = 0
         self.generated_tokens = 0
         """New tokens produced so far (for throughput reports)."""
+        self.prefilled_tokens = 0
+        """Prompt tokens run through the model so far (those served from the prefix cache excluded)."""
+        self.prefix_cache = _PrefixCache(model) if prefix_cache else None
 
     def encode(self, conversation: list[Message]) -> list[int]:
         """Token ids of the conversation followed by the agent-turn header."""
@@ -170,14 +183,24 @@ class LocalHFPolicy:
         return out
 
     def _generate_batch(self, batch: list[list[int]]) -> list[str]:
-        width = max(len(ids) for ids in batch)
-        # Left padding: every row's last prompt token sits in the last column, so new tokens
-        # line up and HF derives positions from the attention mask.
+        prefix: tuple[int, ...] = ()
+        cache: Any = None
+        if self.prefix_cache is not None:
+            prefix, cache = self.prefix_cache.lookup(batch)
+        p = len(prefix)
+        width = p + max(len(ids) - p for ids in batch)
+        # Padding sits between the shared prefix (cached, every row's first p tokens) and each
+        # row's own suffix, which ends in the last column: new tokens line up, and HF derives
+        # positions from the attention mask, so a suffix continues exactly where its prefix ends.
+        # Without a cached prefix (p = 0) this is plain left padding.
         input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, ids in enumerate(batch):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            mask[row, width - len(ids) :] = 1
+            input_ids[row, :p] = torch.tensor(ids[:p], dtype=torch.long)
+            mask[row, :p] = 1
+            input_ids[row, width - len(ids) + p :] = torch.tensor(ids[p:], dtype=torch.long)
+            mask[row, width - len(ids) + p :] = 1
+        self.prefilled_tokens += sum(len(ids) - p for ids in batch)
         device = self.model.device
         input_ids, mask = input_ids.to(device), mask.to(device)
         if self._stop is None:
@@ -201,6 +224,8 @@ class LocalHFPolicy:
             # sampled rollout reproducible from the settings alone.
             torch.manual_seed(s.seed * 1_000_003 + self._calls)
             generate: Any = self.model.generate  # typed loosely by transformers
+            if cache is not None:
+                kwargs[self.prefix_cache.cache_kwarg] = cache  # type: ignore[union-attr]
             sequences = generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         new = sequences[:, width:].cpu()
         texts: list[str] = []
@@ -216,3 +241,73 @@ class LocalHFPolicy:
                 self.generated_tokens += len(row)
             texts.append(str(self.tokenizer.decode(row, skip_special_tokens=True)).strip())
         return texts
+
+
+class _PrefixCache:
+    """KV caches of prompt prefixes that whole batches share (instruction + one-shot example).
+
+    Every conversation in a rollout starts with the same system instruction and one-shot
+    example, often most of the prompt; without this, each row re-encodes it at every step. A
+    batch reuses the longest cached prefix all its rows start with; a batch of two or more rows
+    with none caches its common prefix (a lone row's "common prefix" is its whole prompt, which
+    is never seen again). Each use copies the cached tensors, since generation appends to them.
+    """
+
+    MIN_TOKENS = 16
+    """Shorter shared prefixes are not worth a cache entry."""
+
+    def __init__(self, model: PreTrainedModel, size: int = 4) -> None:
+        self.model = model
+        self.size = size
+        self.entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        params = inspect.signature(model.forward).parameters
+        # transformers renamed past_key_values to cache during 5.x; use whichever this one takes.
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(self, batch: list[list[int]]) -> tuple[tuple[int, ...], Any]:
+        """The prefix to reuse for ``batch`` and a fresh copy of its cache expanded to the batch,
+        or ``((), None)``. A prefix always leaves each row at least one token to encode."""
+        shortest = min(len(ids) for ids in batch)
+        for prefix in sorted(self.entries, key=len, reverse=True):
+            if len(prefix) < shortest and all(tuple(ids[: len(prefix)]) == prefix for ids in batch):
+                self.entries.move_to_end(prefix)
+                self.hits += 1
+                return prefix, self._expanded(self.entries[prefix], len(batch))
+        if len(batch) < 2:
+            return (), None
+        common = _common_prefix(batch)[: shortest - 1]
+        if len(common) < self.MIN_TOKENS:
+            return (), None
+        self.misses += 1
+        self.entries[common] = self._encode(common)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return common, self._expanded(self.entries[common], len(batch))
+
+    def _encode(self, prefix: tuple[int, ...]) -> Any:
+        ids = torch.tensor([prefix], dtype=torch.long, device=self.model.device)
+        cache = DynamicCache(config=self.model.config)
+        self.model.eval()
+        with torch.inference_mode():
+            self.model(input_ids=ids, use_cache=True, **{self.cache_kwarg: cache})
+        return cache
+
+    @staticmethod
+    def _expanded(cache: Any, rows: int) -> Any:
+        with torch.inference_mode():  # the cached tensors are inference tensors
+            copy_ = copy.deepcopy(cache)
+            if rows > 1:
+                copy_.batch_repeat_interleave(rows)
+        return copy_
+
+
+def _common_prefix(batch: list[list[int]]) -> tuple[int, ...]:
+    first = batch[0]
+    n = min(len(ids) for ids in batch)
+    for i in range(n):
+        token = first[i]
+        if any(ids[i] != token for ids in batch):
+            return tuple(first[:i])
+    return tuple(first[:n])

@@ -19,6 +19,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -111,6 +112,7 @@ def run_episodes(
     batch_size: int = 32,
     max_env_retries: int = 2,
     step_timeout: float | None = None,
+    concurrent_steps: bool = False,
     progress: bool = True,
     desc: str | None = None,
 ) -> list[Trajectory]:
@@ -121,6 +123,10 @@ def run_episodes(
     included ("max_steps", also when the environment truncates), or when the policy returns
     None because the conversation no longer fits in its context ("max_length"). ``seed`` is
     recorded on each trajectory; sampling randomness belongs to the policy.
+
+    ``concurrent_steps`` steps the live environments in parallel threads (one per slot), for
+    environments whose step blocks outside Python; each episode only touches its own
+    environment, so the trajectories are the same either way.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -202,6 +208,7 @@ def run_episodes(
                 index, task_id = queue.popleft()
                 start(slot, _Episode(index, task_id))
 
+    pool = ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="env-step") if concurrent_steps and len(slots) > 1 else None
     try:
         refill()
         while True:
@@ -213,11 +220,12 @@ def run_episodes(
                 raise RuntimeError(
                     f"policy {policy.name!r} returned {len(turns)} turns for {len(live)} episodes"
                 )
-            for slot, turn in zip(live, turns, strict=True):
+            outcomes = _step_all(live, turns, step_timeout, pool)
+            for slot, outcome in zip(live, outcomes, strict=True):
                 ep = slot.episode
-                assert ep is not None and slot.env is not None
+                assert ep is not None
                 try:
-                    reason = _advance(slot.env, ep, turn, step_timeout)
+                    reason = outcome.result()
                 except Exception as exc:  # env fault in step: fresh env, episode from scratch
                     slot.episode = None
                     if fault(slot, ep, exc):
@@ -231,12 +239,32 @@ def run_episodes(
             refill()
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True)
         for slot in slots:
             _close_quietly(slot.env)
     missing = [task_ids[i] for i, t in enumerate(results) if t is None]
     if missing:  # every path above records; this guards the invariant, not a user error
         raise RuntimeError(f"rollout lost episodes for tasks {missing[:5]}")
     return [t for t in results if t is not None]
+
+
+def _step_all(
+    live: list[_Slot], turns: list[str | None], step_timeout: float | None, pool: ThreadPoolExecutor | None
+) -> list[Future[str]]:
+    """Apply each live episode's turn: in the pool's threads, or one after another here."""
+    if pool is not None:
+        return [pool.submit(_advance, slot.env, slot.episode, turn, step_timeout)  # type: ignore[arg-type]
+                for slot, turn in zip(live, turns, strict=True)]
+    done: list[Future[str]] = []
+    for slot, turn in zip(live, turns, strict=True):
+        future: Future[str] = Future()
+        try:
+            future.set_result(_advance(slot.env, slot.episode, turn, step_timeout))  # type: ignore[arg-type]
+        except Exception as exc:  # handed to the caller's fault handling, as from the pool
+            future.set_exception(exc)
+        done.append(future)
+    return done
 
 
 def _advance(env: TextEnv, ep: _Episode, turn: str | None, step_timeout: float | None = None) -> str:

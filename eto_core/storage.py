@@ -108,6 +108,14 @@ class ArtifactStore:
     def _local_path(self, uri: str) -> Path:
         return Path(urlparse(uri).path)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Shards travel to Dask/Ray workers with their store: a boto3 client cannot be pickled,
+        # and a worker must build its own from its own environment's credentials anyway.
+        state = dict(self.__dict__)
+        if "_client" in state:
+            state["_client"] = None
+        return state
+
     # -- S3 -------------------------------------------------------------------------------------
     @property
     def s3(self) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
 
@@ -19,9 +20,11 @@ from prefect.runtime import flow_run
 from eto_core import pipeline as P
 from eto_core.config import Recipe
 from eto_core.evaluation import results_table
+from eto_core.policy import GenerationSettings
 from eto_core.records import EvalSummary
 from eto_core.storage import ArtifactRef, ArtifactStore
 from eto_core.tracking import MLFLOW_RETRY_DEFAULTS, Tracker, is_unreachable, lost_server_error, reward_plot
+from tasks.runners import make_task_runner
 from tasks.stages import (
     dpo_task,
     expert_task,
@@ -29,20 +32,37 @@ from tasks.stages import (
     pairs_task,
     rollout_task,
     sft_task,
+    shard_task,
     summary_of,
 )
 
 EVAL_SPLITS = ("seen", "unseen")
 
 
+def _rollout(
+    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, split: str, iteration: int,
+    gen: GenerationSettings, tracker: Tracker | None, parent: str | None, runner: Any,
+) -> P.StageResult:
+    """A rollout whose unfinished shards run as tasks on the task runner (in parallel where it
+    has workers), then one task that combines them. Submitted from the flow, not from inside a
+    task: a task's context (with its parameters) travels to Dask/Ray workers with each shard."""
+    shards = P.pending_shards(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    futures = [runner.submit(shard_task, {"recipe": recipe, "store": store, "model": model, "shard": s})
+               for s in shards]
+    for future in futures:
+        future.result()  # raises the shard's error, if any
+    return rollout_task(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen,
+                        tracker=tracker, parent=parent)
+
+
 def _evaluate(
     recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, iteration: int,
-    tracker: Tracker | None, parent: str | None,
+    tracker: Tracker | None, parent: str | None, runner: Any,
 ) -> list[EvalSummary]:
     out = []
     for split in EVAL_SPLITS:
-        result = rollout_task(recipe, store, model, stage="evaluate", split=split, iteration=iteration,
-                              gen=recipe.evaluate, tracker=tracker, parent=parent)
+        result = _rollout(recipe, store, model, stage="evaluate", split=split, iteration=iteration,
+                          gen=recipe.evaluate, tracker=tracker, parent=parent, runner=runner)
         summary = summary_of(result)
         summary.stage = stage
         out.append(summary)
@@ -51,15 +71,15 @@ def _evaluate(
 
 def _iteration(
     recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, policy: ArtifactRef, iteration: int,
-    tracker: Tracker | None, parent: str | None, flow_run_id: str,
+    tracker: Tracker | None, parent: str | None, flow_run_id: str, runner: Any,
 ) -> tuple[P.StageResult, P.StageResult, list[EvalSummary]]:
-    explored = rollout_task(recipe, store, policy, stage="explore", split="train", iteration=iteration,
-                            gen=recipe.explore, tracker=tracker, parent=parent)
+    explored = _rollout(recipe, store, policy, stage="explore", split="train", iteration=iteration,
+                        gen=recipe.explore, tracker=tracker, parent=parent, runner=runner)
     pairs = pairs_task(recipe, store, expert, explored.ref, iteration, tracker=tracker, parent=parent)
     new_policy = dpo_task(recipe, store, policy, pairs.ref, iteration, tracker=tracker, parent=parent,
                           flow_run_id=flow_run_id)
     summaries = _evaluate(recipe, store, new_policy.ref, stage="dpo", iteration=iteration, tracker=tracker,
-                          parent=parent)
+                          parent=parent, runner=runner)
     return pairs, new_policy, summaries
 
 
@@ -72,6 +92,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     """SFT on expert trajectories, then ``recipe.iterations`` rounds of ETO, evaluated on seen/unseen."""
     logger = get_run_logger()
     started = time.perf_counter()
+    _refuse_endpoint_backend(recipe)
     for key, value in MLFLOW_RETRY_DEFAULTS.items():  # bounded retries, also for deployment runs
         os.environ.setdefault(key, value)
     store = P.make_store(recipe, state_dir)
@@ -83,19 +104,23 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     parent = tracker.start_run(f"{recipe.name}", tags={"prefect.flow_run_id": flow_run_id, "eto.recipe": recipe.name,
                                                        "eto.env": recipe.env.name})
     status = "FAILED"
+    # Started once per flow run (a Dask cluster takes seconds), stopped with it whatever happens.
+    shard_workers = ExitStack()
     try:
+        runner = shard_workers.enter_context(make_task_runner(recipe.runner))
         tracker.log_params(parent, recipe.model_dump(mode="json"))
 
         expert = expert_task(recipe, store, tracker=tracker, parent=parent)
         base = model_init_task(recipe, store, expert.ref, tracker=tracker, parent=parent)
         sft = sft_task(recipe, store, base.ref, expert.ref, tracker=tracker, parent=parent, flow_run_id=flow_run_id)
-        summaries = _evaluate(recipe, store, sft.ref, stage="sft", iteration=0, tracker=tracker, parent=parent)
+        summaries = _evaluate(recipe, store, sft.ref, stage="sft", iteration=0, tracker=tracker, parent=parent,
+                              runner=runner)
         stage_metrics: dict[str, float] = {**expert.metrics, **base.metrics, **sft.metrics}
         versions = {0: sft.info.get("model_version")}
         policy = sft
         for iteration in range(1, recipe.iterations + 1):
             pairs, policy, iter_summaries = _iteration(recipe, store, expert.ref, policy.ref, iteration, tracker,
-                                                       parent, flow_run_id)
+                                                       parent, flow_run_id, runner)
             summaries += iter_summaries
             tracker.log_metrics(parent, {**pairs.metrics, **policy.metrics}, step=iteration)
             versions[iteration] = policy.info.get("model_version")
@@ -142,6 +167,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
             raise lost_server_error(recipe.tracking.mlflow_uri, exc) from exc
         raise
     finally:
+        shard_workers.close()
         try:
             tracker.end_run(parent, status=status)
         except Exception as exc:  # the server may be the thing that failed: keep the first error
@@ -150,14 +176,26 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
             logger.warning("could not mark MLflow run %s %s: %s", parent, status, str(exc).splitlines()[0][:200])
 
 
+def _refuse_endpoint_backend(recipe: Recipe) -> None:
+    if recipe.policy.backend == "openai":
+        raise ValueError(
+            "policy.backend 'openai' cannot drive training: the endpoint, not the pipeline, decides which model "
+            "answers, so exploration would not be the trained policy's. Use `eto evaluate` to score an endpoint, "
+            "or set policy.backend to hf or vllm."
+        )
+
+
 @flow(name="eto-sft", log_prints=True)
 def sft_flow(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     """Expert data, SFT and its seen/unseen evaluation only."""
+    _refuse_endpoint_backend(recipe)
     store = P.make_store(recipe, state_dir)
     expert = expert_task(recipe, store)
     base = model_init_task(recipe, store, expert.ref)
     sft = sft_task(recipe, store, base.ref, expert.ref)
-    summaries = _evaluate(recipe, store, sft.ref, stage="sft", iteration=0, tracker=None, parent=None)
+    with make_task_runner(recipe.runner) as runner:
+        summaries = _evaluate(recipe, store, sft.ref, stage="sft", iteration=0, tracker=None, parent=None,
+                              runner=runner)
     return {"model": sft.ref.to_dict(), "table": results_table(summaries)}
 
 
@@ -166,8 +204,10 @@ def eto_iteration_flow(
     recipe: Recipe, policy_uri: str, policy_digest: str, iteration: int = 1, state_dir: str = ".eto"
 ) -> dict[str, Any]:
     """One ETO iteration (explore -> pairs -> DPO -> eval) from a given policy artifact."""
+    _refuse_endpoint_backend(recipe)
     store = P.make_store(recipe, state_dir)
     expert = expert_task(recipe, store)
-    _, new_policy, summaries = _iteration(recipe, store, expert.ref, ArtifactRef(policy_uri, policy_digest),
-                                          iteration, None, None, _flow_run_id())
+    with make_task_runner(recipe.runner) as runner:
+        _, new_policy, summaries = _iteration(recipe, store, expert.ref, ArtifactRef(policy_uri, policy_digest),
+                                              iteration, None, None, _flow_run_id(), runner)
     return {"model": new_policy.ref.to_dict(), "table": results_table(summaries)}

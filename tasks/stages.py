@@ -170,11 +170,23 @@ def _rollout_key(_: TaskRunContext, params: dict[str, Any]) -> str | None:
     return _prefect_key(store, stage, key)
 
 
+@task(name="rollout-shard", task_run_name="{shard.stage}-{shard.split}-iter{shard.iteration}-shard{shard.index}",
+      persist_result=False, log_prints=False)
+def shard_task(recipe: Recipe, store: ArtifactStore, model: ArtifactRef, shard: P.ShardSpec) -> P.ShardOutcome:
+    """One rollout shard, wherever the runner puts it (a thread here, a Dask or Ray worker)."""
+    if recipe.runner.torch_threads:
+        import torch
+
+        torch.set_num_threads(recipe.runner.torch_threads)
+    return P.rollout_shard(recipe, store, model, shard)
+
+
 @task(name="rollout", task_run_name="{stage}-{split}-iter{iteration}", cache_key_fn=_rollout_key, persist_result=True)
 def rollout_task(
     recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, split: str, iteration: int,
     gen: GenerationSettings, tracker: Tracker | None = None, parent: str | None = None,
 ) -> P.StageResult:
+    """A whole rollout from its shards (run as ``shard_task``s just before, or here if missing)."""
     result = P.rollout_stage(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen)
     run_id = _stage_run(tracker, parent, result, f"{stage}-{split}-iter{iteration}",
                         {"generation": gen.model_dump(), "split": split, "iteration": iteration})

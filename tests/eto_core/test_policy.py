@@ -115,3 +115,50 @@ def test_action_line_stop(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
     assert not done("Thought: go.\nAction: go to desk")  # the line may still grow
     assert not done("Thought: go.\nAction:\n")  # no action yet
     assert not done("Thought: go to the desk\n")
+
+
+def shared_prefix_conversations() -> list[list[Message]]:
+    """Conversations that all open with the same long instruction, then go their own ways."""
+    instruction = "You are an agent in a house. Answer with a Thought and an Action line. " * 3
+    convs: list[list[Message]] = []
+    for k in (1, 2, 5, 9):
+        conv: list[Message] = [{"role": "user", "content": instruction + f"Task {k}: take the mug. " * k}]
+        if k > 2:
+            conv += [{"role": "assistant", "content": "Thought: go.\nAction: go to desk"},
+                     {"role": "user", "content": "Observation: on the desk you see " + "a mug, " * k}]
+        convs.append(conv)
+    return convs
+
+
+def test_prefix_cache_writes_the_same_turns_and_skips_the_shared_prefix(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    settings = GenerationSettings(max_new_tokens=12, max_context_tokens=512)
+    model = lively_model(tiny_tokenizer)
+    plain = LocalHFPolicy(model, tiny_tokenizer, settings)
+    cached = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True)
+    convs = shared_prefix_conversations()
+    expected = plain.generate(convs)
+    assert len(set(expected)) > 1
+    assert cached.generate(convs) == expected  # first call: builds the prefix entry
+    assert cached.generate(convs[1:]) == expected[1:]  # later calls: reuse it
+    assert cached.generate(convs[:1]) == expected[:1]  # a lone row reuses it too
+    assert cached.prefix_cache is not None
+    assert cached.prefix_cache.misses == 1 and cached.prefix_cache.hits == 2
+    prefix = next(iter(cached.prefix_cache.entries))
+    assert len(prefix) >= 40  # the instruction, in tokens
+    # Each call prefilled only what follows the prefix.
+    total = 2 * sum(len(plain.encode(c)) for c in convs[1:]) + 2 * len(plain.encode(convs[0]))
+    assert cached.prefilled_tokens == total - 2 * len(convs) * len(prefix)
+    # Sampling (seeded) draws the same too: the cache changes where tokens are computed, not what.
+    sampling = settings.model_copy(update={"temperature": 1.0, "seed": 3})
+    a = LocalHFPolicy(model, tiny_tokenizer, sampling).generate(convs)
+    b = LocalHFPolicy(model, tiny_tokenizer, sampling, prefix_cache=True).generate(convs)
+    assert a == b
+
+
+def test_prefix_cache_is_not_used_without_a_shared_prefix(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    settings = GenerationSettings(max_new_tokens=6, max_context_tokens=512)
+    model = lively_model(tiny_tokenizer)
+    cached = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True)
+    convs = conversations()  # they differ from their first words on
+    assert cached.generate(convs) == LocalHFPolicy(model, tiny_tokenizer, settings).generate(convs)
+    assert cached.prefix_cache is not None and not cached.prefix_cache.entries

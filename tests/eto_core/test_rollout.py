@@ -434,3 +434,73 @@ def test_tidy_expert_and_rollout(tiny_tokenizer: PreTrainedTokenizerBase) -> Non
     assert [t.terminate_reason for t in long] == ["max_length", "max_length"]
     assert all(t.num_steps == 0 and t.reward == 0.0 for t in long)
     to_frame(long + trajs + experts, "trajectories")
+
+
+# --- concurrent environment steps and the prefix cache in real rollouts ----------------------
+
+
+class SlowCounterEnv(CounterEnv):
+    """CounterEnv whose step blocks outside the interpreter for a while (sleep releases the GIL,
+    as a JVM or socket call does); it records how many steps were in flight at once."""
+
+    in_flight = 0
+    most_in_flight = 0
+    lock = threading.Lock()
+
+    def step(self, action: str) -> StepResult:
+        cls = SlowCounterEnv
+        with cls.lock:
+            cls.in_flight += 1
+            cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+        time.sleep(0.05)
+        with cls.lock:
+            cls.in_flight -= 1
+        return super().step(action)
+
+
+def test_concurrent_steps_overlap_and_give_the_same_trajectories() -> None:
+    scripts = {f"count-{n}": [act("add")] * n + [act("stop")] for n in range(1, 5)}
+    tasks = ["count-1", "count-2", "count-3", "count-4"]
+    sequential = rollout(tasks, ScriptedPolicy(scripts), SlowCounterEnv, batch_size=4)
+    assert SlowCounterEnv.most_in_flight == 1
+    concurrent = rollout(tasks, ScriptedPolicy(scripts), SlowCounterEnv, batch_size=4, concurrent_steps=True)
+    assert SlowCounterEnv.most_in_flight == 4
+    assert concurrent == sequential
+    assert [t.terminate_reason for t in concurrent] == ["success"] * 4
+
+
+def test_concurrent_steps_still_retry_faults_and_hangs() -> None:
+    log: list[str] = []
+    faults = {("count-2", 2): 1}
+    hangs = {("count-3", 1): 1}
+
+    def make() -> TextEnv:
+        env = HangingEnv(hangs, log)
+        env.faults = faults
+        return env
+
+    scripts = {f"count-{n}": [act("add")] * n + [act("stop")] for n in range(1, 4)}
+    trajs = rollout(["count-1", "count-2", "count-3"], ScriptedPolicy(scripts), make, batch_size=3,
+                    concurrent_steps=True, step_timeout=0.5)
+    assert [t.terminate_reason for t in trajs] == ["success"] * 3
+    assert log.count("reset count-2") == 2 and log.count("reset count-3") == 2
+    for t in trajs:
+        check_alternation(t)
+
+
+def test_prefix_cache_rollouts_match_on_tidy_with_the_one_shot_prompt(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    model = lively_model(tiny_tokenizer, max_positions=2048)
+    settings = GenerationSettings(max_new_tokens=10, max_context_tokens=2048)
+    tasks = _tidy().tasks("train")[:4]
+
+    def go(prefix_cache: bool) -> tuple[list[Trajectory], LocalHFPolicy]:
+        policy = LocalHFPolicy(model, tiny_tokenizer, settings, model_uri="tiny", prefix_cache=prefix_cache)
+        trajs = run_episodes(_tidy, tasks, policy, env_name="tidy", split="train", source="explore", iteration=1,
+                             one_shot=True, batch_size=4, progress=False)
+        return trajs, policy
+
+    plain, p0 = go(False)
+    cached, p1 = go(True)
+    assert cached == plain
+    assert p1.prefix_cache is not None and p1.prefix_cache.hits >= 1
+    assert p1.prefilled_tokens < p0.prefilled_tokens / 2  # the one-shot prompt dominates the prompts

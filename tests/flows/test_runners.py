@@ -1,0 +1,79 @@
+"""Rollout shards as Prefect tasks on the configured runner: a local Dask cluster gives the same
+results as the default thread pool, with the shards run in the cluster's worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from eto_core.config import RunnerSettings, load_recipe
+from tasks.runners import RunnerUnavailable, make_task_runner
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():  # type: ignore[no-untyped-def]
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def _shard_workers(artifacts: Path) -> list[dict[str, object]]:
+    out = []
+    for manifest in sorted(artifacts.glob("*_shard/*/manifest.json")):
+        out.append(json.loads(manifest.read_text())["meta"]["info"]["worker"])
+    return out
+
+
+def test_mini_recipe_on_a_local_dask_cluster_matches_the_thread_pool(tmp_path: Path, prefect_harness: None) -> None:
+    pytest.importorskip("prefect_dask")
+    from flows.pipeline import eto_pipeline
+
+    def run(name: str, runner: list[str]) -> dict[str, object]:
+        recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [
+            f"storage.root={tmp_path / name / 'artifacts'}", f"tracking.mlflow_uri=sqlite:///{tmp_path / name / 'mlflow.db'}",
+            "explore.shard_size=4", "evaluate.shard_size=2", *runner])
+        return eto_pipeline(recipe, state_dir=str(tmp_path / name / "state"))
+
+    threads = run("threads", [])
+    dask = run("dask", ["runner.kind=dask", "runner.workers=2", "runner.torch_threads=1"])
+    assert dask["summaries"] == threads["summaries"]
+    assert dask["final_model"]["digest"] == threads["final_model"]["digest"]  # type: ignore[index]
+
+    # 3 exploration shards + 2 x 3 rollouts of 2 evaluation shards
+    here = {(w["host"], w["pid"]) for w in _shard_workers(tmp_path / "threads" / "artifacts")}
+    assert len(_shard_workers(tmp_path / "threads" / "artifacts")) == 3 + 8
+    assert {pid for _, pid in here} == {os.getpid()}
+    workers = _shard_workers(tmp_path / "dask" / "artifacts")
+    assert len(workers) == 3 + 8
+    pids = {w["pid"] for w in workers}
+    assert os.getpid() not in pids and len(pids) == 2  # both worker processes took shards
+
+
+def test_a_runner_that_is_not_installed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("prefect_ray"):
+            raise ImportError("No module named 'prefect_ray'")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(RunnerUnavailable, match=r"pip install 'eto\[ray\]'"):
+        make_task_runner(RunnerSettings(kind="ray"))
+
+
+def test_the_default_runner_is_a_thread_pool_of_the_configured_size() -> None:
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    runner = make_task_runner(RunnerSettings(workers=3))
+    assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == 3
