@@ -8,6 +8,11 @@ The failed (rejected) trajectory is cut at the expert's number of rounds plus ``
 (ETO: 5) so a long failure does not dominate the summed log-probs, and both sides end on an agent
 turn (the final observation is dropped: the DPO loss scores agent turns only). The prompt is the
 shared instruction + in-context example + task.
+
+Beyond the paper (``self_pairs``): with several sampled trajectories per task, the best and the
+worst of the agent's own samples also make a pair when their rewards differ (``self``): a
+contrast between two things the policy itself does, not only against the expert, and the only
+pairs there are where no expert trajectories exist.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class PairStats:
     tie: int = 0
     no_expert: int = 0
     unusable: int = 0
+    self: int = 0
 
     def as_metrics(self) -> dict[str, float]:
         return {f"pairs_{k}": float(v) for k, v in self.__dict__.items()}
@@ -73,8 +79,13 @@ def build_pairs(
     *,
     iteration: int,
     cut_extra_rounds: int = 5,
+    self_pairs: bool = False,
 ) -> tuple[list[PreferencePair], PairStats]:
-    """Pairs for one ETO iteration, and counts of win / lose / tie / skipped comparisons."""
+    """Pairs for one ETO iteration, and counts of win / lose / tie / skipped comparisons.
+
+    ``explored`` may hold several samples per task; each is compared with the expert, and
+    identical comparisons give one pair.
+    """
     by_task = {t.task_id: t for t in experts}
     stats = PairStats()
     pairs: list[PreferencePair] = []
@@ -132,4 +143,35 @@ def build_pairs(
                 iteration=iteration,
             )
         )
+    if self_pairs:
+        for pair in _self_pairs(explored, iteration, cut_extra_rounds):
+            if pair.pair_id not in seen_ids:
+                seen_ids.add(pair.pair_id)
+                stats.self += 1
+                pairs.append(pair)
     return pairs, stats
+
+
+def _self_pairs(explored: Sequence[Trajectory], iteration: int, cut_extra_rounds: int) -> list[PreferencePair]:
+    """Per task, the agent's best sample (chosen) against its worst (rejected), when they differ."""
+    by_task: dict[str, list[Trajectory]] = {}
+    for t in explored:
+        if t.terminate_reason != "env_error" and response_turns(t):
+            by_task.setdefault(t.task_id, []).append(t)
+    out: list[PreferencePair] = []
+    for task_id, samples in by_task.items():
+        best = max(samples, key=lambda t: t.reward)  # the first of equals: stable across runs
+        worst = min(samples, key=lambda t: t.reward)
+        if best.reward <= worst.reward:
+            continue
+        prompt = best.messages[: best.num_prompt_messages]
+        if worst.messages[: worst.num_prompt_messages] != prompt:
+            raise PairError(f"task {task_id}: two samples of the task have different prompts")
+        chosen = response_turns(best)
+        rejected = cut_rounds(response_turns(worst), _num_rounds(chosen) + cut_extra_rounds)
+        out.append(PreferencePair(
+            pair_id=_pair_id(task_id, iteration, chosen, rejected), task_id=task_id, prompt=prompt,
+            chosen=chosen, rejected=rejected, chosen_reward=float(best.reward), rejected_reward=float(worst.reward),
+            kind="self", iteration=iteration,
+        ))
+    return out

@@ -58,7 +58,8 @@ class PreferencePair:
     chosen_reward: float
     rejected_reward: float
     kind: str
-    """``lose``: the agent scored below the expert (expert chosen); ``win``: the reverse."""
+    """``lose``: the agent scored below the expert (expert chosen); ``win``: the reverse;
+    ``self``: two of the agent's own samples of one task (the better one chosen)."""
     iteration: int
 
 
@@ -130,7 +131,7 @@ PAIR_SCHEMA = pa.DataFrameSchema(
         ),
         "chosen_reward": pa.Column(float, _unit),
         "rejected_reward": pa.Column(float, _unit),
-        "kind": pa.Column(str, pa.Check.isin(["lose", "win"])),
+        "kind": pa.Column(str, pa.Check.isin(["lose", "win", "self"])),
         "iteration": pa.Column(int, pa.Check.ge(0)),
     },
     strict=True,

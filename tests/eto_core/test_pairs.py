@@ -92,3 +92,23 @@ def test_env_error_episodes_make_no_pair() -> None:
     crashed.terminate_reason = "env_error"
     pairs, stats = build_pairs(experts, [crashed], iteration=1)
     assert pairs == [] and stats.unusable == 1
+
+
+def test_k_samples_pair_with_the_expert_and_among_themselves() -> None:
+    experts = [traj("a", ["e1", "e2"], 1.0, source="expert")]
+    samples = [traj("a", ["x1"], 0.2), traj("a", ["y1", "y2"], 0.6), traj("a", ["x1"], 0.2), traj("a", ["z1"], 1.0)]
+    pairs, stats = build_pairs(experts, samples, iteration=2)
+    assert (stats.lose, stats.tie, stats.self) == (2, 1, 0)  # the repeated x1 sample pairs once
+    pairs, stats = build_pairs(experts, samples, iteration=2, self_pairs=True)
+    own = [p for p in pairs if p.kind == "self"]
+    assert stats.self == 1 and len(own) == 1
+    assert "z1" in own[0].chosen[0]["content"] and "x1" in own[0].rejected[0]["content"]
+    assert (own[0].chosen_reward, own[0].rejected_reward) == (1.0, 0.2)
+    assert len(to_frame(pairs, "pairs")) == 3
+
+
+def test_self_pairs_need_no_expert_and_skip_equal_samples() -> None:
+    samples = [traj("a", ["x1"], 0.0), traj("a", ["y1"], 1.0), traj("b", ["x1"], 0.5), traj("b", ["y1"], 0.5)]
+    pairs, stats = build_pairs([], samples, iteration=1, self_pairs=True)
+    assert stats.no_expert == 4 and stats.self == 1
+    assert [p.task_id for p in pairs] == ["a"]
