@@ -28,6 +28,8 @@ STAGE_VERSIONS: dict[str, int] = {
     "dpo": 1,
     "evaluate": 2,
     "evaluate_shard": 1,
+    "select": 1,
+    "select_shard": 1,
 }
 
 

@@ -114,6 +114,32 @@ class TrackingSettings(_Strict):
     log_models: bool = Field(True, description="Log each stage's model folder and register it.")
 
 
+class PairSettings(_Strict):
+    """How exploration is turned into preference pairs (beyond the paper's one greedy sample)."""
+
+    samples_per_task: int = Field(
+        1, ge=1, description="Trajectories explored per training task (k); above 1 needs explore.temperature > 0."
+    )
+    self_pairs: bool = Field(
+        False, description="Also pair each task's best sample against its worst when their rewards differ."
+    )
+
+
+class SelectionSettings(_Strict):
+    """Choosing the iteration to keep, and early stopping, on a split nobody trains on or reports."""
+
+    split: Literal["dev", "train_holdout"] | None = Field(
+        None,
+        description="'dev': the environment's dev split (ScienceWorld has one); 'train_holdout': training tasks "
+        "after the first data.train_tasks (never trained on); empty: no selection, every iteration runs and the "
+        "champion is chosen on seen (optimistic).",
+    )
+    tasks: int = Field(20, ge=1, description="Tasks of the selection split scored after SFT and every iteration.")
+    metric: Literal["avg_reward", "success_rate"] = Field("avg_reward", description="Score compared across iterations.")
+    patience: int = Field(1, ge=1, description="Stop after this many iterations in a row without a new best.")
+    min_delta: float = Field(0.0, ge=0.0, description="A new best must beat the old by more than this.")
+
+
 class PolicySettings(_Strict):
     """Which engine writes the agent's turns in exploration and evaluation."""
 
@@ -188,6 +214,8 @@ class Recipe(_Strict):
     pair_cut_extra_rounds: int = Field(
         5, ge=0, description="Cut the failed trajectory at the expert's length plus this many rounds (ETO: 5)."
     )
+    pairs: PairSettings = Field(default_factory=PairSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -209,6 +237,11 @@ class Recipe(_Strict):
             raise ValueError(
                 "explore.max_context_tokens exceeds model.tiny.max_position_embeddings; lower the first or "
                 "raise the second."
+            )
+        if self.pairs.samples_per_task > 1 and self.explore.temperature == 0:
+            raise ValueError(
+                f"pairs.samples_per_task is {self.pairs.samples_per_task} but explore.temperature is 0: greedy "
+                "samples are identical; set explore.temperature (e.g. 0.7) or samples_per_task: 1."
             )
         if self.policy.backend == "openai" and not (self.policy.base_url and self.policy.model):
             raise ValueError("policy.backend is 'openai' but policy.base_url or policy.model is empty; set both.")

@@ -7,11 +7,16 @@ observation's tokens must contribute nothing. TRL's DPOTrainer scores the whole 
 would push the policy to "predict" the environment; hence this small trainer of our own.
 
 The reference policy is the previous iteration's policy, i.e. the model passed in before
-training: its log-probs are computed once, up front, so no second model copy is kept in memory.
+training. By default its log-probs are computed once, up front, so no second model copy is kept
+in memory and each pair costs one reference forward instead of one per epoch. With
+``precompute_ref_logps=False`` a frozen copy of it scores every batch inside the loss instead, as
+ETO's own code and TRL's default do; the training result is the same up to float noise
+(tests/eto_core/test_dpo.py, benchmarks/dpo_reference.py for the time).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import defaultdict
@@ -23,6 +28,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig
 from trl.trainer.utils import disable_dropout_in_model
 
@@ -59,6 +65,17 @@ class DPOSettings(BaseModel):
         ge=0.0,
         description="Weight of an extra per-token NLL on the chosen agent turns (as in IPR); 0 = plain DPO",
     )
+    precompute_ref_logps: bool = Field(
+        True,
+        description="Score the reference once before training and keep only its log-probs: one reference "
+        "forward per pair instead of one per pair per epoch, and no second model in memory. False keeps "
+        "a frozen reference copy and runs it on every batch (ETO's and TRL's default); same result",
+    )
+    group_by_length: bool = Field(
+        False,
+        description="Batch pairs of similar length (less padding, faster steps) at the cost of a less "
+        "random data order; off so batches are plain shuffles as in the paper",
+    )
     lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights")
 
     def to_trl(self, output_dir: str) -> DPOConfig:
@@ -78,6 +95,7 @@ class DPOSettings(BaseModel):
             logging_steps=self.logging_steps,
             seed=self.seed,
             data_seed=self.seed,
+            train_sampling_strategy="group_by_length" if self.group_by_length else "random",
             # fp32 everywhere: the precomputed reference log-probs must match the policy's at step 0.
             bf16=False,
             fp16=False,
@@ -98,6 +116,10 @@ class DPOResult(TrainResult):
     metrics: dict[str, float]
     """Over all pairs with the trained policy: reward_margin, reward_accuracy, rewards_*, logps_*."""
     ref_logps_seconds: float
+    """Wall time spent scoring with the reference. Precomputed: the one pass before training. Per
+    step (``precompute_ref_logps=False``): the reference forwards inside all training steps, summed
+    (on CUDA synchronized, so it is kernel time); the one extra reference pass that ``metrics``
+    needs after training is not counted."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,18 +278,60 @@ def compute_reference_logps(
 # Trainer
 
 
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` for the reference: eval mode, no gradients, never touched by training."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
 class MaskedDPOTrainer(Trainer):
-    """transformers.Trainer with ETO's DPO loss on agent tokens against precomputed reference log-probs."""
+    """transformers.Trainer with ETO's DPO loss on agent tokens.
+
+    The reference log-probs come with the batch (precomputed), or, given ``ref_model``, are
+    computed from it on every batch.
+    """
 
     # compute_loss returns a per-batch mean, so the Trainer must divide by the accumulation steps
     # (it would not, since the Llama forward accepts loss kwargs).
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, beta: float, sft_weight: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        beta: float,
+        sft_weight: float = 0.0,
+        ref_model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.beta = beta
         self.sft_weight = sft_weight
+        self.ref_model = ref_model
+        self.ref_logps_seconds = 0.0  # time in ref_model's forwards so far
         self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        # The Trainer's length grouping looks for an input_ids key; a pair's length is its longer side.
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        assert isinstance(dataset, PairDataset)
+        lengths = [max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"])) for r in dataset.rows]
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(batch, lengths=lengths)
+
+    def _reference_logps(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ref_model is None:
+            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        start = time.perf_counter()
+        with torch.no_grad():
+            ref_chosen, ref_rejected = _pair_logps(self.ref_model, inputs)
+        if ref_chosen.is_cuda:
+            torch.cuda.synchronize()
+        self.ref_logps_seconds += time.perf_counter() - start
+        return ref_chosen, ref_rejected
 
     def compute_loss(
         self,
@@ -276,13 +340,10 @@ class MaskedDPOTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
+        ref_chosen, ref_rejected = self._reference_logps(inputs)
         policy_chosen, policy_rejected = _pair_logps(model, inputs)
         losses, chosen_rewards, rejected_rewards = dpo_sigmoid_loss(
-            policy_chosen,
-            policy_rejected,
-            inputs["ref_chosen_logps"],
-            inputs["ref_rejected_logps"],
-            self.beta,
+            policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta
         )
         loss = losses.mean()
         if self.sft_weight > 0:
@@ -346,10 +407,17 @@ def train_dpo(
     if args.disable_dropout:
         # As TRL does: with dropout the policy's step-0 scores would differ from the reference's.
         disable_dropout_in_model(model)
-    # Reference = the untouched model, scored before any adapter or update.
-    start = time.perf_counter()
-    compute_reference_logps(model, rows, pad_id, batch_size=2 * settings.per_device_train_batch_size)
-    ref_seconds = time.perf_counter() - start
+    # Reference = the untouched model, scored (or copied) before any adapter or update: peft
+    # injects the adapter into ``model`` itself.
+    score_batch = 2 * settings.per_device_train_batch_size
+    ref_model: torch.nn.Module | None = None
+    ref_seconds = 0.0
+    if settings.precompute_ref_logps:
+        start = time.perf_counter()
+        compute_reference_logps(model, rows, pad_id, batch_size=score_batch)
+        ref_seconds = time.perf_counter() - start
+    else:
+        ref_model = frozen_copy(model)
 
     trainee: torch.nn.Module = model if settings.lora is None else apply_lora(model, settings.lora)
 
@@ -361,9 +429,14 @@ def train_dpo(
         processing_class=tokenizer,
         beta=settings.beta,
         sft_weight=settings.sft_weight,
+        ref_model=ref_model,
     )
     quiet_trainer(trainer, __name__)
     base = run_trainer(trainer, num_examples=len(rows), num_truncated=num_truncated)
+    if ref_model is not None:
+        ref_seconds = trainer.ref_logps_seconds
+        # The final metrics compare against the reference over all pairs, as the precomputed mode does.
+        compute_reference_logps(ref_model, rows, pad_id, batch_size=score_batch)
     return DPOResult(
         **vars(base),
         metrics=_final_metrics(base.model, rows, pad_id, settings),

@@ -10,6 +10,7 @@ use the same keys for Prefect's cache.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import random
@@ -95,11 +96,18 @@ def seed_everything(seed: int) -> None:
 
 def task_count(recipe: Recipe, split: str, stage: str) -> int:
     """How many of a split's tasks a stage uses (always the first ones, so stages line up)."""
+    if stage == "select":
+        return recipe.selection.tasks
     if split == "train":
         if stage == "explore" and recipe.data.explore_tasks is not None:
             return recipe.data.explore_tasks
         return recipe.data.train_tasks
     return {"seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}[split]
+
+
+def selection_split(recipe: Recipe) -> str:
+    """The split label of the selection rollouts' records ("dev", or "train" for held-out tasks)."""
+    return "train" if recipe.selection.split == "train_holdout" else "dev"
 
 
 def _split_tasks(recipe: Recipe, split: str, stage: str) -> list[str]:
@@ -108,6 +116,8 @@ def _split_tasks(recipe: Recipe, split: str, stage: str) -> list[str]:
         ids = env.tasks(split)  # type: ignore[arg-type]
     finally:
         env.close()
+    if stage == "select":
+        return _selection_tasks(recipe, ids)
     n = task_count(recipe, split, stage)
     if n > len(ids):
         raise ValueError(
@@ -115,6 +125,18 @@ def _split_tasks(recipe: Recipe, split: str, stage: str) -> list[str]:
             f"lower data.{split}_tasks."
         )
     return ids[:n]
+
+
+def _selection_tasks(recipe: Recipe, ids: list[str]) -> list[str]:
+    sel = recipe.selection
+    start = recipe.data.train_tasks if sel.split == "train_holdout" else 0
+    if start + sel.tasks > len(ids):
+        where = (f"training tasks after data.train_tasks = {start}" if start else "dev tasks")
+        raise ValueError(
+            f"selection.tasks = {sel.tasks} but environment '{recipe.env.name}' has only {max(len(ids) - start, 0)} "
+            f"{where}; lower selection.tasks or data.train_tasks."
+        )
+    return ids[start : start + sel.tasks]
 
 
 def check_splits(recipe: Recipe) -> dict[str, list[str]]:
@@ -164,6 +186,14 @@ def model_folder(store: ArtifactStore, ref: ArtifactRef) -> str:
     return str(folder / MODEL_DIR)
 
 
+def endpoint_ref(recipe: Recipe) -> ArtifactRef:
+    """A stand-in model ref for an OpenAI-compatible endpoint (policy.backend: openai): its
+    "digest" names the endpoint and model, so rollout keys differ per endpoint and model."""
+    policy = recipe.policy
+    name = f"{policy.base_url}#{policy.model}"
+    return ArtifactRef(f"openai:{name}", hashlib.sha256(name.encode()).hexdigest())
+
+
 def load_stage_model(recipe: Recipe, store: ArtifactStore, ref: ArtifactRef) -> tuple[Any, Any]:
     return load_model(
         model_folder(store, ref),
@@ -197,9 +227,25 @@ def expert_key(recipe: Recipe) -> str:
     return cache_key("expert", settings=settings)
 
 
-def model_init_key(recipe: Recipe, expert: ArtifactRef) -> str:
+def _local_weights_digest(path: str) -> str | None:
+    """sha256 over a local model folder's files (None for a hub id): a pointer to a folder
+    whose files changed must not hit the old pointer's cached results."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(file.relative_to(folder)).encode())
+        h.update(sha256_file(file).encode())
+    return h.hexdigest()
+
+
+def model_init_key(recipe: Recipe, expert: ArtifactRef | None) -> str:
     if recipe.model.path is not None:
-        return cache_key("model_init", settings={"path": recipe.model.path, "chat_template": recipe.model.chat_template})
+        return cache_key("model_init", settings={"path": recipe.model.path, "chat_template": recipe.model.chat_template,
+                                                 "content": _local_weights_digest(recipe.model.path)})
+    if expert is None:
+        raise ValueError("the tiny model is built from the expert corpus: model_init needs the expert artifact")
     settings = {"tiny": seeded(recipe.model.tiny, recipe), "corpus_tasks": recipe.model.tokenizer_corpus_tasks,
                 "pretrain": seeded(recipe.model.pretrain, recipe)}
     return cache_key("model_init", settings=settings, inputs={"expert": expert})
@@ -215,18 +261,25 @@ def rollout_key(
     settings = {"env": recipe.env, "env_version": env_version(recipe), "split": split,
                 "n": task_count(recipe, split, stage), "gen": gen, "iteration": iteration, "seed": recipe.seed,
                 "policy": recipe.policy.key_fields()}
+    if stage == "explore" and recipe.pairs.samples_per_task > 1:
+        settings["samples_per_task"] = recipe.pairs.samples_per_task
+    if stage == "select":
+        settings["selection"] = {"split": recipe.selection.split, "train_tasks": recipe.data.train_tasks}
     return cache_key(stage, settings=settings, inputs={"model": model})
 
 
 def pairs_key(recipe: Recipe, expert: ArtifactRef, explored: ArtifactRef, iteration: int) -> str:
     return cache_key(
-        "pairs", settings={"iteration": iteration, "cut_extra_rounds": recipe.pair_cut_extra_rounds},
+        "pairs", settings={"iteration": iteration, "cut_extra_rounds": recipe.pair_cut_extra_rounds,
+                           **({"self_pairs": True} if recipe.pairs.self_pairs else {})},
         inputs={"expert": expert, "explored": explored},
     )
 
 
 def dpo_key(recipe: Recipe, model: ArtifactRef, pairs: ArtifactRef, iteration: int) -> str:
-    settings = {"dpo": recipe.dpo_for_iteration(iteration), "iteration": iteration, "seed": recipe.seed}
+    # Where the reference log-probs are computed changes the time, not the result: not a key field.
+    dpo = recipe.dpo_for_iteration(iteration).model_dump(mode="json", exclude={"precompute_ref_logps"})
+    settings = {"dpo": dpo, "iteration": iteration, "seed": recipe.seed}
     return cache_key("dpo", settings=settings, inputs={"model": model, "pairs": pairs})
 
 
@@ -258,8 +311,9 @@ def expert_stage(recipe: Recipe, store: ArtifactStore, *, progress: bool = True)
     return _publish(store, "expert", key, folder, metrics, {"skipped": skipped[:50]})
 
 
-def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef) -> StageResult:
-    """The starting model: the tiny default built from the expert corpus, or a base model path."""
+def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None) -> StageResult:
+    """The starting model: the tiny default built from the expert corpus, or a base model path
+    (a pointer artifact; ``expert`` is then not needed)."""
     key = model_init_key(recipe, expert)
     if recipe.model.path is not None:
         if (hit := _reuse(store, "model_init", key)) is not None:
@@ -273,6 +327,7 @@ def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef) 
 
     if (hit := _reuse(store, "model_init", key)) is not None:
         return hit
+    assert expert is not None  # model_init_key refused it otherwise
     trajs = read_trajectories(store, expert)
     corpus = [m["content"] for t in trajs[: recipe.model.tokenizer_corpus_tasks] for m in t.messages]
     tokenizer = train_tokenizer(corpus, recipe.model.tiny.vocab_size)
@@ -287,7 +342,8 @@ def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef) 
         pre = pretrain_lm(model, tokenizer, trajs, pretrain, str(folder / "trainer"))
         _drop_trainer_dir(folder)
         metrics.update({"pretrain_first_loss": pre.first_loss, "pretrain_last_loss": pre.last_loss,
-                        "pretrain_steps": float(pre.num_steps), "pretrain_runtime_s": pre.runtime_s})
+                        "pretrain_steps": float(pre.num_steps), "pretrain_runtime_s": pre.runtime_s,
+                        "pretrain_peak_memory_mb": pre.peak_memory_mb})
         info["log_history"] = pre.log_history
     save_model(model, tokenizer, folder / MODEL_DIR)
     return _publish(store, "model_init", key, folder, metrics, info)
@@ -341,6 +397,9 @@ def plan_rollout(
     """The rollout's cache key and its shards (the split's tasks in slices of ``gen.shard_size``)."""
     key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
     tasks = _split_tasks(recipe, split, stage)
+    if stage == "explore" and recipe.pairs.samples_per_task > 1:
+        # A task's k samples sit side by side; each row of a sampled batch draws its own tokens.
+        tasks = [t for t in tasks for _ in range(recipe.pairs.samples_per_task)]
     slices = [tuple(tasks[i : i + gen.shard_size]) for i in range(0, len(tasks), gen.shard_size)]
     # Sampling is seeded per shard, so a resumed (or distributed) rollout samples exactly what
     # an uninterrupted one in a single process would have.
@@ -357,7 +416,10 @@ def _loaded_policy_model(recipe: Recipe, store: ArtifactStore, model: ArtifactRe
         cached = _MODEL_CACHE.get("entry")
         if cached is not None and cached[0] == model.digest:
             return cached[1]
-        loaded = load_stage_model(recipe, store, model)
+        hf_model, tokenizer = load_stage_model(recipe, store, model)
+        if torch.cuda.is_available():  # loading leaves weights on the CPU; generation belongs on the GPU
+            hf_model = hf_model.to("cuda")
+        loaded = (hf_model, tokenizer)
         _MODEL_CACHE["entry"] = (model.digest, loaded)
         return loaded
 
@@ -474,7 +536,7 @@ def pairs_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, explo
         return hit
     pairs, stats = build_pairs(
         read_trajectories(store, expert), read_trajectories(store, explored),
-        iteration=iteration, cut_extra_rounds=recipe.pair_cut_extra_rounds,
+        iteration=iteration, cut_extra_rounds=recipe.pair_cut_extra_rounds, self_pairs=recipe.pairs.self_pairs,
     )
     folder = store.staging_dir()
     write_records(to_frame(pairs, "pairs"), folder / PAIRS_FILE, "pairs")
@@ -521,6 +583,7 @@ def _save_trained(folder: Path, result: TrainResult, tokenizer: Any, prefix: str
         f"{prefix}_steps": float(result.num_steps),
         f"{prefix}_runtime_s": result.runtime_s,
         f"{prefix}_truncated": float(result.num_truncated),
+        f"{prefix}_peak_memory_mb": result.peak_memory_mb,
     }
 
 

@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from eto_core.records import Trajectory
-from eto_core.sft import first_last_loss, quiet_trainer
+from eto_core.sft import first_last_loss, peak_memory_mb, quiet_trainer, reset_peak_memory
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class PretrainResult:
     num_steps: int
     num_windows: int
     runtime_s: float
+    peak_memory_mb: float
+    """As ``sft.TrainResult.peak_memory_mb``: CUDA peak allocated, or the process's peak RSS on CPU."""
 
 
 class _Windows(Dataset[dict[str, list[int]]]):
@@ -119,11 +121,13 @@ def pretrain_lm(
     )
     quiet_trainer(trainer, "eto_core.pretrain")
     try:
+        reset_peak_memory()
         start = time.perf_counter()
         trainer.train()
         runtime = time.perf_counter() - start
+        peak = peak_memory_mb()
     finally:
         tokenizer.padding_side = side
     history = list(trainer.state.log_history)
     first, last = first_last_loss(history)
-    return PretrainResult(history, first, last, trainer.state.global_step, len(rows), runtime)
+    return PretrainResult(history, first, last, trainer.state.global_step, len(rows), runtime, peak)

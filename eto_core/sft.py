@@ -11,6 +11,8 @@ in-context example, which are context, not the agent's behaviour.
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,6 +65,11 @@ class SFTSettings(BaseModel):
     lr_scheduler_type: SchedulerName = Field("cosine", description="Learning-rate schedule after warmup")
     logging_steps: int = Field(1, ge=1, description="Optimizer steps between log_history entries")
     seed: int = Field(0, description="Seed for data order and any random init (LoRA)")
+    group_by_length: bool = Field(
+        False,
+        description="Batch trajectories of similar length (less padding, faster steps) at the cost of a "
+        "less random data order; off so batches are plain shuffles as in the paper",
+    )
     lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights")
 
     def to_trl(self, output_dir: str) -> SFTConfig:
@@ -82,6 +89,7 @@ class SFTSettings(BaseModel):
             logging_steps=self.logging_steps,
             seed=self.seed,
             data_seed=self.seed,
+            train_sampling_strategy="group_by_length" if self.group_by_length else "random",
             # The mask comes with the tokenized dataset (see the module docstring).
             assistant_only_loss=False,
             completion_only_loss=False,
@@ -114,6 +122,26 @@ class TrainResult:
     num_examples: int
     num_truncated: int
     """Examples cut at max_length (their tail is not trained on)."""
+    peak_memory_mb: float
+    """Peak memory of the run in MiB. On CUDA: ``torch.cuda.max_memory_allocated`` during
+    ``trainer.train()`` (tensors only, not the allocator's cache). On CPU: the process's peak
+    resident set size so far (``resource.getrusage`` ru_maxrss), which also counts whatever the
+    process held before this run, so it is an upper bound on the run's own use."""
+
+
+def reset_peak_memory() -> None:
+    """Start a fresh peak for ``peak_memory_mb`` (CUDA only: a process's peak RSS cannot be reset)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb() -> float:
+    """Peak memory since ``reset_peak_memory`` (CUDA) or the process's peak RSS (CPU), in MiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in KiB on Linux and in bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def first_last_loss(log_history: list[dict[str, Any]]) -> tuple[float, float]:
@@ -258,10 +286,12 @@ def train_sft(
 
 
 def run_trainer(trainer: Trainer, *, num_examples: int, num_truncated: int) -> TrainResult:
-    """Train, time it, and collect the trained model and its loss curve."""
+    """Train, time it, and collect the trained model, its loss curve and peak memory."""
+    reset_peak_memory()
     start = time.perf_counter()
     trainer.train()
     runtime = time.perf_counter() - start
+    peak = peak_memory_mb()
     trained = trainer.model
     assert isinstance(trained, torch.nn.Module)
     history = list(trainer.state.log_history)
@@ -275,4 +305,5 @@ def run_trainer(trainer: Trainer, *, num_examples: int, num_truncated: int) -> T
         runtime_s=runtime,
         num_examples=num_examples,
         num_truncated=num_truncated,
+        peak_memory_mb=peak,
     )

@@ -45,23 +45,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", default="recipes/default.yaml",
+                        help="recipe YAML (default: %(default)s); `eto recipe-help` lists every field")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe field, e.g. --set iterations=3 --set dpo.beta=0.2 (repeatable)")
+    common.add_argument("--seed", type=int, help="shortcut for --set seed=N")
+    common.add_argument("--artifact-root", help="shortcut for --set storage.root=URI (local path, file:// or s3://)")
+    common.add_argument("--mlflow-uri", help="shortcut for --set tracking.mlflow_uri=URI")
+    common.add_argument("--state-dir", default=".eto",
+                        help="local state: Prefect database and results, artifact cache (default: %(default)s)")
+    common.add_argument("--json", dest="json_out", help="also write the results (summaries, run ids) to this JSON file")
+
     run = sub.add_parser(
         "run",
+        parents=[common],
         help="run the whole pipeline: SFT, then N ETO iterations, evaluated on seen/unseen",
         description="Run SFT + N ETO iterations (explore -> pairs -> DPO -> eval) as one Prefect flow run. "
         "Finished stages are reused from cache; MLflow gets one parent run with a nested run per stage.",
     )
-    run.add_argument("--config", "-c", default="recipes/default.yaml",
-                     help="recipe YAML (default: %(default)s); `eto recipe-help` lists every field")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a recipe field, e.g. --set iterations=3 --set dpo.beta=0.2 (repeatable)")
     run.add_argument("--iterations", type=int, help="shortcut for --set iterations=N")
-    run.add_argument("--seed", type=int, help="shortcut for --set seed=N")
-    run.add_argument("--artifact-root", help="shortcut for --set storage.root=URI (local path, file:// or s3://)")
-    run.add_argument("--mlflow-uri", help="shortcut for --set tracking.mlflow_uri=URI")
-    run.add_argument("--state-dir", default=".eto",
-                     help="local state: Prefect database and results, artifact cache (default: %(default)s)")
-    run.add_argument("--json", dest="json_out", help="also write the results (summaries, run ids) to this JSON file")
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="score one policy on seen/unseen: a model folder or hub id, or an OpenAI-compatible endpoint",
+        description="Evaluate one policy on the recipe's seen and unseen tasks as a tracked Prefect flow run "
+        "(an MLflow run with the scores and results.md): a baseline, a served model (`eto serve`, vLLM) or an "
+        "API model. With --base-url the openai backend is used and the API key is read from the environment "
+        "variable named by policy.api_key_env (default OPENAI_API_KEY).",
+    )
+    evaluate.add_argument("--model", help="a model folder or hub id (hf or vllm backend)")
+    evaluate.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
+                          "(shortcut for --set policy.backend=openai --set policy.base_url=URL)")
+    evaluate.add_argument("--served-model", help="the endpoint's model name (shortcut for --set policy.model=NAME)")
 
     sub.add_parser("recipe-help", help="list every recipe field with its default and meaning")
     sub.add_parser("envs", help="list the registered environments")
@@ -84,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="small: the 1,000-product catalogue; all: the full 1.18M products (default: %(default)s)")
     _add_stack_parser(sub)
     _add_models_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 
@@ -141,14 +159,70 @@ def _add_models_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     compare.add_argument("--mlflow-uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else the recipe's)")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+SERVE_API_KEY_ENV = "ETO_SERVE_API_KEY"
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = sub.add_parser(
+        "serve",
+        help="serve a local model folder over an OpenAI-compatible API (/v1/chat/completions)",
+        description="Serve a Hugging Face model folder (e.g. a stage's model/ artifact) at "
+        "http://HOST:PORT/v1 with GET /v1/models and POST /v1/chat/completions, for the `openai` policy "
+        "backend or any OpenAI client. Turns are written by the same code as the in-process hf backend "
+        "(greedy at temperature 0, stopping at the completed 'Action: ...' line), and concurrent requests "
+        "with the same settings are generated together in batches. If $" + SERVE_API_KEY_ENV + " is set, "
+        "every request must send 'Authorization: Bearer <that key>'. Stop with Ctrl-C.",
+    )
+    serve.add_argument("--model", required=True, metavar="PATH",
+                       help="local model folder with safetensors weights and tokenizer files")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default: %(default)s, this machine only; set an API key before "
+                       "binding a public address)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    serve.add_argument("--batch-size", type=int, default=32, metavar="N",
+                       help="most requests generated together in one batch (default: %(default)s)")
+    serve.add_argument("--served-model-name", metavar="NAME",
+                       help="the model id clients send and /v1/models lists (default: --model as given)")
+    serve.add_argument("--max-new-tokens-cap", type=int, default=1024, metavar="N",
+                       help="most tokens one completion may ask for with max_tokens (default: %(default)s)")
+    serve.add_argument("--max-context-tokens", type=int, metavar="N",
+                       help="prompt + max_tokens limit; longer requests get a 400 context_length_exceeded "
+                       "(default: the model's position table)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    for key, value in RUNTIME_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if args.batch_size < 1 or args.max_new_tokens_cap < 1:
+        print("error: --batch-size and --max-new-tokens-cap must be at least 1", file=sys.stderr)
+        return 2
+    api_key = os.environ.get(SERVE_API_KEY_ENV) or None
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host} without an API key; set {SERVE_API_KEY_ENV} to require one",
+              file=sys.stderr)
+    from eto_core.serving import serve
+
+    print(f"eto serve: loading {args.model}" + (f" (API key from ${SERVE_API_KEY_ENV} required)" if api_key else ""),
+          file=sys.stderr)
+    try:
+        serve(args.model, host=args.host, port=args.port, batch_size=args.batch_size,
+              max_new_tokens_cap=args.max_new_tokens_cap, max_context_tokens=args.max_context_tokens,
+              model_name=args.served_model_name, api_key=api_key)
+    except ValueError as exc:  # ModelError (a folder that cannot be served) or an impossible setting
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _load_checked_recipe(args: argparse.Namespace, shortcuts: dict[str, str]) -> Any:
+    """The recipe with the command line's overrides, its services checked; an exit code on error."""
     set_runtime_defaults(args.state_dir)
     from eto_core.config import RecipeError, load_recipe
 
     overrides = list(args.overrides)
-    for flag, key in (("iterations", "iterations"), ("seed", "seed"), ("artifact_root", "storage.root"),
-                      ("mlflow_uri", "tracking.mlflow_uri")):
-        value = getattr(args, flag)
+    for flag, key in {"seed": "seed", "artifact_root": "storage.root", "mlflow_uri": "tracking.mlflow_uri",
+                      **shortcuts}.items():
+        value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
     try:
@@ -168,17 +242,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (ArtifactError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return recipe
 
-    from flows.pipeline import eto_pipeline
 
-    started = time.perf_counter()
-    try:
-        result = eto_pipeline(recipe, state_dir=args.state_dir)
-    except (ArtifactError, TrackingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    elapsed = time.perf_counter() - started
-    print(f"\nETO results for recipe '{recipe.name}' on '{recipe.env.name}' ({elapsed:.1f} s):\n")
+def _report(recipe: Any, result: dict[str, Any], args: argparse.Namespace, title: str, elapsed: float) -> None:
+    print(f"\n{title} ({elapsed:.1f} s):\n")
     print(result["table"])
     uri = recipe.tracking.mlflow_uri
     browse = f"open {uri}" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
@@ -188,6 +256,46 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         result["wall_seconds"] = elapsed
         Path(args.json_out).write_text(json.dumps(result, indent=1, default=str))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    recipe = _load_checked_recipe(args, {"iterations": "iterations"})
+    if isinstance(recipe, int):
+        return recipe
+    from eto_core.storage import ArtifactError
+    from eto_core.tracking import TrackingError
+    from flows.pipeline import eto_pipeline
+
+    started = time.perf_counter()
+    try:
+        result = eto_pipeline(recipe, state_dir=args.state_dir)
+    except (ArtifactError, TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _report(recipe, result, args, f"ETO results for recipe '{recipe.name}' on '{recipe.env.name}'",
+            time.perf_counter() - started)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    shortcuts = {"base_url": "policy.base_url", "served_model": "policy.model"}
+    if args.base_url:
+        args.overrides.append("policy.backend=openai")
+    recipe = _load_checked_recipe(args, shortcuts)
+    if isinstance(recipe, int):
+        return recipe
+    from eto_core.storage import ArtifactError
+    from eto_core.tracking import TrackingError
+    from flows.pipeline import evaluate_flow
+
+    started = time.perf_counter()
+    try:
+        result = evaluate_flow(recipe, model=args.model, state_dir=args.state_dir)
+    except (ArtifactError, TrackingError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _report(recipe, result, args, f"Evaluation of {result['evaluated']} on '{recipe.env.name}'",
+            time.perf_counter() - started)
     return 0
 
 
@@ -348,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "evaluate":
+        return _cmd_evaluate(args)
     if args.command == "recipe-help":
         from eto_core.config import describe_fields
 
@@ -366,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_stack(args)
     if args.command == "models":
         return _cmd_models(args)
+    if args.command == "serve":
+        return _cmd_serve(args)
     return 2
 
 

@@ -22,6 +22,7 @@ from eto_core.config import Recipe
 from eto_core.evaluation import results_table
 from eto_core.policy import GenerationSettings
 from eto_core.records import EvalSummary
+from eto_core.selection import choose_iteration
 from eto_core.storage import ArtifactRef, ArtifactStore
 from eto_core.tracking import MLFLOW_RETRY_DEFAULTS, Tracker, is_unreachable, lost_server_error, reward_plot
 from tasks.runners import make_task_runner
@@ -53,6 +54,17 @@ def _rollout(
         future.result()  # raises the shard's error, if any
     return rollout_task(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen,
                         tracker=tracker, parent=parent)
+
+
+def _select_score(
+    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, iteration: int, tracker: Tracker | None,
+    parent: str | None, runner: Any,
+) -> float:
+    """The policy's score on the selection split (recipe.selection), for choosing the iteration."""
+    result = _rollout(recipe, store, model, stage="select", split=P.selection_split(recipe), iteration=iteration,
+                      gen=recipe.evaluate, tracker=tracker, parent=parent, runner=runner)
+    summary = summary_of(result)
+    return summary.avg_reward if recipe.selection.metric == "avg_reward" else summary.success_rate
 
 
 def _evaluate(
@@ -118,12 +130,40 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
         stage_metrics: dict[str, float] = {**expert.metrics, **base.metrics, **sft.metrics}
         versions = {0: sft.info.get("model_version")}
         policy = sft
+        sel = recipe.selection
+        select_metric = f"select_{sel.metric}"
+        scores: list[float] = []  # selection score of iteration i at index i (0 = SFT)
+        models = {0: sft.ref}
+        choice = None
+
+        def select(model: ArtifactRef, iteration: int) -> None:
+            score = _select_score(recipe, store, model, iteration, tracker, parent, runner)
+            scores.append(score)
+            tracker.log_metrics(parent, {select_metric: score}, step=iteration)
+            if versions.get(iteration):
+                tracker.client.set_model_version_tag(recipe.model_name, versions[iteration], select_metric,
+                                                     f"{score:.4f}")
+
+        if sel.split:
+            select(sft.ref, 0)
         for iteration in range(1, recipe.iterations + 1):
             pairs, policy, iter_summaries = _iteration(recipe, store, expert.ref, policy.ref, iteration, tracker,
                                                        parent, flow_run_id, runner)
             summaries += iter_summaries
             tracker.log_metrics(parent, {**pairs.metrics, **policy.metrics}, step=iteration)
             versions[iteration] = policy.info.get("model_version")
+            models[iteration] = policy.ref
+            if sel.split:
+                select(policy.ref, iteration)
+                choice = choose_iteration(scores, patience=sel.patience, min_delta=sel.min_delta)
+                logger.info("selection (%s on %s): %s", sel.metric, sel.split, choice.reason)
+                if choice.stop and iteration < recipe.iterations:
+                    tracker.set_tags(parent, {"eto.stopped_early_after": str(iteration)})
+                    break
+        if sel.split:
+            choice = choose_iteration(scores, patience=sel.patience, min_delta=sel.min_delta)
+            tracker.set_tags(parent, {"eto.best_iteration": str(choice.best_iteration),
+                                      "eto.selection": choice.reason})
 
         for s in summaries:
             tracker.log_metrics(parent, {f"{s.split}_avg_reward": s.avg_reward, f"{s.split}_success_rate": s.success_rate,
@@ -132,10 +172,12 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
             if version:
                 tracker.client.set_model_version_tag(recipe.model_name, version, f"{s.split}_avg_reward", f"{s.avg_reward:.4f}")
                 tracker.client.set_model_version_tag(recipe.model_name, version, f"{s.split}_success_rate", f"{s.success_rate:.4f}")
-        # The champion alias moves, in iteration order, only to a version that beats it on seen.
+        # The champion alias moves, in iteration order, only to a version that beats it on the
+        # selection split (or, without one, on seen).
         for iteration, version in sorted(versions.items()):
             if version:
-                decision = tracker.promote_if_better(recipe.model_name, version)
+                decision = (tracker.promote_if_better(recipe.model_name, version, metric=select_metric) if sel.split
+                            else tracker.promote_if_better(recipe.model_name, version))
                 champion = decision.candidate if decision.promoted else decision.champion
                 tracker.set_tags(parent, {f"eto.champion.iter{iteration}": decision.reason,
                                           "eto.champion_version": str(champion)})
@@ -161,6 +203,9 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
             "final_model": policy.ref.to_dict(),
             "model_versions": versions,
             "seconds": elapsed,
+            "selection": None if choice is None else {
+                "scores": scores, "best_iteration": choice.best_iteration,
+                "best_model": models[choice.best_iteration].to_dict(), "reason": choice.reason},
         }
     except Exception as exc:
         if is_unreachable(exc):
@@ -211,3 +256,49 @@ def eto_iteration_flow(
         _, new_policy, summaries = _iteration(recipe, store, expert.ref, ArtifactRef(policy_uri, policy_digest),
                                               iteration, None, None, _flow_run_id(), runner)
     return {"model": new_policy.ref.to_dict(), "table": results_table(summaries)}
+
+
+@flow(name="eto-evaluate", log_prints=True)
+def evaluate_flow(recipe: Recipe, model: str | None = None, state_dir: str = ".eto") -> dict[str, Any]:
+    """Seen/unseen evaluation of one policy, tracked like a pipeline run: an OpenAI-compatible
+    endpoint (``policy.backend: openai``) or a model folder / hub id (``model``), for baselines."""
+    store = P.make_store(recipe, state_dir)
+    store.check()
+    P.check_splits(recipe)
+    if recipe.policy.backend == "openai":
+        if model:
+            raise ValueError("--model names a local model but policy.backend is 'openai': the endpoint "
+                             f"{recipe.policy.base_url} answers; drop --model or set policy.backend: hf.")
+        ref = P.endpoint_ref(recipe)
+        label = f"{recipe.policy.model} @ {recipe.policy.base_url}"
+    else:
+        if not model:
+            raise ValueError("eto evaluate needs --model (a model folder or hub id) unless policy.backend is 'openai'.")
+        pointed = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": model})})
+        ref = P.model_init_stage(pointed, store, None).ref  # a pointer artifact, keyed by the weights
+        label = model
+    tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
+    parent = tracker.start_run(f"evaluate {label}", tags={"prefect.flow_run_id": _flow_run_id(),
+                                                           "eto.recipe": recipe.name, "eto.env": recipe.env.name,
+                                                           "eto.evaluated": label})
+    status = "FAILED"
+    try:
+        tracker.log_params(parent, {"policy": recipe.policy.key_fields(), "evaluate": recipe.evaluate.model_dump(),
+                                    "data": recipe.data.model_dump()})
+        with make_task_runner(recipe.runner) as runner:
+            summaries = _evaluate(recipe, store, ref, stage="baseline", iteration=0, tracker=tracker, parent=parent,
+                                  runner=runner)
+        for s in summaries:
+            tracker.log_metrics(parent, {f"{s.split}_avg_reward": s.avg_reward,
+                                         f"{s.split}_success_rate": s.success_rate,
+                                         f"{s.split}_mean_steps": s.mean_steps})
+        table = results_table(summaries)
+        tracker.log_text(parent, table, "results.md")
+        create_markdown_artifact(key=f"eto-evaluate-{recipe.name}".lower().replace("_", "-"),
+                                 markdown=f"# Evaluation: {label} on {recipe.env.name}\n\n{table}\n",
+                                 description="Average reward and success rate on seen/unseen tasks")
+        status = "FINISHED"
+        return {"table": table, "summaries": [asdict(s) for s in summaries], "mlflow_run_id": parent,
+                "evaluated": label}
+    finally:
+        tracker.end_run(parent, status=status)

@@ -109,3 +109,17 @@ def test_sft_rejects_empty(
 ) -> None:
     with pytest.raises(ValueError, match="at least one trajectory"):
         train_sft(tiny_model, tiny_tokenizer, [], SFTSettings(), str(tmp_path))
+
+
+def test_sft_reports_peak_memory_and_groups_by_length(
+    tiny_model: LlamaForCausalLM,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    toy_trajectories: list[Trajectory],
+    tmp_path: Path,
+) -> None:
+    assert SFTSettings().to_trl(str(tmp_path)).train_sampling_strategy == "random"
+    settings = SFTSettings(num_train_epochs=1, per_device_train_batch_size=2, group_by_length=True)
+    assert settings.to_trl(str(tmp_path)).train_sampling_strategy == "group_by_length"
+    result = train_sft(tiny_model, tiny_tokenizer, toy_trajectories, settings, str(tmp_path))
+    assert result.num_steps == 3
+    assert 0 < result.peak_memory_mb < 100_000  # MiB, not bytes or KiB
