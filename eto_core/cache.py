@@ -30,6 +30,11 @@ STAGE_VERSIONS: dict[str, int] = {
     "evaluate_shard": 1,
     "select": 1,
     "select_shard": 1,
+    "best_of_n": 1,
+    "best_of_n_shard": 1,
+    "rft_explore": 1,
+    "rft_explore_shard": 1,
+    "rft": 1,
 }
 
 

@@ -140,6 +140,19 @@ class SelectionSettings(_Strict):
     min_delta: float = Field(0.0, ge=0.0, description="A new best must beat the old by more than this.")
 
 
+class BaselineSettings(_Strict):
+    """The cheaper alternatives ETO is measured against (`eto baseline`)."""
+
+    best_of_n: int = Field(8, ge=1, description="Best-of-N: samples per evaluation task; the best reward counts.")
+    rft_samples: int = Field(4, ge=1, description="RFT: samples per training task; the successes join the SFT data.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of Best-of-N and RFT exploration.")
+    rft_min_reward: float | None = Field(
+        None, ge=0, le=1,
+        description="RFT keeps successful trajectories; with a value, also those with at least this reward "
+        "(partial credit on graded environments).",
+    )
+
+
 class PolicySettings(_Strict):
     """Which engine writes the agent's turns in exploration and evaluation."""
 
@@ -216,6 +229,7 @@ class Recipe(_Strict):
     )
     pairs: PairSettings = Field(default_factory=PairSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    baselines: BaselineSettings = Field(default_factory=BaselineSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)

@@ -8,6 +8,24 @@ from collections.abc import Sequence
 from eto_core.records import EvalSummary, Trajectory
 
 
+def summarize_best_of(trajectories: Sequence[Trajectory], *, stage: str, iteration: int, split: str) -> EvalSummary:
+    """Best-of-N: per task, the sample with the highest reward (the first of equals), then the
+    usual averages over tasks. Picking needs the reward, so this is an oracle's upper reference,
+    not a policy's score; ``extra['samples_per_task']`` says how many it picked from."""
+    best: dict[str, Trajectory] = {}
+    counts: Counter[str] = Counter()
+    for t in trajectories:
+        if t.terminate_reason == "env_error":
+            continue
+        counts[t.task_id] += 1
+        if t.task_id not in best or t.reward > best[t.task_id].reward:
+            best[t.task_id] = t
+    summary = summarize(list(best.values()), stage=stage, iteration=iteration, split=split)
+    summary.extra["samples_per_task"] = float(max(counts.values(), default=0))
+    summary.extra["env_errors"] = float(sum(t.terminate_reason == "env_error" for t in trajectories))
+    return summary
+
+
 def summarize(trajectories: Sequence[Trajectory], *, stage: str, iteration: int, split: str) -> EvalSummary:
     """Average reward, success rate and mean steps over one split's episodes.
 

@@ -33,7 +33,7 @@ from eto_core.cache import cache_key
 from eto_core.config import Recipe
 from eto_core.dpo import train_dpo
 from eto_core.eto_format import import_eto_file
-from eto_core.evaluation import summarize
+from eto_core.evaluation import summarize, summarize_best_of
 from eto_core.hygiene import check_split_overlap
 from eto_core.modeling import build_tiny_model, load_model, save_model, train_tokenizer
 from eto_core.pairs import build_pairs
@@ -99,7 +99,7 @@ def task_count(recipe: Recipe, split: str, stage: str) -> int:
     if stage == "select":
         return recipe.selection.tasks
     if split == "train":
-        if stage == "explore" and recipe.data.explore_tasks is not None:
+        if stage in ("explore", "rft_explore") and recipe.data.explore_tasks is not None:
             return recipe.data.explore_tasks
         return recipe.data.train_tasks
     return {"seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}[split]
@@ -255,23 +255,47 @@ def sft_key(recipe: Recipe, base: ArtifactRef, expert: ArtifactRef) -> str:
     return cache_key("sft", settings={"sft": recipe.sft, "seed": recipe.seed}, inputs={"base": base, "expert": expert})
 
 
+ROLLOUT_STAGES = ("explore", "evaluate", "select", "best_of_n", "rft_explore")
+"""Stages that roll a policy out; "explore" and "rft_explore" run on training tasks."""
+
+
+def samples_for(recipe: Recipe, stage: str) -> int:
+    """Trajectories per task a rollout stage samples (1: one per task)."""
+    return {"explore": recipe.pairs.samples_per_task, "best_of_n": recipe.baselines.best_of_n,
+            "rft_explore": recipe.baselines.rft_samples}.get(stage, 1)
+
+
+def sampling(recipe: Recipe, stage: str) -> GenerationSettings:
+    """The generation settings of a rollout stage: the recipe's explore/evaluate settings, at the
+    baselines' temperature for the sampling baselines."""
+    if stage in ("best_of_n", "rft_explore"):
+        gen = recipe.evaluate if stage == "best_of_n" else recipe.explore
+        return gen.model_copy(update={"temperature": recipe.baselines.temperature})
+    return recipe.explore if stage == "explore" else recipe.evaluate
+
+
+def rft_key(recipe: Recipe, base: ArtifactRef, expert: ArtifactRef | None, explored: ArtifactRef) -> str:
+    return cache_key("rft", settings={"sft": recipe.sft, "seed": recipe.seed},
+                     inputs={"base": base, "expert": expert, "explored": explored})
+
+
 def rollout_key(
     recipe: Recipe, model: ArtifactRef, *, stage: str, split: str, iteration: int, gen: GenerationSettings
 ) -> str:
     settings = {"env": recipe.env, "env_version": env_version(recipe), "split": split,
                 "n": task_count(recipe, split, stage), "gen": gen, "iteration": iteration, "seed": recipe.seed,
                 "policy": recipe.policy.key_fields()}
-    if stage == "explore" and recipe.pairs.samples_per_task > 1:
-        settings["samples_per_task"] = recipe.pairs.samples_per_task
+    if (samples := samples_for(recipe, stage)) > 1:
+        settings["samples_per_task"] = samples
     if stage == "select":
         settings["selection"] = {"split": recipe.selection.split, "train_tasks": recipe.data.train_tasks}
     return cache_key(stage, settings=settings, inputs={"model": model})
 
 
-def pairs_key(recipe: Recipe, expert: ArtifactRef, explored: ArtifactRef, iteration: int) -> str:
+def pairs_key(recipe: Recipe, expert: ArtifactRef | None, explored: ArtifactRef, iteration: int) -> str:
     return cache_key(
         "pairs", settings={"iteration": iteration, "cut_extra_rounds": recipe.pair_cut_extra_rounds,
-                           **({"self_pairs": True} if recipe.pairs.self_pairs else {})},
+                           **({"self_pairs": True} if recipe.pairs.self_pairs or expert is None else {})},
         inputs={"expert": expert, "explored": explored},
     )
 
@@ -362,6 +386,38 @@ def sft_stage(recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: A
     return _publish(store, "sft", key, folder, metrics, {"log_history": result.log_history})
 
 
+def rft_stage(
+    recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: ArtifactRef | None, explored: ArtifactRef
+) -> StageResult:
+    """Rejection-sampling fine-tuning: SFT from the base model on the expert trajectories (if any)
+    plus the agent's own successful explored trajectories (each distinct one once)."""
+    key = rft_key(recipe, base, expert, explored)
+    if (hit := _reuse(store, "rft", key)) is not None:
+        return hit
+    sampled = read_trajectories(store, explored)
+    own, seen = [], set()
+    bar = recipe.baselines.rft_min_reward
+    for t in sampled:
+        fingerprint = json.dumps(t.messages, sort_keys=True)
+        kept = t.success or (bar is not None and t.reward >= bar)
+        if kept and t.terminate_reason != "env_error" and fingerprint not in seen:
+            seen.add(fingerprint)
+            own.append(t)
+    if not own:
+        raise ValueError(
+            f"RFT: none of the {len(sampled)} explored trajectories succeeded, so there is nothing to add to the "
+            "SFT data; sample more (baselines.rft_samples, baselines.temperature) or start from a stronger model."
+        )
+    experts = read_trajectories(store, expert) if expert is not None else []
+    seed_everything(recipe.seed)
+    model, tokenizer = load_stage_model(recipe, store, base)
+    folder = store.staging_dir()
+    result = train_sft(model, tokenizer, experts + own, seeded(recipe.sft, recipe), str(folder / "trainer"))
+    metrics = {**_save_trained(folder, result, tokenizer, "rft"), "rft_own_successes": float(len(own)),
+               "rft_expert_trajectories": float(len(experts)), "rft_sampled": float(len(sampled))}
+    return _publish(store, "rft", key, folder, metrics, {"log_history": result.log_history})
+
+
 @dataclass(frozen=True)
 class ShardSpec:
     """One checkpointed slice of a rollout: small and picklable, so it can run in any worker."""
@@ -397,9 +453,9 @@ def plan_rollout(
     """The rollout's cache key and its shards (the split's tasks in slices of ``gen.shard_size``)."""
     key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
     tasks = _split_tasks(recipe, split, stage)
-    if stage == "explore" and recipe.pairs.samples_per_task > 1:
+    if (samples := samples_for(recipe, stage)) > 1:
         # A task's k samples sit side by side; each row of a sampled batch draws its own tokens.
-        tasks = [t for t in tasks for _ in range(recipe.pairs.samples_per_task)]
+        tasks = [t for t in tasks for _ in range(samples)]
     slices = [tuple(tasks[i : i + gen.shard_size]) for i in range(0, len(tasks), gen.shard_size)]
     # Sampling is seeded per shard, so a resumed (or distributed) rollout samples exactly what
     # an uninterrupted one in a single process would have.
@@ -439,7 +495,7 @@ def rollout_shard(
                          load_hf=lambda: _loaded_policy_model(recipe, store, model),
                          model_path=lambda: model_folder(store, model),
                          trust_remote_code=recipe.model.trust_remote_code)
-    source = "explore" if shard.stage == "explore" else "eval"
+    source = "explore" if shard.stage in ("explore", "rft_explore") else "eval"
     started = time.perf_counter()
     trajs = run_episodes(
         env_factory(recipe), list(shard.tasks), policy, env_name=recipe.env.name, split=shard.split,
@@ -510,7 +566,10 @@ def rollout_stage(
     ran_episodes, ran_seconds = sum(o.episodes for o in timed), sum(o.seconds for o in timed)
     folder = store.staging_dir()
     _write_trajs(folder, trajs)
-    summary = summarize(trajs, stage=stage, iteration=iteration, split=split)
+    if stage == "best_of_n":  # the best of each task's samples: an oracle's pick, labelled as such
+        summary = summarize_best_of(trajs, stage=stage, iteration=iteration, split=split)
+    else:
+        summary = summarize(trajs, stage=stage, iteration=iteration, split=split)
     metrics = {
         f"{split}_avg_reward": summary.avg_reward,
         f"{split}_success_rate": summary.success_rate,
@@ -530,17 +589,27 @@ def _timed(store: ArtifactStore, outcome: ShardOutcome) -> ShardOutcome:
     return ShardOutcome(outcome.ref, outcome.reused, episodes, float(info.get("seconds", 0.0)))
 
 
-def pairs_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, explored: ArtifactRef, iteration: int) -> StageResult:
+def pairs_stage(
+    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None, explored: ArtifactRef, iteration: int
+) -> StageResult:
+    """Failure/success pairs; without expert trajectories (``expert`` None), only pairs among the
+    agent's own samples exist."""
     key = pairs_key(recipe, expert, explored, iteration)
     if (hit := _reuse(store, "pairs", key)) is not None:
         return hit
     pairs, stats = build_pairs(
-        read_trajectories(store, expert), read_trajectories(store, explored),
-        iteration=iteration, cut_extra_rounds=recipe.pair_cut_extra_rounds, self_pairs=recipe.pairs.self_pairs,
+        read_trajectories(store, expert) if expert is not None else [], read_trajectories(store, explored),
+        iteration=iteration, cut_extra_rounds=recipe.pair_cut_extra_rounds,
+        self_pairs=recipe.pairs.self_pairs or expert is None,
     )
     folder = store.staging_dir()
     write_records(to_frame(pairs, "pairs"), folder / PAIRS_FILE, "pairs")
     return _publish(store, "pairs", key, folder, stats.as_metrics(), {})
+
+
+def num_pairs(result: StageResult) -> int:
+    """Pairs a pairs stage produced (from its metrics)."""
+    return int(sum(v for k, v in result.metrics.items() if k in ("pairs_win", "pairs_lose", "pairs_self")))
 
 
 def read_pairs(store: ArtifactStore, ref: ArtifactRef) -> list[Any]:

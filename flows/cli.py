@@ -75,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
         "API model. With --base-url the openai backend is used and the API key is read from the environment "
         "variable named by policy.api_key_env (default OPENAI_API_KEY).",
     )
+    baseline = sub.add_parser(
+        "baseline",
+        parents=[common],
+        help="run a baseline ETO is measured against: best-of-n, rft, rft-eto, eto-no-sft",
+        description="Run one baseline on the recipe's cached stages as a tracked Prefect flow run, evaluated on "
+        "seen/unseen. best-of-n: the SFT policy's best of baselines.best_of_n samples per task (an oracle's upper "
+        "reference); rft: SFT again on expert + the agent's own successes; rft-eto: no expert trajectories, RFT on "
+        "own successes then ETO on pairs among own samples; eto-no-sft: ETO from the base model on those pairs.",
+    )
+    baseline.add_argument("method", choices=["best-of-n", "rft", "rft-eto", "eto-no-sft"])
+    baseline.add_argument("--iterations", type=int, help="shortcut for --set iterations=N (rft-eto, eto-no-sft)")
+
     evaluate.add_argument("--model", help="a model folder or hub id (hf or vllm backend)")
     evaluate.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
                           "(shortcut for --set policy.backend=openai --set policy.base_url=URL)")
@@ -277,6 +289,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    recipe = _load_checked_recipe(args, {"iterations": "iterations"})
+    if isinstance(recipe, int):
+        return recipe
+    from eto_core.storage import ArtifactError
+    from eto_core.tracking import TrackingError
+    from flows.baselines import baseline_flow
+
+    started = time.perf_counter()
+    try:
+        result = baseline_flow(recipe, args.method, state_dir=args.state_dir)
+    except (ArtifactError, TrackingError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _report(recipe, result, args, f"{args.method} on '{recipe.env.name}' (recipe '{recipe.name}')",
+            time.perf_counter() - started)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     shortcuts = {"base_url": "policy.base_url", "served_model": "policy.model"}
     if args.base_url:
@@ -458,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_run(args)
     if args.command == "evaluate":
         return _cmd_evaluate(args)
+    if args.command == "baseline":
+        return _cmd_baseline(args)
     if args.command == "recipe-help":
         from eto_core.config import describe_fields
 

@@ -82,12 +82,16 @@ def _evaluate(
 
 
 def _iteration(
-    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, policy: ArtifactRef, iteration: int,
-    tracker: Tracker | None, parent: str | None, flow_run_id: str, runner: Any,
-) -> tuple[P.StageResult, P.StageResult, list[EvalSummary]]:
+    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None, policy: ArtifactRef, iteration: int,
+    tracker: Tracker | None, parent: str | None, flow_run_id: str, runner: Any, stop_without_pairs: bool = False,
+) -> tuple[P.StageResult, P.StageResult | None, list[EvalSummary]]:
+    """One ETO iteration. With ``stop_without_pairs``, an exploration that yields no pair ends it
+    before DPO (new policy None) instead of failing: for methods where that is an outcome."""
     explored = _rollout(recipe, store, policy, stage="explore", split="train", iteration=iteration,
                         gen=recipe.explore, tracker=tracker, parent=parent, runner=runner)
     pairs = pairs_task(recipe, store, expert, explored.ref, iteration, tracker=tracker, parent=parent)
+    if stop_without_pairs and not P.num_pairs(pairs):
+        return pairs, None, []
     new_policy = dpo_task(recipe, store, policy, pairs.ref, iteration, tracker=tracker, parent=parent,
                           flow_run_id=flow_run_id)
     summaries = _evaluate(recipe, store, new_policy.ref, stage="dpo", iteration=iteration, tracker=tracker,
@@ -114,7 +118,8 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
     flow_run_id = _flow_run_id()
     parent = tracker.start_run(f"{recipe.name}", tags={"prefect.flow_run_id": flow_run_id, "eto.recipe": recipe.name,
-                                                       "eto.env": recipe.env.name})
+                                                       "eto.env": recipe.env.name, "eto.method": eto_method(recipe),
+                                                       "eto.seed": str(recipe.seed)})
     status = "FAILED"
     # Started once per flow run (a Dask cluster takes seconds), stopped with it whatever happens.
     shard_workers = ExitStack()
@@ -147,8 +152,10 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
         if sel.split:
             select(sft.ref, 0)
         for iteration in range(1, recipe.iterations + 1):
-            pairs, policy, iter_summaries = _iteration(recipe, store, expert.ref, policy.ref, iteration, tracker,
-                                                       parent, flow_run_id, runner)
+            pairs, new_policy, iter_summaries = _iteration(recipe, store, expert.ref, policy.ref, iteration, tracker,
+                                                           parent, flow_run_id, runner)
+            assert new_policy is not None  # without stop_without_pairs, no pairs is an error
+            policy = new_policy
             summaries += iter_summaries
             tracker.log_metrics(parent, {**pairs.metrics, **policy.metrics}, step=iteration)
             versions[iteration] = policy.info.get("model_version")
@@ -221,6 +228,12 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
             logger.warning("could not mark MLflow run %s %s: %s", parent, status, str(exc).splitlines()[0][:200])
 
 
+def eto_method(recipe: Recipe) -> str:
+    """The method label `eto compare` groups runs by: plain ETO, or ETO with k samples per task."""
+    k = recipe.pairs.samples_per_task
+    return "eto" if k == 1 else f"eto-k{k}" + ("-self" if recipe.pairs.self_pairs else "")
+
+
 def _refuse_endpoint_backend(recipe: Recipe) -> None:
     if recipe.policy.backend == "openai":
         raise ValueError(
@@ -255,6 +268,7 @@ def eto_iteration_flow(
     with make_task_runner(recipe.runner) as runner:
         _, new_policy, summaries = _iteration(recipe, store, expert.ref, ArtifactRef(policy_uri, policy_digest),
                                               iteration, None, None, _flow_run_id(), runner)
+    assert new_policy is not None
     return {"model": new_policy.ref.to_dict(), "table": results_table(summaries)}
 
 

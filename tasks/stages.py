@@ -160,6 +160,24 @@ def sft_task(
     return result
 
 
+@task(name="rft", cache_key_fn=_key(P.rft_key, "base", "expert", "explored"), persist_result=True, log_prints=False)
+def rft_task(
+    recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: ArtifactRef | None, explored: ArtifactRef,
+    tracker: Tracker | None = None, parent: str | None = None, flow_run_id: str = "",
+) -> P.StageResult:
+    """SFT from the base model on the expert data plus the agent's own successes (RFT)."""
+    result = P.rft_stage(recipe, store, base, expert, explored)
+    run_id = _stage_run(tracker, parent, result, "rft", {"sft": recipe.sft.model_dump(), "seed": recipe.seed,
+                                                         "baselines": recipe.baselines.model_dump()})
+    data = {"explored": explored, "base_model": base, **({"expert": expert} if expert is not None else {})}
+    version = _log_model(tracker, run_id, recipe, store, result, stage="rft", iteration=0, flow_run_id=flow_run_id,
+                         data=data)
+    result.info["model_version"] = version
+    _finish(tracker, run_id)
+    result.info.pop("log_history", None)
+    return result
+
+
 def _rollout_key(_: TaskRunContext, params: dict[str, Any]) -> str | None:
     stage = params["stage"]
     key = P.rollout_key(params["recipe"], params["model"], stage=stage, split=params["split"],
@@ -198,7 +216,7 @@ def rollout_task(
 
 @task(name="pairs", task_run_name="pairs-iter{iteration}", cache_key_fn=_key(P.pairs_key, "expert", "explored", "iteration"), persist_result=True)
 def pairs_task(
-    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef, explored: ArtifactRef, iteration: int,
+    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None, explored: ArtifactRef, iteration: int,
     tracker: Tracker | None = None, parent: str | None = None,
 ) -> P.StageResult:
     result = P.pairs_stage(recipe, store, expert, explored, iteration)
