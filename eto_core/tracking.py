@@ -127,6 +127,43 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         return str(run.info.run_id)
 
+    def method_runs(self, *, recipe: str | None = None, env: str | None = None) -> list[Any]:
+        """Finished top-level runs of a method (tag ``eto.method``), optionally of one recipe/env,
+        as ``eto_core.compare.MethodRun``s with their per-split metrics by iteration."""
+        from eto_core.compare import METRICS, SPLITS, MethodRun
+
+        filters = ["attributes.status = 'FINISHED'", "tags.`eto.method` LIKE '%'"]
+        if recipe:
+            filters.append(f"tags.`eto.recipe` = '{recipe}'")
+        if env:
+            filters.append(f"tags.`eto.env` = '{env}'")
+        runs = self.client.search_runs([self.experiment_id], filter_string=" and ".join(filters),
+                                       order_by=["attributes.start_time ASC"], max_results=5000)
+        out = []
+        for run in runs:
+            if PARENT_TAG in run.data.tags:
+                continue
+            found = MethodRun(run.info.run_id, run.data.tags["eto.method"], run.data.tags.get("eto.seed", "?"))
+            for split in SPLITS:
+                for metric in METRICS:
+                    history = self.client.get_metric_history(run.info.run_id, f"{split}_{metric}")
+                    if history:
+                        found.values[(split, metric)] = {int(m.step): float(m.value) for m in history}
+            out.append(found)
+        return out
+
+    def latest_stage_artifact(self, stage: str, *, recipe: str | None = None) -> str | None:
+        """The artifact URI of the most recently logged run of a stage (e.g. "pairs")."""
+        filters = [f"tags.`eto.stage` = '{stage}'"]
+        runs = self.client.search_runs([self.experiment_id], filter_string=" and ".join(filters),
+                                       order_by=["attributes.start_time DESC"], max_results=200)
+        for run in runs:
+            parent = run.data.tags.get(PARENT_TAG)
+            if recipe and parent and self.client.get_run(parent).data.tags.get("eto.recipe") != recipe:
+                continue
+            return str(run.data.tags.get("eto.artifact") or "") or None
+        return None
+
     def has_stage_run(self, artifact_uri: str) -> bool:
         """Whether a stage run tagged with this artifact was already logged in the experiment."""
         quoted = artifact_uri.replace("'", "\\'")

@@ -87,6 +87,24 @@ def _parser() -> argparse.ArgumentParser:
     baseline.add_argument("method", choices=["best-of-n", "rft", "rft-eto", "eto-no-sft"])
     baseline.add_argument("--iterations", type=int, help="shortcut for --set iterations=N (rft-eto, eto-no-sft)")
 
+    compare = sub.add_parser(
+        "compare",
+        help="compare methods from their MLflow runs: markdown table, plot and an HTML pair viewer",
+        description="Read every finished `eto run`, `eto baseline` and `eto evaluate` run of the experiment and "
+        "write OUT/compare.md (method x split: reward, success, steps; mean ± std over seeds), "
+        "OUT/reward_per_iteration.png and OUT/viewer.html (failures next to their paired successes); the same "
+        "files go to MLflow as a 'compare' run and the table to Prefect as a markdown artifact.",
+    )
+    compare.add_argument("--mlflow-uri", default="sqlite:///.eto/mlflow.db", help="tracking URI (default: %(default)s)")
+    compare.add_argument("--experiment", default="eto", help="MLflow experiment (default: %(default)s)")
+    compare.add_argument("--recipe", help="only runs of this recipe name")
+    compare.add_argument("--env", help="only runs on this environment")
+    compare.add_argument("--pairs", help="pairs to show in the viewer: a pairs artifact folder or pairs.parquet "
+                         "(default: the latest logged pairs stage)")
+    compare.add_argument("--max-pairs", type=int, default=6, help="pairs in the viewer (default: %(default)s)")
+    compare.add_argument("--out", default="eto-compare", help="output folder (default: %(default)s)")
+    compare.add_argument("--state-dir", default=".eto", help="local Prefect state (default: %(default)s)")
+
     evaluate.add_argument("--model", help="a model folder or hub id (hf or vllm backend)")
     evaluate.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
                           "(shortcut for --set policy.backend=openai --set policy.base_url=URL)")
@@ -308,6 +326,22 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    set_runtime_defaults(args.state_dir)
+    from eto_core.tracking import TrackingError
+    from flows.compare import compare_flow
+
+    try:
+        result = compare_flow(args.mlflow_uri, args.experiment, args.out, recipe=args.recipe, env=args.env,
+                              pairs=args.pairs, max_pairs=args.max_pairs)
+    except (TrackingError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result["table"])
+    print(f"\nwrote {', '.join(result['files'])} to {result['folder']} (MLflow run {result['mlflow_run_id']})")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     shortcuts = {"base_url": "policy.base_url", "served_model": "policy.model"}
     if args.base_url:
@@ -491,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_evaluate(args)
     if args.command == "baseline":
         return _cmd_baseline(args)
+    if args.command == "compare":
+        return _cmd_compare(args)
     if args.command == "recipe-help":
         from eto_core.config import describe_fields
 

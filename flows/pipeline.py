@@ -294,7 +294,8 @@ def evaluate_flow(recipe: Recipe, model: str | None = None, state_dir: str = ".e
     tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
     parent = tracker.start_run(f"evaluate {label}", tags={"prefect.flow_run_id": _flow_run_id(),
                                                            "eto.recipe": recipe.name, "eto.env": recipe.env.name,
-                                                           "eto.evaluated": label})
+                                                           "eto.evaluated": label, "eto.method": f"evaluated {label}",
+                                                           "eto.seed": str(recipe.seed)})
     status = "FAILED"
     try:
         tracker.log_params(parent, {"policy": recipe.policy.key_fields(), "evaluate": recipe.evaluate.model_dump(),

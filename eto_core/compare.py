@@ -1,0 +1,182 @@
+"""`eto compare`: methods side by side from their tracked runs, as a table, plots and a viewer.
+
+Every top-level MLflow run of `eto run`, `eto baseline` and `eto evaluate` carries its method
+(tag ``eto.method``), seed and per-split metrics by iteration (step 0 = before any ETO
+iteration). Runs of one method and row (e.g. "eto, iteration 2") over several seeds are
+aggregated as mean ± sample standard deviation, so a single lucky seed shows as such.
+"""
+
+from __future__ import annotations
+
+import html
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eto_core.records import PreferencePair
+
+METRICS = ("avg_reward", "success_rate", "mean_steps")
+SPLITS = ("seen", "unseen")
+
+
+@dataclass
+class MethodRun:
+    """One tracked run: its method, seed and metric values by (split, metric) and iteration."""
+
+    run_id: str
+    method: str
+    seed: str
+    values: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
+
+
+def row_label(method: str, iteration: int) -> str:
+    if method.startswith("eto") and method != "eto-no-sft":
+        return "sft" if iteration == 0 else f"{method} iter {iteration}"
+    if iteration == 0:
+        return method
+    return f"{method} iter {iteration}"
+
+
+@dataclass
+class Cell:
+    values: list[float]
+
+    def text(self, percent: bool = False) -> str:
+        if not self.values:
+            return "-"
+        mean = statistics.fmean(self.values)
+        fmt = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:.3f}")
+        if len(self.values) == 1:
+            return fmt(mean)
+        return f"{fmt(mean)} ± {fmt(statistics.stdev(self.values))}"
+
+
+def aggregate(runs: Sequence[MethodRun]) -> dict[str, dict[tuple[str, str], Cell]]:
+    """Row label -> (split, metric) -> the values over the runs (seeds) that have that row."""
+    rows: dict[str, dict[tuple[str, str], Cell]] = defaultdict(lambda: defaultdict(lambda: Cell([])))
+    for run in runs:
+        for (split, metric), by_iteration in run.values.items():
+            for iteration, value in by_iteration.items():
+                rows[row_label(run.method, iteration)][(split, metric)].values.append(value)
+    return {label: dict(cells) for label, cells in rows.items()}
+
+
+def _order(label: str) -> tuple[int, str]:
+    if label == "sft":
+        return (0, label)
+    if label.startswith("best-of"):
+        return (9, label)  # the oracle reference last
+    return (1, label)
+
+
+def comparison_table(runs: Sequence[MethodRun]) -> str:
+    """Markdown: one row per method and iteration, reward / success / steps per split."""
+    rows = aggregate(_dedupe_sft(runs))
+    seeds = {label: max(len(c.values) for c in cells.values()) for label, cells in rows.items()}
+    header = "| method | seeds | " + " | ".join(f"{s} reward | {s} success | {s} steps" for s in SPLITS) + " |"
+    lines = [header, "|---|---:|" + "---:|---:|---:|" * len(SPLITS)]
+    for label in sorted(rows, key=_order):
+        cells = rows[label]
+        parts = []
+        for split in SPLITS:
+            parts += [cells.get((split, "avg_reward"), Cell([])).text(),
+                      cells.get((split, "success_rate"), Cell([])).text(percent=True),
+                      cells.get((split, "mean_steps"), Cell([])).text()]
+        lines.append(f"| {label} | {seeds[label]} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def _dedupe_sft(runs: Sequence[MethodRun]) -> list[MethodRun]:
+    """ETO variants of one seed share their SFT stage: count its iteration-0 numbers once per seed."""
+    out: list[MethodRun] = []
+    seen_sft: set[str] = set()
+    for run in runs:
+        if run.method.startswith("eto") and run.method != "eto-no-sft":
+            if run.seed in seen_sft:
+                values = {k: {i: v for i, v in by.items() if i != 0} for k, by in run.values.items()}
+                run = MethodRun(run.run_id, run.method, run.seed, values)
+            seen_sft.add(run.seed)
+        out.append(run)
+    return out
+
+
+def iteration_plot(runs: Sequence[MethodRun], title: str) -> Any:
+    """Average reward per iteration, one line per method (mean over seeds, band = ±1 std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(10, 3.8), sharey=True)
+    by_method: dict[str, list[MethodRun]] = defaultdict(list)
+    for run in runs:
+        by_method[run.method].append(run)
+    for ax, split in zip(axes, SPLITS, strict=True):
+        for method, group in sorted(by_method.items()):
+            points: dict[int, list[float]] = defaultdict(list)
+            for run in group:
+                for iteration, value in run.values.get((split, "avg_reward"), {}).items():
+                    points[iteration].append(value)
+            if not points:
+                continue
+            xs = sorted(points)
+            means = [statistics.fmean(points[x]) for x in xs]
+            spread = [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs]
+            style = "--" if method.startswith("best-of") else "-"
+            ax.plot(xs, means, style, marker="o", label=method)
+            ax.fill_between(xs, [m - s for m, s in zip(means, spread, strict=True)],
+                            [m + s for m, s in zip(means, spread, strict=True)], alpha=0.15)
+        ax.set_title(split)
+        ax.set_xlabel("iteration (0 = SFT / the method's own model)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("average reward")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# -- the trajectory viewer -------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1d1d1f; background: #fafafa; }
+h1 { font-size: 1.3rem; } h2 { font-size: 1.05rem; margin-top: 2rem; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+.side { border-radius: 8px; padding: 0.6rem 0.8rem; background: #fff; border: 2px solid #ddd; }
+.side.rejected { border-color: #d9534f; } .side.chosen { border-color: #3c9d5d; }
+.side h3 { margin: 0 0 0.5rem; font-size: 0.95rem; }
+.rejected h3 { color: #b52b27; } .chosen h3 { color: #2b7a46; }
+.msg { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 0.8rem; padding: 0.35rem 0.5rem;
+       margin: 0.3rem 0; border-radius: 5px; }
+.msg.assistant { background: #eef3ff; } .msg.user { background: #f3f3f3; color: #444; }
+details { margin: 0.5rem 0; } summary { cursor: pointer; color: #555; font-size: 0.85rem; }
+"""
+
+
+def _messages(messages: Sequence[dict[str, str]]) -> str:
+    return "\n".join(f'<div class="msg {html.escape(m["role"])}">{html.escape(m["content"])}</div>' for m in messages)
+
+
+def pair_viewer_html(pairs: Sequence[PreferencePair], title: str = "ETO pairs: failure vs success") -> str:
+    """A standalone HTML page: each pair's rejected (failure) and chosen (success) trajectories
+    side by side after their shared prompt. Everything from the records is escaped."""
+    blocks = []
+    for pair in pairs:
+        rejected_label = "failure (rejected)" if pair.kind != "win" else "expert (rejected)"
+        chosen_label = {"lose": "expert success (chosen)", "win": "agent, above the expert (chosen)",
+                        "self": "agent's better sample (chosen)"}.get(pair.kind, "chosen")
+        blocks.append(f"""
+<section class="pair-block" data-pair-id="{html.escape(pair.pair_id)}">
+<h2>task {html.escape(pair.task_id)} · {html.escape(pair.kind)} pair · iteration {pair.iteration}</h2>
+<details><summary>shared prompt ({len(pair.prompt)} messages)</summary>{_messages(pair.prompt)}</details>
+<div class="pair">
+<div class="side rejected"><h3>{rejected_label} · reward {pair.rejected_reward:.3f}</h3>{_messages(pair.rejected)}</div>
+<div class="side chosen"><h3>{chosen_label} · reward {pair.chosen_reward:.3f}</h3>{_messages(pair.chosen)}</div>
+</div>
+</section>""")
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>{len(pairs)} pair(s). Left: the trajectory DPO pushes down; right: the one it pushes up.</p>"
+            + "".join(blocks) + "</body></html>\n")

@@ -1,0 +1,76 @@
+"""`eto compare`: the report comparing methods (markdown table, PNG plot, HTML pair viewer),
+written to a folder, logged to MLflow as its own run and to Prefect as a markdown artifact."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from eto_core.compare import comparison_table, iteration_plot, pair_viewer_html
+from eto_core.pipeline import PAIRS_FILE
+from eto_core.records import PreferencePair, frame_to_pairs, read_records
+from eto_core.tracking import Tracker, save_plot
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def pick_pairs(pairs: list[PreferencePair], limit: int) -> list[PreferencePair]:
+    """Pairs worth looking at first: failures against a success ("lose"), then the rest."""
+    order = {"lose": 0, "self": 1, "win": 2}
+    return sorted(pairs, key=lambda p: (order.get(p.kind, 3), p.task_id))[:limit]
+
+
+def load_pairs(source: str) -> list[PreferencePair]:
+    """Pairs from a pairs.parquet file, a pairs artifact folder, or its file:// URI."""
+    path = Path(urlparse(source).path if source.startswith("file://") else source)
+    if path.is_dir():
+        path = path / PAIRS_FILE
+    if not path.is_file():
+        raise ValueError(f"{source}: no {PAIRS_FILE} there; pass --pairs with a pairs artifact folder or file")
+    return frame_to_pairs(read_records(path, "pairs"))
+
+
+@flow(name="eto-compare", log_prints=True)
+def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-compare", recipe: str | None = None,
+                 env: str | None = None, pairs: str | None = None, max_pairs: int = 6) -> dict[str, Any]:
+    logger = get_run_logger()
+    tracker = Tracker(mlflow_uri, experiment)
+    runs = tracker.method_runs(recipe=recipe, env=env)
+    if not runs:
+        scope = " and ".join(x for x in (f"recipe '{recipe}'" if recipe else "", f"env '{env}'" if env else "") if x)
+        raise ValueError(f"no finished eto run, baseline or evaluation in experiment '{experiment}' at {mlflow_uri}"
+                         + (f" for {scope}" if scope else "") + "; run `eto run` or `eto baseline` first.")
+    out = Path(out_dir)
+    table = comparison_table(runs)
+    title = f"Methods on {env or 'all envs'} ({recipe or 'all recipes'}), {len(runs)} runs"
+    report = (f"# {title}\n\nMean ± standard deviation over seeds; 'seeds' counts the runs in a row. "
+              "Best-of-N picks by reward: an oracle's upper reference, not a policy.\n\n"
+              f"{table}\n\n![reward per iteration](reward_per_iteration.png)\n")
+    _write_atomically(out / "compare.md", report)
+    save_plot(iteration_plot(runs, title), out / "reward_per_iteration.png")
+    files = ["compare.md", "reward_per_iteration.png"]
+    source = pairs or tracker.latest_stage_artifact("pairs", recipe=recipe)
+    if source and (pairs or source.startswith("file://")):
+        shown = pick_pairs(load_pairs(source), max_pairs)
+        _write_atomically(out / "viewer.html", pair_viewer_html(shown, f"Pairs from {source}"))
+        files.append("viewer.html")
+    else:
+        logger.info("no local pairs artifact found (pass pairs=...); the report has no viewer")
+    run_id = tracker.start_run("compare", tags={"eto.compare": "true", **({"eto.recipe": recipe} if recipe else {})})
+    tracker.log_artifacts(run_id, out, "compare")
+    tracker.end_run(run_id)
+    create_markdown_artifact(key="eto-compare", markdown=report.replace("![reward per iteration](reward_per_iteration.png)\n", ""),
+                             description="Methods side by side: reward, success and steps per split")
+    logger.info("comparison of %d runs:\n%s", len(runs), table)
+    return {"table": table, "folder": str(out.resolve()), "files": files, "mlflow_run_id": run_id}

@@ -1,0 +1,72 @@
+"""The comparison table over seeds, and the pair viewer rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from eto_core.compare import MethodRun, comparison_table, iteration_plot, pair_viewer_html
+from eto_core.records import PreferencePair
+from tests.eto_core.test_pairs import PROMPT
+
+
+def _run(run_id: str, method: str, seed: str, seen: dict[int, float]) -> MethodRun:
+    return MethodRun(run_id, method, seed, {("seen", "avg_reward"): seen, ("seen", "success_rate"): seen,
+                                            ("unseen", "avg_reward"): {i: v / 2 for i, v in seen.items()}})
+
+
+def test_table_aggregates_seeds_and_counts_shared_sft_once() -> None:
+    runs = [_run("a", "eto", "0", {0: 0.2, 1: 0.4}), _run("b", "eto", "1", {0: 0.4, 1: 0.6}),
+            _run("c", "eto-k4-self", "0", {0: 0.2, 1: 0.5}),  # same seed-0 SFT as run a
+            _run("d", "best-of-n", "0", {0: 0.9}), _run("e", "rft", "0", {0: 0.3})]
+    table = comparison_table(runs)
+    lines = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert list(lines) == ["sft", "eto iter 1", "eto-k4-self iter 1", "rft", "best-of-n"]  # oracle last
+    assert "| sft | 2 | 0.300 ± 0.141 | 30.0% ± 14.1%" in lines["sft"]  # seeds 0 and 1, not 0 twice
+    assert "| eto iter 1 | 2 | 0.500 ± 0.141" in lines["eto iter 1"]
+    assert "| rft | 1 | 0.300 | 30.0% | - | 0.150 |" in lines["rft"]
+    fig = iteration_plot(runs, "t")
+    assert [ax.get_title() for ax in fig.axes] == ["seen", "unseen"]
+
+
+def _pair() -> PreferencePair:
+    return PreferencePair(
+        pair_id="p1", task_id="tidy-7", prompt=PROMPT,
+        chosen=[{"role": "assistant", "content": "Thought: the mug is on the desk.\nAction: take mug from desk"}],
+        rejected=[{"role": "assistant", "content": "Thought: <script>alert(1)</script>\nAction: go to bed"},
+                  {"role": "user", "content": "Observation: Nothing happens."},
+                  {"role": "assistant", "content": "Thought: try again\nAction: go to bed"}],
+        chosen_reward=1.0, rejected_reward=0.0, kind="lose", iteration=1)
+
+
+def test_viewer_escapes_record_text() -> None:
+    page = pair_viewer_html([_pair()])
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+    assert page.count('class="side rejected"') == 1 and page.count('class="side chosen"') == 1
+
+
+def test_viewer_renders_side_by_side_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    page = tmp_path / "viewer.html"
+    page.write_text(pair_viewer_html([_pair()]))
+    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'class="side rejected"' in dom and 'class="side chosen"' in dom and "tidy-7" in dom
+    shot = tmp_path / "viewer.png"
+    subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,700", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    import matplotlib.image as mpimg
+
+    pixels = mpimg.imread(shot)
+    height, width = pixels.shape[:2]
+    assert (width, height) == (1200, 700)
+    # The two columns are drawn: the left half holds the red border, the right half the green one.
+    red = (pixels[..., 0] > 0.7) & (pixels[..., 1] < 0.45) & (pixels[..., 2] < 0.45)
+    green = (pixels[..., 1] > 0.5) & (pixels[..., 0] < 0.35) & (pixels[..., 2] < 0.5)
+    assert red[:, : width // 2].sum() > 200 and red[:, width // 2 :].sum() < 50
+    assert green[:, width // 2 :].sum() > 200 and green[:, : width // 2].sum() < 50
