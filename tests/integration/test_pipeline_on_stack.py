@@ -148,7 +148,11 @@ def test_prefect_flow_run_and_task_runs_completed(stack: Stack, mini: MiniRuns) 
         flow_run = prefect.read_flow_run(flow_run_id)
     assert flow_run.state is not None and flow_run.state.is_completed()
     states = _task_states(stack, flow_run_id)
-    assert len(states) == 10  # expert, init, sft, 2 evals, explore, pairs, dpo, 2 evals
+    stages = {name: s for name, s in states.items() if "-shard" not in name}
+    assert len(stages) == 10  # expert, init, sft, 2 evals, explore, pairs, dpo, 2 evals
+    # and each rollout's one shard (mini: fewer tasks than a shard) ran as its own task
+    assert sorted(n for n in states if "-shard" in n) == sorted(
+        f"{n}-shard0" for n in stages if n.startswith(("explore-", "evaluate-")))
     assert all(s.startswith("COMPLETED") for s in states.values()), states
 
 

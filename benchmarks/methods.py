@@ -1,0 +1,59 @@
+"""Every method on one recipe over several seeds, then `eto compare` over them (docs/results.md).
+
+Per seed: `eto run` (SFT + ETO iterations), ETO with k samples and self pairs, and the baselines
+Best-of-N, RFT, RFT->ETO without experts and ETO without SFT, all in one MLflow store and
+artifact root so the methods of a seed share their expert data, base model and SFT stage.
+
+    .venv/bin/python benchmarks/methods.py --config recipes/default.yaml --seeds 0 1 2 --workdir .eto/methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SAMPLED = ["--set", "pairs.samples_per_task=4", "--set", "explore.temperature=0.7"]
+# method -> (the eto subcommand, its extra arguments)
+METHODS: dict[str, tuple[list[str], list[str]]] = {
+    "eto": (["run"], []),
+    "eto-k": (["run"], [*SAMPLED, "--set", "pairs.self_pairs=true"]),
+    "best-of-n": (["baseline", "best-of-n"], []),
+    "rft": (["baseline", "rft"], []),
+    "rft-eto": (["baseline", "rft-eto"], SAMPLED),
+    "eto-no-sft": (["baseline", "eto-no-sft"], SAMPLED),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="recipes/default.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--workdir", default=".eto/methods")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides for every method")
+    args = parser.parse_args()
+    work = Path(args.workdir).resolve()
+    common = ["--config", args.config, "--state-dir", str(work / "state"), "--artifact-root", str(work / "artifacts"),
+              "--mlflow-uri", f"sqlite:///{work / 'mlflow.db'}"]
+    for kv in args.overrides:
+        common += ["--set", kv]
+    for seed in args.seeds:
+        for method in args.methods:
+            command, extra = METHODS[method]
+            cmd = [sys.executable, "-m", "flows.cli", *command, *common, "--seed", str(seed), *extra,
+                   "--json", str(work / f"{method}-seed{seed}.json")]
+            started = time.perf_counter()
+            done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+            status = "ok" if done.returncode == 0 else f"FAILED ({last})"
+            print(f"seed {seed} {method}: {time.perf_counter() - started:.0f} s {status}", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--mlflow-uri", f"sqlite:///{work / 'mlflow.db'}",
+                    "--state-dir", str(work / "state"), "--out", str(work / "compare")], check=True)
+
+
+if __name__ == "__main__":
+    main()
