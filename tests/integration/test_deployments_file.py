@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
-RECIPE_OF = {"eto-mini": "mini.yaml", "eto-default": "default.yaml", "eto-default-retrain": "default.yaml"}
+RECIPE_OF = {"eto-mini": "mini.yaml", "eto-default": "default.yaml", "eto-default-retrain": "default.yaml",
+             "eto-baseline-default": "default.yaml"}
+REPORTS = {"eto-compare"}
 STACK_KEYS = {"storage", "tracking"}
 
 
@@ -27,8 +29,12 @@ def _deployments() -> dict[str, dict[str, Any]]:
 
 def test_each_deployment_carries_its_recipe_and_the_stack_settings() -> None:
     deployments = _deployments()
-    assert set(deployments) == set(RECIPE_OF)
+    assert set(deployments) == set(RECIPE_OF) | REPORTS
+    assert deployments["eto-compare"]["parameters"]["mlflow_uri"] == "{{ $MLFLOW_TRACKING_URI }}"
+    assert deployments["eto-baseline-default"]["parameters"]["method"] in ("best-of-n", "rft", "rft-eto", "eto-no-sft")
     for name, deployment in deployments.items():
+        if name in REPORTS:
+            continue
         raw = deployment["parameters"]["recipe"]
         assert raw["storage"] == {"root": "{{ $ETO_ARTIFACT_ROOT }}", "s3_endpoint_url": "{{ $ETO_S3_ENDPOINT_URL }}"}
         assert raw["tracking"] == {"mlflow_uri": "{{ $MLFLOW_TRACKING_URI }}"}

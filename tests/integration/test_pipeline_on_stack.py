@@ -181,7 +181,7 @@ def test_deployment_runs_on_a_process_worker(stack: Stack, mini: MiniRuns, tmp_p
 
     with _prefect(stack) as prefect:
         names = {d.name for d in prefect.read_deployments()}
-        assert {"eto-mini", "eto-default", "eto-default-retrain"} <= names
+        assert {"eto-mini", "eto-default", "eto-default-retrain", "eto-baseline-default", "eto-compare"} <= names
         retrain = prefect.read_deployment_by_name("eto-pipeline/eto-default-retrain")
         assert [s.schedule.cron for s in retrain.schedules] == ["0 3 * * 1"]  # type: ignore[union-attr]
         assert prefect.read_work_pool("eto-process").type == "process"
