@@ -25,7 +25,7 @@ from prefect import flow  # noqa: E402
 from eto_core import pipeline as P  # noqa: E402
 from eto_core.config import Recipe, load_recipe  # noqa: E402
 from eto_core.storage import ArtifactRef  # noqa: E402
-from flows.pipeline import _rollout  # noqa: E402
+from flows.pipeline import rollout  # noqa: E402
 from tasks.runners import make_task_runner  # noqa: E402
 
 
@@ -33,7 +33,7 @@ from tasks.runners import make_task_runner  # noqa: E402
 def explore(recipe: Recipe, model_uri: str, model_digest: str, state_dir: str) -> dict:
     store = P.make_store(recipe, state_dir)
     with make_task_runner(recipe.runner) as runner:
-        result = _rollout(recipe, store, ArtifactRef(model_uri, model_digest), stage="explore", split="train",
+        result = rollout(recipe, store, ArtifactRef(model_uri, model_digest), stage="explore", split="train",
                           iteration=1, gen=recipe.explore, tracker=None, parent=None, runner=runner)
     return {"digest": result.ref.digest, "metrics": result.metrics}
 

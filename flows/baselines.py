@@ -31,11 +31,11 @@ from eto_core.storage import ArtifactRef, ArtifactStore
 from eto_core.tracking import Tracker
 from flows.pipeline import (
     EVAL_SPLITS,
-    _evaluate,
-    _flow_run_id,
-    _iteration,
-    _refuse_endpoint_backend,
-    _rollout,
+    current_flow_run_id,
+    eto_iteration,
+    evaluate_policy,
+    refuse_endpoint_backend,
+    rollout,
 )
 from tasks.runners import make_task_runner
 from tasks.stages import expert_task, model_init_task, rft_task, sft_task, summary_of
@@ -58,14 +58,14 @@ def _check(recipe: Recipe, method: str) -> None:
 @flow(name="eto-baseline", log_prints=True)
 def baseline_flow(recipe: Recipe, method: Method, state_dir: str = ".eto") -> dict[str, Any]:
     """One baseline method on the recipe, evaluated on seen/unseen, tracked as one MLflow run."""
-    _refuse_endpoint_backend(recipe)
+    refuse_endpoint_backend(recipe)
     _check(recipe, method)
     logger = get_run_logger()
     started = time.perf_counter()
     store = P.make_store(recipe, state_dir)
     store.check()
     tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
-    flow_run_id = _flow_run_id()
+    flow_run_id = current_flow_run_id()
     parent = tracker.start_run(f"{method} ({recipe.name})", tags={
         "prefect.flow_run_id": flow_run_id, "eto.recipe": recipe.name, "eto.env": recipe.env.name,
         "eto.method": method, "eto.seed": str(recipe.seed)})
@@ -106,11 +106,11 @@ class _Context:
                         parent=self.parent, flow_run_id=self.flow_run_id)
 
     def evaluate(self, model: ArtifactRef, label: str, iteration: int = 0) -> list[EvalSummary]:
-        return _evaluate(self.recipe, self.store, model, stage=label, iteration=iteration, tracker=self.tracker,
+        return evaluate_policy(self.recipe, self.store, model, stage=label, iteration=iteration, tracker=self.tracker,
                          parent=self.parent, runner=self.runner)
 
     def rft(self, policy: ArtifactRef, expert: ArtifactRef | None) -> P.StageResult:
-        explored = _rollout(self.recipe, self.store, policy, stage="rft_explore", split="train", iteration=0,
+        explored = rollout(self.recipe, self.store, policy, stage="rft_explore", split="train", iteration=0,
                             gen=P.sampling(self.recipe, "rft_explore"), tracker=self.tracker, parent=self.parent,
                             runner=self.runner)
         return rft_task(self.recipe, self.store, self.base.ref, expert, explored.ref, tracker=self.tracker,
@@ -120,7 +120,7 @@ class _Context:
         """ETO iterations on self pairs only (no expert trajectories)."""
         out: list[EvalSummary] = []
         for iteration in range(1, self.recipe.iterations + 1):
-            _, new_policy, summaries = _iteration(self.recipe, self.store, None, policy, iteration, self.tracker,
+            _, new_policy, summaries = eto_iteration(self.recipe, self.store, None, policy, iteration, self.tracker,
                                                   self.parent, self.flow_run_id, self.runner, stop_without_pairs=True)
             if new_policy is None:
                 # Every sample of every task scored the same: no contrast to learn from. That is
@@ -138,7 +138,7 @@ def _best_of_n(ctx: _Context) -> list[EvalSummary]:
     sft = ctx.sft()
     out = []
     for split in EVAL_SPLITS:
-        result = _rollout(ctx.recipe, ctx.store, sft.ref, stage="best_of_n", split=split, iteration=0,
+        result = rollout(ctx.recipe, ctx.store, sft.ref, stage="best_of_n", split=split, iteration=0,
                           gen=P.sampling(ctx.recipe, "best_of_n"), tracker=ctx.tracker, parent=ctx.parent,
                           runner=ctx.runner)
         summary = summary_of(result)

@@ -288,42 +288,53 @@ def _report(recipe: Any, result: dict[str, Any], args: argparse.Namespace, title
         Path(args.json_out).write_text(json.dumps(result, indent=1, default=str))
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    recipe = _load_checked_recipe(args, {"iterations": "iterations"})
+def _run_flow(args: argparse.Namespace, shortcuts: dict[str, str], call: Any, title: Any,
+              user_errors: tuple[type[Exception], ...] = (ValueError,)) -> int:
+    """Load and check the recipe, run ``call(recipe)`` (a flow), print its table and run id.
+
+    Service errors and ``user_errors`` print one line and exit 2; anything else is a bug and
+    keeps its traceback."""
+    recipe = _load_checked_recipe(args, shortcuts)
     if isinstance(recipe, int):
         return recipe
     from eto_core.storage import ArtifactError
     from eto_core.tracking import TrackingError
-    from flows.pipeline import eto_pipeline
 
+    expected: tuple[type[Exception], ...] = (ArtifactError, TrackingError, *user_errors)
     started = time.perf_counter()
     try:
-        result = eto_pipeline(recipe, state_dir=args.state_dir)
-    except (ArtifactError, TrackingError) as exc:
+        result = call(recipe)
+    except expected as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _report(recipe, result, args, f"ETO results for recipe '{recipe.name}' on '{recipe.env.name}'",
-            time.perf_counter() - started)
+    _report(recipe, result, args, title(recipe, result), time.perf_counter() - started)
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.pipeline import eto_pipeline
+
+    # A pipeline's own ValueErrors keep their traceback, as they always have (the flow run's log).
+    return _run_flow(args, {"iterations": "iterations"}, lambda r: eto_pipeline(r, state_dir=args.state_dir),
+                     lambda r, _: f"ETO results for recipe '{r.name}' on '{r.env.name}'", user_errors=())
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    recipe = _load_checked_recipe(args, {"iterations": "iterations"})
-    if isinstance(recipe, int):
-        return recipe
-    from eto_core.storage import ArtifactError
-    from eto_core.tracking import TrackingError
     from flows.baselines import baseline_flow
 
-    started = time.perf_counter()
-    try:
-        result = baseline_flow(recipe, args.method, state_dir=args.state_dir)
-    except (ArtifactError, TrackingError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    _report(recipe, result, args, f"{args.method} on '{recipe.env.name}' (recipe '{recipe.name}')",
-            time.perf_counter() - started)
-    return 0
+    return _run_flow(args, {"iterations": "iterations"},
+                     lambda r: baseline_flow(r, args.method, state_dir=args.state_dir),
+                     lambda r, _: f"{args.method} on '{r.env.name}' (recipe '{r.name}')")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.pipeline import evaluate_flow
+
+    if args.base_url:
+        args.overrides.append("policy.backend=openai")
+    return _run_flow(args, {"base_url": "policy.base_url", "served_model": "policy.model"},
+                     lambda r: evaluate_flow(r, model=args.model, state_dir=args.state_dir),
+                     lambda r, res: f"Evaluation of {res['evaluated']} on '{r.env.name}'")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -339,28 +350,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         return 2
     print(result["table"])
     print(f"\nwrote {', '.join(result['files'])} to {result['folder']} (MLflow run {result['mlflow_run_id']})")
-    return 0
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    shortcuts = {"base_url": "policy.base_url", "served_model": "policy.model"}
-    if args.base_url:
-        args.overrides.append("policy.backend=openai")
-    recipe = _load_checked_recipe(args, shortcuts)
-    if isinstance(recipe, int):
-        return recipe
-    from eto_core.storage import ArtifactError
-    from eto_core.tracking import TrackingError
-    from flows.pipeline import evaluate_flow
-
-    started = time.perf_counter()
-    try:
-        result = evaluate_flow(recipe, model=args.model, state_dir=args.state_dir)
-    except (ArtifactError, TrackingError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    _report(recipe, result, args, f"Evaluation of {result['evaluated']} on '{recipe.env.name}'",
-            time.perf_counter() - started)
     return 0
 
 

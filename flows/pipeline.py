@@ -40,7 +40,7 @@ from tasks.stages import (
 EVAL_SPLITS = ("seen", "unseen")
 
 
-def _rollout(
+def rollout(
     recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, split: str, iteration: int,
     gen: GenerationSettings, tracker: Tracker | None, parent: str | None, runner: Any,
 ) -> P.StageResult:
@@ -61,19 +61,19 @@ def _select_score(
     parent: str | None, runner: Any,
 ) -> float:
     """The policy's score on the selection split (recipe.selection), for choosing the iteration."""
-    result = _rollout(recipe, store, model, stage="select", split=P.selection_split(recipe), iteration=iteration,
+    result = rollout(recipe, store, model, stage="select", split=P.selection_split(recipe), iteration=iteration,
                       gen=recipe.evaluate, tracker=tracker, parent=parent, runner=runner)
     summary = summary_of(result)
     return summary.avg_reward if recipe.selection.metric == "avg_reward" else summary.success_rate
 
 
-def _evaluate(
+def evaluate_policy(
     recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, iteration: int,
     tracker: Tracker | None, parent: str | None, runner: Any,
 ) -> list[EvalSummary]:
     out = []
     for split in EVAL_SPLITS:
-        result = _rollout(recipe, store, model, stage="evaluate", split=split, iteration=iteration,
+        result = rollout(recipe, store, model, stage="evaluate", split=split, iteration=iteration,
                           gen=recipe.evaluate, tracker=tracker, parent=parent, runner=runner)
         summary = summary_of(result)
         summary.stage = stage
@@ -81,25 +81,25 @@ def _evaluate(
     return out
 
 
-def _iteration(
+def eto_iteration(
     recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None, policy: ArtifactRef, iteration: int,
     tracker: Tracker | None, parent: str | None, flow_run_id: str, runner: Any, stop_without_pairs: bool = False,
 ) -> tuple[P.StageResult, P.StageResult | None, list[EvalSummary]]:
     """One ETO iteration. With ``stop_without_pairs``, an exploration that yields no pair ends it
     before DPO (new policy None) instead of failing: for methods where that is an outcome."""
-    explored = _rollout(recipe, store, policy, stage="explore", split="train", iteration=iteration,
+    explored = rollout(recipe, store, policy, stage="explore", split="train", iteration=iteration,
                         gen=recipe.explore, tracker=tracker, parent=parent, runner=runner)
     pairs = pairs_task(recipe, store, expert, explored.ref, iteration, tracker=tracker, parent=parent)
     if stop_without_pairs and not P.num_pairs(pairs):
         return pairs, None, []
     new_policy = dpo_task(recipe, store, policy, pairs.ref, iteration, tracker=tracker, parent=parent,
                           flow_run_id=flow_run_id)
-    summaries = _evaluate(recipe, store, new_policy.ref, stage="dpo", iteration=iteration, tracker=tracker,
+    summaries = evaluate_policy(recipe, store, new_policy.ref, stage="dpo", iteration=iteration, tracker=tracker,
                           parent=parent, runner=runner)
     return pairs, new_policy, summaries
 
 
-def _flow_run_id() -> str:
+def current_flow_run_id() -> str:
     return str(flow_run.get_id() or "")
 
 
@@ -108,7 +108,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     """SFT on expert trajectories, then ``recipe.iterations`` rounds of ETO, evaluated on seen/unseen."""
     logger = get_run_logger()
     started = time.perf_counter()
-    _refuse_endpoint_backend(recipe)
+    refuse_endpoint_backend(recipe)
     for key, value in MLFLOW_RETRY_DEFAULTS.items():  # bounded retries, also for deployment runs
         os.environ.setdefault(key, value)
     store = P.make_store(recipe, state_dir)
@@ -116,7 +116,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     for folder in store.remove_stale_staging():
         logger.info("removed %s, left by a crashed run", folder)
     tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
-    flow_run_id = _flow_run_id()
+    flow_run_id = current_flow_run_id()
     parent = tracker.start_run(f"{recipe.name}", tags={"prefect.flow_run_id": flow_run_id, "eto.recipe": recipe.name,
                                                        "eto.env": recipe.env.name, "eto.method": eto_method(recipe),
                                                        "eto.seed": str(recipe.seed)})
@@ -130,7 +130,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
         expert = expert_task(recipe, store, tracker=tracker, parent=parent)
         base = model_init_task(recipe, store, expert.ref, tracker=tracker, parent=parent)
         sft = sft_task(recipe, store, base.ref, expert.ref, tracker=tracker, parent=parent, flow_run_id=flow_run_id)
-        summaries = _evaluate(recipe, store, sft.ref, stage="sft", iteration=0, tracker=tracker, parent=parent,
+        summaries = evaluate_policy(recipe, store, sft.ref, stage="sft", iteration=0, tracker=tracker, parent=parent,
                               runner=runner)
         stage_metrics: dict[str, float] = {**expert.metrics, **base.metrics, **sft.metrics}
         versions = {0: sft.info.get("model_version")}
@@ -152,7 +152,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
         if sel.split:
             select(sft.ref, 0)
         for iteration in range(1, recipe.iterations + 1):
-            pairs, new_policy, iter_summaries = _iteration(recipe, store, expert.ref, policy.ref, iteration, tracker,
+            pairs, new_policy, iter_summaries = eto_iteration(recipe, store, expert.ref, policy.ref, iteration, tracker,
                                                            parent, flow_run_id, runner)
             assert new_policy is not None  # without stop_without_pairs, no pairs is an error
             policy = new_policy
@@ -234,7 +234,7 @@ def eto_method(recipe: Recipe) -> str:
     return "eto" if k == 1 else f"eto-k{k}" + ("-self" if recipe.pairs.self_pairs else "")
 
 
-def _refuse_endpoint_backend(recipe: Recipe) -> None:
+def refuse_endpoint_backend(recipe: Recipe) -> None:
     if recipe.policy.backend == "openai":
         raise ValueError(
             "policy.backend 'openai' cannot drive training: the endpoint, not the pipeline, decides which model "
@@ -246,13 +246,13 @@ def _refuse_endpoint_backend(recipe: Recipe) -> None:
 @flow(name="eto-sft", log_prints=True)
 def sft_flow(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     """Expert data, SFT and its seen/unseen evaluation only."""
-    _refuse_endpoint_backend(recipe)
+    refuse_endpoint_backend(recipe)
     store = P.make_store(recipe, state_dir)
     expert = expert_task(recipe, store)
     base = model_init_task(recipe, store, expert.ref)
     sft = sft_task(recipe, store, base.ref, expert.ref)
     with make_task_runner(recipe.runner) as runner:
-        summaries = _evaluate(recipe, store, sft.ref, stage="sft", iteration=0, tracker=None, parent=None,
+        summaries = evaluate_policy(recipe, store, sft.ref, stage="sft", iteration=0, tracker=None, parent=None,
                               runner=runner)
     return {"model": sft.ref.to_dict(), "table": results_table(summaries)}
 
@@ -262,12 +262,12 @@ def eto_iteration_flow(
     recipe: Recipe, policy_uri: str, policy_digest: str, iteration: int = 1, state_dir: str = ".eto"
 ) -> dict[str, Any]:
     """One ETO iteration (explore -> pairs -> DPO -> eval) from a given policy artifact."""
-    _refuse_endpoint_backend(recipe)
+    refuse_endpoint_backend(recipe)
     store = P.make_store(recipe, state_dir)
     expert = expert_task(recipe, store)
     with make_task_runner(recipe.runner) as runner:
-        _, new_policy, summaries = _iteration(recipe, store, expert.ref, ArtifactRef(policy_uri, policy_digest),
-                                              iteration, None, None, _flow_run_id(), runner)
+        _, new_policy, summaries = eto_iteration(recipe, store, expert.ref, ArtifactRef(policy_uri, policy_digest),
+                                              iteration, None, None, current_flow_run_id(), runner)
     assert new_policy is not None
     return {"model": new_policy.ref.to_dict(), "table": results_table(summaries)}
 
@@ -292,7 +292,7 @@ def evaluate_flow(recipe: Recipe, model: str | None = None, state_dir: str = ".e
         ref = P.model_init_stage(pointed, store, None).ref  # a pointer artifact, keyed by the weights
         label = model
     tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
-    parent = tracker.start_run(f"evaluate {label}", tags={"prefect.flow_run_id": _flow_run_id(),
+    parent = tracker.start_run(f"evaluate {label}", tags={"prefect.flow_run_id": current_flow_run_id(),
                                                            "eto.recipe": recipe.name, "eto.env": recipe.env.name,
                                                            "eto.evaluated": label, "eto.method": f"evaluated {label}",
                                                            "eto.seed": str(recipe.seed)})
@@ -301,7 +301,7 @@ def evaluate_flow(recipe: Recipe, model: str | None = None, state_dir: str = ".e
         tracker.log_params(parent, {"policy": recipe.policy.key_fields(), "evaluate": recipe.evaluate.model_dump(),
                                     "data": recipe.data.model_dump()})
         with make_task_runner(recipe.runner) as runner:
-            summaries = _evaluate(recipe, store, ref, stage="baseline", iteration=0, tracker=tracker, parent=parent,
+            summaries = evaluate_policy(recipe, store, ref, stage="baseline", iteration=0, tracker=tracker, parent=parent,
                                   runner=runner)
         for s in summaries:
             tracker.log_metrics(parent, {f"{s.split}_avg_reward": s.avg_reward,

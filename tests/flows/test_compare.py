@@ -14,13 +14,6 @@ from tests.eto_core.test_compare import _pair
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():  # type: ignore[no-untyped-def]
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
 
 def test_compare_writes_and_logs_the_report(tmp_path: Path, prefect_harness: None) -> None:
     from flows.compare import compare_flow
