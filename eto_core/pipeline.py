@@ -558,11 +558,15 @@ def rollout_stage(
     _, shards = plan_rollout(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
     outcomes = [rollout_shard(recipe, store, model, shard, progress=progress) for shard in shards]
     trajs: list[Any] = []
+    sizes: list[int] = []
     for outcome in outcomes:
-        trajs += read_trajectories(store, outcome.ref)
+        shard_trajs = read_trajectories(store, outcome.ref)
+        trajs += shard_trajs
+        sizes.append(len(shard_trajs))
     # Throughput of the shards that ran in this call or, when all were reused (run as tasks
     # just before), of every shard from its manifest: the time each took where it ran.
-    timed = [o for o in outcomes if not o.reused] or [_timed(store, o) for o in outcomes]
+    timed = [o for o in outcomes if not o.reused] or [
+        ShardOutcome(o.ref, o.reused, n, _shard_seconds(store, o)) for o, n in zip(outcomes, sizes, strict=True)]
     ran_episodes, ran_seconds = sum(o.episodes for o in timed), sum(o.seconds for o in timed)
     folder = store.staging_dir()
     _write_trajs(folder, trajs)
@@ -582,11 +586,10 @@ def rollout_stage(
     return _publish(store, stage, key, folder, metrics, {"summary": asdict(summary)})
 
 
-def _timed(store: ArtifactStore, outcome: ShardOutcome) -> ShardOutcome:
+def _shard_seconds(store: ArtifactStore, outcome: ShardOutcome) -> float:
+    """The rollout time a published shard recorded in its manifest."""
     manifest = store.read_manifest(outcome.ref.uri) or {}
-    info = manifest.get("meta", {}).get("info", {})
-    episodes = len(read_trajectories(store, outcome.ref))
-    return ShardOutcome(outcome.ref, outcome.reused, episodes, float(info.get("seconds", 0.0)))
+    return float(manifest.get("meta", {}).get("info", {}).get("seconds", 0.0))
 
 
 def pairs_stage(
