@@ -23,17 +23,16 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from functools import partial
 
 import torch
+from _experts import experts_and_tokenizer
 
-from environments.registry import make_env
 from eto_core.config import load_recipe
 from eto_core.dpo import DPOSettings, train_dpo
-from eto_core.modeling import build_tiny_model, train_tokenizer
+from eto_core.modeling import build_tiny_model
 from eto_core.pairs import build_pairs
 from eto_core.records import Message
-from eto_core.rollout import collect_expert, run_episodes
+from eto_core.rollout import run_episodes
 
 
 class LookAround:
@@ -63,16 +62,7 @@ def main() -> None:
     logging.disable(logging.WARNING)  # per-step logs and "pair truncated" warnings would drown the table
 
     recipe = load_recipe(args.config)
-    make = partial(make_env, recipe.env.name, **recipe.env.kwargs)
-    env = make()
-    # As the pipeline's model_init stage: the tokenizer is trained on the first corpus tasks' experts.
-    tasks = env.tasks("train")[: max(args.pairs, recipe.model.tokenizer_corpus_tasks)]
-    env.close()
-    experts, _ = collect_expert(make, tasks, env_name=recipe.env.name, split="train",
-                                one_shot=recipe.env.one_shot, progress=False)
-    corpus = [m["content"] for t in experts[: recipe.model.tokenizer_corpus_tasks] for m in t.messages]
-    tokenizer = train_tokenizer(corpus, recipe.model.tiny.vocab_size)
-    experts = experts[: args.pairs]
+    make, experts, tokenizer = experts_and_tokenizer(recipe, args.pairs)
     explored = run_episodes(make, [t.task_id for t in experts], LookAround(), env_name=recipe.env.name,
                             split="train", source="explore", iteration=1, one_shot=recipe.env.one_shot,
                             progress=False)

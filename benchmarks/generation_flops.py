@@ -23,18 +23,16 @@ import argparse
 import logging
 import os
 import time
-from functools import partial
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported
 
 import torch
+from _experts import experts_and_tokenizer
 
-from environments.registry import make_env
 from eto_core.config import load_recipe
-from eto_core.modeling import build_tiny_model, train_tokenizer
+from eto_core.modeling import build_tiny_model
 from eto_core.policy import LocalHFPolicy
 from eto_core.records import Message
-from eto_core.rollout import collect_expert
 
 
 def matmul_peak(sizes: list[int], repeats: int) -> tuple[float, int]:
@@ -72,16 +70,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
 
     recipe = load_recipe(args.config)
-    make = partial(make_env, recipe.env.name, **recipe.env.kwargs)
-    env = make()
-    # As the pipeline's model_init stage: the tokenizer is trained on the first corpus tasks' experts.
-    tasks = env.tasks("train")[: max(args.conversations, recipe.model.tokenizer_corpus_tasks)]
-    env.close()
-    experts, _ = collect_expert(make, tasks, env_name=recipe.env.name, split="train",
-                                one_shot=recipe.env.one_shot, progress=False)
-    corpus = [m["content"] for t in experts[: recipe.model.tokenizer_corpus_tasks] for m in t.messages]
-    tokenizer = train_tokenizer(corpus, recipe.model.tiny.vocab_size)
-    experts = experts[: args.conversations]
+    make, experts, tokenizer = experts_and_tokenizer(recipe, args.conversations)
     model = build_tiny_model(recipe.model.tiny, tokenizer).eval()
     conversations: list[list[Message]] = []
     for i, t in enumerate(experts):

@@ -335,6 +335,13 @@ def expert_stage(recipe: Recipe, store: ArtifactStore, *, progress: bool = True)
     return _publish(store, "expert", key, folder, metrics, {"skipped": skipped[:50]})
 
 
+def corpus_tokenizer(recipe: Recipe, experts: list[Any]) -> Any:
+    """The tiny model's tokenizer: trained on the first ``model.tokenizer_corpus_tasks`` expert
+    trajectories' messages (the model_init stage's, and the benchmarks' that mimic it)."""
+    corpus = [m["content"] for t in experts[: recipe.model.tokenizer_corpus_tasks] for m in t.messages]
+    return train_tokenizer(corpus, recipe.model.tiny.vocab_size)
+
+
 def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None) -> StageResult:
     """The starting model: the tiny default built from the expert corpus, or a base model path
     (a pointer artifact; ``expert`` is then not needed)."""
@@ -353,8 +360,7 @@ def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef |
         return hit
     assert expert is not None  # model_init_key refused it otherwise
     trajs = read_trajectories(store, expert)
-    corpus = [m["content"] for t in trajs[: recipe.model.tokenizer_corpus_tasks] for m in t.messages]
-    tokenizer = train_tokenizer(corpus, recipe.model.tiny.vocab_size)
+    tokenizer = corpus_tokenizer(recipe, trajs)
     model = build_tiny_model(seeded(recipe.model.tiny, recipe), tokenizer)
     folder = store.staging_dir()
     metrics = {"model_parameters": float(sum(p.numel() for p in model.parameters())),

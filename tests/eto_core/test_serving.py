@@ -229,10 +229,7 @@ def test_api_key_never_in_errors_reprs_or_logs(server: str, caplog: pytest.LogCa
 # --- micro-batching, grouping, usage, stop and seeds (a server in this process) ---------------------
 
 
-@pytest.fixture(scope="module")
-def threaded(loaded: tuple[PreTrainedModel, PreTrainedTokenizerBase]) -> Iterator[tuple[str, Any]]:
-    """A create_app server in a thread; yields its base URL and the batching engine."""
-    app = create_app(*loaded, model_name="m", batch_size=8, max_new_tokens_cap=CAP, batch_wait_s=0.05)
+def _start(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -241,8 +238,16 @@ def threaded(loaded: tuple[PreTrainedModel, PreTrainedTokenizerBase]) -> Iterato
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the threaded server did not start"
         time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture(scope="module")
+def threaded(loaded: tuple[PreTrainedModel, PreTrainedTokenizerBase]) -> Iterator[tuple[str, Any]]:
+    """A create_app server in a thread; yields its base URL and the batching engine."""
+    app = create_app(*loaded, model_name="m", batch_size=8, max_new_tokens_cap=CAP, batch_wait_s=0.05)
+    server, thread, base = _start(app)
     try:
-        yield f"http://127.0.0.1:{port}/v1", app.state.engine
+        yield base, app.state.engine
     finally:
         server.should_exit = True
         thread.join(timeout=20)
@@ -300,17 +305,6 @@ def test_stop_strings_and_seeded_sampling(threaded: tuple[str, Any]) -> None:
 
 # --- the client against answers eto serve never gives (vLLM's, a flaky or overloaded server) ---------
 
-
-def _start(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}/v1"
 
 
 def test_client_retries_cuts_after_the_action_line_and_reads_vllm_context_errors() -> None:

@@ -1,0 +1,25 @@
+"""Shared set-up of the benchmarks that build the recipe's tiny model without the pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from environments.base import TextEnv
+from environments.registry import make_env
+from eto_core.config import Recipe
+from eto_core.pipeline import corpus_tokenizer
+from eto_core.rollout import collect_expert
+
+
+def experts_and_tokenizer(recipe: Recipe, n: int) -> tuple[Callable[[], TextEnv], list[Any], Any]:
+    """The env factory, the first ``n`` training tasks' expert trajectories, and the tokenizer
+    the model_init stage would train (on the first ``model.tokenizer_corpus_tasks`` experts)."""
+    make = partial(make_env, recipe.env.name, **recipe.env.kwargs)
+    env = make()
+    tasks = env.tasks("train")[: max(n, recipe.model.tokenizer_corpus_tasks)]
+    env.close()
+    experts, _ = collect_expert(make, tasks, env_name=recipe.env.name, split="train",
+                                one_shot=recipe.env.one_shot, progress=False)
+    return make, experts[:n], corpus_tokenizer(recipe, experts)
