@@ -1,8 +1,9 @@
 """Every method on one recipe over several seeds, then `eto compare` over them (docs/results.md).
 
-Per seed: `eto run` (SFT + ETO iterations), ETO with k samples and self pairs, and the baselines
-Best-of-N, RFT, RFT->ETO without experts and ETO without SFT, all in one MLflow store and
-artifact root so the methods of a seed share their expert data, base model and SFT stage.
+Per seed: `eto run` (SFT + ETO iterations), the baselines Best-of-N and RFT, ETO with k samples
+and self pairs, ETO without SFT and RFT->ETO without experts (cheapest first, so a cut-short run
+still has whole seeds), all in one MLflow store and artifact root so the methods of a seed share
+their expert data, base model and SFT stage.
 
     .venv/bin/python benchmarks/methods.py --config recipes/default.yaml --seeds 0 1 2 --workdir .eto/methods
 """
@@ -15,15 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-SAMPLED = ["--set", "pairs.samples_per_task=4", "--set", "explore.temperature=0.7"]
-# method -> (the eto subcommand, its extra arguments)
+SAMPLED = ["--set", "pairs.samples_per_task={k}", "--set", "explore.temperature=0.7"]
+# method -> (the eto subcommand, its extra arguments; {k} is --k)
 METHODS: dict[str, tuple[list[str], list[str]]] = {
     "eto": (["run"], []),
-    "eto-k": (["run"], [*SAMPLED, "--set", "pairs.self_pairs=true"]),
     "best-of-n": (["baseline", "best-of-n"], []),
     "rft": (["baseline", "rft"], []),
-    "rft-eto": (["baseline", "rft-eto"], SAMPLED),
+    "eto-k": (["run"], [*SAMPLED, "--set", "pairs.self_pairs=true"]),
     "eto-no-sft": (["baseline", "eto-no-sft"], SAMPLED),
+    "rft-eto": (["baseline", "rft-eto"], SAMPLED),
 }
 
 
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--workdir", default=".eto/methods")
+    parser.add_argument("--k", type=int, default=4,
+                        help="samples per task of the sampled methods (eto-k, eto-no-sft, rft-eto)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe overrides for every method")
     args = parser.parse_args()
@@ -44,6 +47,7 @@ def main() -> None:
     for seed in args.seeds:
         for method in args.methods:
             command, extra = METHODS[method]
+            extra = [a.format(k=args.k) for a in extra]
             cmd = [sys.executable, "-m", "flows.cli", *command, *common, "--seed", str(seed), *extra,
                    "--json", str(work / f"{method}-seed{seed}.json")]
             started = time.perf_counter()
