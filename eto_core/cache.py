@@ -24,6 +24,8 @@ STAGE_VERSIONS: dict[str, int] = {
     "sft": 1,
     "explore": 2,  # 2: rollouts run in checkpointed shards, sampling seeded per shard
     "explore_shard": 1,
+    "explore_step": 1,  # continuations from expert prefixes (step-level pairs)
+    "explore_step_shard": 1,
     "pairs": 1,
     "dpo": 1,
     "evaluate": 2,

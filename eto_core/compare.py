@@ -164,13 +164,15 @@ def pair_viewer_html(pairs: Sequence[PreferencePair], title: str = "ETO pairs: f
     side by side after their shared prompt. Everything from the records is escaped."""
     blocks = []
     for pair in pairs:
-        rejected_label = "failure (rejected)" if pair.kind != "win" else "expert (rejected)"
+        rejected_label = {"win": "expert (rejected)", "step": "worse continuation (rejected)"}.get(
+            pair.kind, "failure (rejected)")
         chosen_label = {"lose": "expert success (chosen)", "win": "agent, above the expert (chosen)",
-                        "self": "agent's better sample (chosen)"}.get(pair.kind, "chosen")
+                        "self": "agent's better sample (chosen)",
+                        "step": "better continuation (chosen)"}.get(pair.kind, "chosen")
         blocks.append(f"""
 <section class="pair-block" data-pair-id="{html.escape(pair.pair_id)}">
 <h2>task {html.escape(pair.task_id)} · {html.escape(pair.kind)} pair · iteration {pair.iteration}</h2>
-<details><summary>shared prompt ({len(pair.prompt)} messages)</summary>{_messages(pair.prompt)}</details>
+<details><summary>shared prompt{" and expert prefix" if pair.kind == "step" else ""} ({len(pair.prompt)} messages)</summary>{_messages(pair.prompt)}</details>
 <div class="pair">
 <div class="side rejected"><h3>{rejected_label} · reward {pair.rejected_reward:.3f}</h3>{_messages(pair.rejected)}</div>
 <div class="side chosen"><h3>{chosen_label} · reward {pair.chosen_reward:.3f}</h3>{_messages(pair.chosen)}</div>

@@ -123,6 +123,15 @@ class PairSettings(_Strict):
     self_pairs: bool = Field(
         False, description="Also pair each task's best sample against its worst when their rewards differ."
     )
+    level: Literal["trajectory", "step", "both"] = Field(
+        "trajectory",
+        description="'trajectory': ETO's pairs of whole trajectories; 'step': continuations from the same "
+        "expert prefix (the expert's first t turns replayed in the environment, then the policy goes on; "
+        "its continuation against the expert's); 'both': the two together, as IPR trains.",
+    )
+    step_points: int = Field(
+        2, ge=1, description="Step-level pairs: branch points per expert trajectory, spread evenly over its turns."
+    )
 
 
 class SelectionSettings(_Strict):

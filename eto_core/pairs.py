@@ -13,13 +13,19 @@ Beyond the paper (``self_pairs``): with several sampled trajectories per task, t
 worst of the agent's own samples also make a pair when their rewards differ (``self``): a
 contrast between two things the policy itself does, not only against the expert, and the only
 pairs there are where no expert trajectories exist.
+
+Step level (``build_step_pairs``, the paper's step-wise ablation and IPR's variant): the
+policy continues from the state after the expert's first t turns (replayed in the
+environment), and its continuation is compared with the expert's own continuation from that
+prefix. The pair's prompt is the task prompt plus the shared prefix, so the DPO loss scores the
+two continuations only: the credit goes to the steps where they part.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from eto_core.records import Message, PreferencePair, Trajectory
 
@@ -36,6 +42,7 @@ class PairStats:
     no_expert: int = 0
     unusable: int = 0
     self: int = 0
+    step: int = 0
 
     def as_metrics(self) -> dict[str, float]:
         return {f"pairs_{k}": float(v) for k, v in self.__dict__.items()}
@@ -175,3 +182,81 @@ def _self_pairs(explored: Sequence[Trajectory], iteration: int, cut_extra_rounds
             kind="self", iteration=iteration,
         ))
     return out
+
+
+def branch_points(num_rounds: int, points: int) -> list[int]:
+    """Prefix lengths (expert turns replayed) at which the policy takes over: up to ``points``,
+    spread evenly over 1 .. num_rounds - 1 (a prefix of every turn leaves nothing to continue)."""
+    if num_rounds < 2:
+        return []
+    spread = {max(1, min(num_rounds - 1, round(i * num_rounds / (points + 1)))) for i in range(1, points + 1)}
+    return sorted(spread)
+
+
+def expert_rounds(traj: Trajectory) -> int:
+    return _num_rounds(response_turns(traj))
+
+
+def prefix_of(expert: Trajectory, rounds: int) -> list[Message]:
+    """The expert's prompt and its first ``rounds`` agent turns, each with the observation after it."""
+    return list(expert.messages[: expert.num_prompt_messages + 2 * rounds])
+
+
+def build_step_pairs(
+    experts: Sequence[Trajectory],
+    continuations: Sequence[Trajectory],
+    *,
+    iteration: int,
+    cut_extra_rounds: int = 5,
+    stats: PairStats | None = None,
+) -> tuple[list[PreferencePair], PairStats]:
+    """Step-level pairs: each continuation (rolled out from an expert prefix, the prefix counted
+    in its prompt) against the expert's continuation from the same prefix.
+
+    Lower final reward than the expert's -> chosen = expert's continuation; higher (graded
+    rewards) -> the reverse; equal -> no pair. A continuation whose prefix is not the expert's
+    (an environment that answered differently on replay) has no expert counterpart and is
+    counted as unusable.
+    """
+    by_task = {t.task_id: t for t in experts}
+    stats = stats if stats is not None else PairStats()
+    pairs: list[PreferencePair] = []
+    seen_ids: set[str] = set()
+    for agent in continuations:
+        if agent.terminate_reason == "env_error":
+            stats.unusable += 1
+            continue
+        expert = by_task.get(agent.task_id)
+        if expert is None:
+            stats.no_expert += 1
+            continue
+        n = agent.num_prompt_messages
+        if n <= expert.num_prompt_messages or agent.messages[:n] != expert.messages[:n]:
+            stats.unusable += 1
+            continue
+        prompt = list(agent.messages[:n])
+        expert_rest = response_turns(replace(expert, num_prompt_messages=n))
+        agent_rest = response_turns(agent)
+        if not expert_rest or not agent_rest:
+            stats.unusable += 1
+            continue
+        if agent.reward < expert.reward:
+            chosen, rejected, chosen_r, rejected_r = expert_rest, agent_rest, expert.reward, agent.reward
+        elif agent.reward > expert.reward:
+            chosen, rejected, chosen_r, rejected_r = agent_rest, expert_rest, agent.reward, expert.reward
+        else:
+            stats.tie += 1
+            continue
+        rejected = cut_rounds(rejected, _num_rounds(chosen) + cut_extra_rounds)
+        # The prefix length is part of the id: the same continuation text from two prefixes is two pairs.
+        pair_id = _pair_id(f"{agent.task_id}@{_num_rounds(prompt[expert.num_prompt_messages:])}", iteration,
+                           chosen, rejected)
+        if pair_id in seen_ids:
+            continue
+        seen_ids.add(pair_id)
+        stats.step += 1
+        pairs.append(PreferencePair(
+            pair_id=pair_id, task_id=agent.task_id, prompt=prompt, chosen=chosen, rejected=rejected,
+            chosen_reward=float(chosen_r), rejected_reward=float(rejected_r), kind="step", iteration=iteration,
+        ))
+    return pairs, stats

@@ -36,7 +36,7 @@ from eto_core.eto_format import import_eto_file
 from eto_core.evaluation import summarize, summarize_best_of
 from eto_core.hygiene import check_split_overlap
 from eto_core.modeling import build_tiny_model, load_model, save_model, train_tokenizer
-from eto_core.pairs import build_pairs
+from eto_core.pairs import branch_points, build_pairs, build_step_pairs, expert_rounds, prefix_of
 from eto_core.policy import GenerationSettings
 from eto_core.pretrain import pretrain_lm
 from eto_core.records import (
@@ -99,7 +99,7 @@ def task_count(recipe: Recipe, split: str, stage: str) -> int:
     if stage == "select":
         return recipe.selection.tasks
     if split == "train":
-        if stage in ("explore", "rft_explore") and recipe.data.explore_tasks is not None:
+        if stage in ("explore", "explore_step", "rft_explore") and recipe.data.explore_tasks is not None:
             return recipe.data.explore_tasks
         return recipe.data.train_tasks
     return {"seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}[split]
@@ -280,7 +280,8 @@ def rft_key(recipe: Recipe, base: ArtifactRef, expert: ArtifactRef | None, explo
 
 
 def rollout_key(
-    recipe: Recipe, model: ArtifactRef, *, stage: str, split: str, iteration: int, gen: GenerationSettings
+    recipe: Recipe, model: ArtifactRef, *, stage: str, split: str, iteration: int, gen: GenerationSettings,
+    expert: ArtifactRef | None = None,
 ) -> str:
     settings = {"env": recipe.env, "env_version": env_version(recipe), "split": split,
                 "n": task_count(recipe, split, stage), "gen": gen, "iteration": iteration, "seed": recipe.seed,
@@ -289,14 +290,29 @@ def rollout_key(
         settings["samples_per_task"] = samples
     if stage == "select":
         settings["selection"] = {"split": recipe.selection.split, "train_tasks": recipe.data.train_tasks}
-    return cache_key(stage, settings=settings, inputs={"model": model})
+    inputs: dict[str, ArtifactRef | None] = {"model": model}
+    if stage == "explore_step":  # continuations from the expert's prefixes: the expert is an input
+        settings["step_points"] = recipe.pairs.step_points
+        inputs["expert"] = need_expert(expert)
+    return cache_key(stage, settings=settings, inputs=inputs)
 
 
-def pairs_key(recipe: Recipe, expert: ArtifactRef | None, explored: ArtifactRef, iteration: int) -> str:
+def need_expert(expert: ArtifactRef | None) -> ArtifactRef:
+    if expert is None:
+        raise ValueError("step-level pairs (pairs.level 'step' or 'both') replay expert prefixes, and this run has "
+                         "no expert trajectories; use pairs.level: trajectory")
+    return expert
+
+
+def pairs_key(
+    recipe: Recipe, expert: ArtifactRef | None, explored: ArtifactRef | None, iteration: int,
+    step: ArtifactRef | None = None,
+) -> str:
+    inputs = {"expert": expert, "explored": explored, **({"step": step} if step is not None else {})}
     return cache_key(
         "pairs", settings={"iteration": iteration, "cut_extra_rounds": recipe.pair_cut_extra_rounds,
                            **({"self_pairs": True} if recipe.pairs.self_pairs or expert is None else {})},
-        inputs={"expert": expert, "explored": explored},
+        inputs=inputs,
     )
 
 
@@ -436,11 +452,16 @@ class ShardSpec:
     of: int
     tasks: tuple[str, ...]
     gen: GenerationSettings
+    prefix_rounds: tuple[int, ...] = ()
+    """Step-level continuations: per task, how many of the expert's turns to replay first."""
+    expert: ArtifactRef | None = None
 
     @property
     def key(self) -> str:
-        return cache_key(f"{self.stage}_shard", settings={"rollout": self.rollout_key, "index": self.index,
-                                                           "tasks": list(self.tasks)})
+        settings: dict[str, Any] = {"rollout": self.rollout_key, "index": self.index, "tasks": list(self.tasks)}
+        if self.prefix_rounds:
+            settings["prefix_rounds"] = list(self.prefix_rounds)
+        return cache_key(f"{self.stage}_shard", settings=settings)
 
 
 @dataclass
@@ -454,21 +475,35 @@ class ShardOutcome:
 
 
 def plan_rollout(
-    recipe: Recipe, model: ArtifactRef, *, stage: str, split: str, iteration: int, gen: GenerationSettings
+    recipe: Recipe, model: ArtifactRef, *, stage: str, split: str, iteration: int, gen: GenerationSettings,
+    store: ArtifactStore | None = None, expert: ArtifactRef | None = None,
 ) -> tuple[str, list[ShardSpec]]:
-    """The rollout's cache key and its shards (the split's tasks in slices of ``gen.shard_size``)."""
-    key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    """The rollout's cache key and its shards (the split's tasks in slices of ``gen.shard_size``).
+
+    Stage "explore_step" (step-level pairs) has one episode per branch point of each explored
+    task's expert trajectory instead, and needs ``store`` and ``expert`` to read them.
+    """
+    key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen, expert=expert)
     tasks = _split_tasks(recipe, split, stage)
+    rounds: list[int] = []
+    if stage == "explore_step":
+        if store is None:
+            raise ValueError("planning step-level continuations reads the expert trajectories: pass the store")
+        experts = {t.task_id: t for t in read_trajectories(store, need_expert(expert))}
+        branched = [(t, r) for t in tasks if t in experts
+                    for r in branch_points(expert_rounds(experts[t]), recipe.pairs.step_points)]
+        tasks, rounds = [t for t, _ in branched], [r for _, r in branched]
     if (samples := samples_for(recipe, stage)) > 1:
         # A task's k samples sit side by side; each row of a sampled batch draws its own tokens.
         tasks = [t for t in tasks for _ in range(samples)]
-    slices = [tuple(tasks[i : i + gen.shard_size]) for i in range(0, len(tasks), gen.shard_size)]
+    step = gen.shard_size
     # Sampling is seeded per shard, so a resumed (or distributed) rollout samples exactly what
     # an uninterrupted one in a single process would have.
     return key, [
-        ShardSpec(stage, split, iteration, key, index, len(slices), shard_tasks,
-                  gen.model_copy(update={"seed": gen.seed + recipe.seed + index}))
-        for index, shard_tasks in enumerate(slices)
+        ShardSpec(stage, split, iteration, key, index, -(-len(tasks) // step), tuple(tasks[start : start + step]),
+                  gen.model_copy(update={"seed": gen.seed + recipe.seed + index}),
+                  prefix_rounds=tuple(rounds[start : start + step]), expert=expert if rounds else None)
+        for index, start in enumerate(range(0, len(tasks), step))
     ]
 
 
@@ -501,14 +536,18 @@ def rollout_shard(
                          load_hf=lambda: _loaded_policy_model(recipe, store, model),
                          model_path=lambda: model_folder(store, model),
                          trust_remote_code=recipe.model.trust_remote_code)
-    source = "explore" if shard.stage in ("explore", "rft_explore") else "eval"
+    source = "explore" if shard.stage in ("explore", "explore_step", "rft_explore") else "eval"
+    prefixes = None
+    if shard.prefix_rounds:
+        experts = {t.task_id: t for t in read_trajectories(store, need_expert(shard.expert))}
+        prefixes = [prefix_of(experts[t], r) for t, r in zip(shard.tasks, shard.prefix_rounds, strict=True)]
     started = time.perf_counter()
     trajs = run_episodes(
         env_factory(recipe), list(shard.tasks), policy, env_name=recipe.env.name, split=shard.split,
         source=source, iteration=shard.iteration, one_shot=recipe.env.one_shot, seed=recipe.seed,
         batch_size=shard.gen.batch_size, max_env_retries=recipe.env.max_retries,
         step_timeout=recipe.env.step_timeout_s, concurrent_steps=recipe.env.concurrent_steps, progress=progress,
-        desc=f"{source} {recipe.env.name}/{shard.split} shard {shard.index + 1}/{shard.of}",
+        desc=f"{source} {recipe.env.name}/{shard.split} shard {shard.index + 1}/{shard.of}", prefixes=prefixes,
     )
     seconds = time.perf_counter() - started
     folder = store.staging_dir()
@@ -522,17 +561,18 @@ def rollout_shard(
 
 def pending_shards(
     recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, split: str, iteration: int,
-    gen: GenerationSettings,
+    gen: GenerationSettings, expert: ArtifactRef | None = None,
 ) -> list[ShardSpec]:
     """The shards a rollout still needs to run: none when the whole rollout is published."""
-    key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen, expert=expert)
     if store.find(store.uri_for(stage, key)) is not None:
         return []
     if stage == "evaluate":
         # The eval key moves with data.seen/unseen_tasks, the expert key does not: re-check here
         # so growing an evaluation split cannot slip past a cached expert stage.
         check_splits(recipe)
-    _, shards = plan_rollout(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    _, shards = plan_rollout(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen, store=store,
+                             expert=expert)
     return [s for s in shards if store.find(store.uri_for(f"{stage}_shard", s.key)) is None]
 
 
@@ -546,6 +586,7 @@ def rollout_stage(
     iteration: int,
     gen: GenerationSettings,
     progress: bool = True,
+    expert: ArtifactRef | None = None,
 ) -> StageResult:
     """Run the policy on a split: exploration (stage "explore") or evaluation (stage "evaluate").
 
@@ -553,15 +594,17 @@ def rollout_stage(
     mid-rollout costs at most the shards in flight, and the rerun picks up the finished ones by
     key. Shards not yet published run here, one after another; the flow runs them as tasks on
     its task runner first (``pending_shards`` + ``rollout_shard``), so that here they are all
-    reused. Either way the result is the same.
+    reused. Either way the result is the same. Stage "explore_step" rolls out continuations
+    from ``expert``'s prefixes (step-level pairs).
     """
-    key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen, expert=expert)
     if (hit := _reuse(store, stage, key)) is not None:
         return hit
     if stage == "evaluate":
         check_splits(recipe)  # as in pending_shards
     seed_everything(recipe.seed + iteration)
-    _, shards = plan_rollout(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    _, shards = plan_rollout(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen, store=store,
+                             expert=expert)
     outcomes = [rollout_shard(recipe, store, model, shard, progress=progress) for shard in shards]
     trajs: list[Any] = []
     sizes: list[int] = []
@@ -599,18 +642,25 @@ def _shard_seconds(store: ArtifactStore, outcome: ShardOutcome) -> float:
 
 
 def pairs_stage(
-    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None, explored: ArtifactRef, iteration: int
+    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None, explored: ArtifactRef | None, iteration: int,
+    step: ArtifactRef | None = None,
 ) -> StageResult:
     """Failure/success pairs; without expert trajectories (``expert`` None), only pairs among the
-    agent's own samples exist."""
-    key = pairs_key(recipe, expert, explored, iteration)
+    agent's own samples exist. ``explored``: whole explored trajectories (trajectory-level
+    pairs); ``step``: continuations from expert prefixes (step-level pairs); either may be absent."""
+    key = pairs_key(recipe, expert, explored, iteration, step)
     if (hit := _reuse(store, "pairs", key)) is not None:
         return hit
+    experts = read_trajectories(store, expert) if expert is not None else []
     pairs, stats = build_pairs(
-        read_trajectories(store, expert) if expert is not None else [], read_trajectories(store, explored),
+        experts, read_trajectories(store, explored) if explored is not None else [],
         iteration=iteration, cut_extra_rounds=recipe.pair_cut_extra_rounds,
         self_pairs=recipe.pairs.self_pairs or expert is None,
     )
+    if step is not None:
+        step_pairs, stats = build_step_pairs(experts, read_trajectories(store, step), iteration=iteration,
+                                             cut_extra_rounds=recipe.pair_cut_extra_rounds, stats=stats)
+        pairs += step_pairs
     folder = store.staging_dir()
     write_records(to_frame(pairs, "pairs"), folder / PAIRS_FILE, "pairs")
     return _publish(store, "pairs", key, folder, stats.as_metrics(), {})
@@ -618,7 +668,7 @@ def pairs_stage(
 
 def num_pairs(result: StageResult) -> int:
     """Pairs a pairs stage produced (from its metrics)."""
-    return int(sum(v for k, v in result.metrics.items() if k in ("pairs_win", "pairs_lose", "pairs_self")))
+    return int(sum(v for k, v in result.metrics.items() if k in ("pairs_win", "pairs_lose", "pairs_self", "pairs_step")))
 
 
 def read_pairs(store: ArtifactStore, ref: ArtifactRef) -> list[Any]:

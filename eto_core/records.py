@@ -59,7 +59,8 @@ class PreferencePair:
     rejected_reward: float
     kind: str
     """``lose``: the agent scored below the expert (expert chosen); ``win``: the reverse;
-    ``self``: two of the agent's own samples of one task (the better one chosen)."""
+    ``self``: two of the agent's own samples of one task (the better one chosen); ``step``: two
+    continuations from the same expert prefix, which is part of the prompt."""
     iteration: int
 
 
@@ -131,7 +132,7 @@ PAIR_SCHEMA = pa.DataFrameSchema(
         ),
         "chosen_reward": pa.Column(float, _unit),
         "rejected_reward": pa.Column(float, _unit),
-        "kind": pa.Column(str, pa.Check.isin(["lose", "win", "self"])),
+        "kind": pa.Column(str, pa.Check.isin(["lose", "win", "self", "step"])),
         "iteration": pa.Column(int, pa.Check.ge(0)),
     },
     strict=True,

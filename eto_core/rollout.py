@@ -115,6 +115,7 @@ def run_episodes(
     concurrent_steps: bool = False,
     progress: bool = True,
     desc: str | None = None,
+    prefixes: Sequence[Sequence[Message]] | None = None,
 ) -> list[Trajectory]:
     """Roll ``policy`` out on every task; one trajectory per task id, in the given order.
 
@@ -127,7 +128,15 @@ def run_episodes(
     ``concurrent_steps`` steps the live environments in parallel threads (one per slot), for
     environments whose step blocks outside Python; each episode only touches its own
     environment, so the trajectories are the same either way.
+
+    ``prefixes`` (one per task, for step-level pairs): a conversation that starts with the
+    task's prompt and goes on with agent turns (an expert's first turns). Each episode first
+    replays those turns' actions in its environment, then the policy continues from the state
+    they reach. The replayed turns count as steps and, in the record, as part of the prompt
+    (``num_prompt_messages``), so what follows the prompt is the policy's own continuation.
     """
+    if prefixes is not None and len(prefixes) != len(task_ids):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(task_ids)} tasks: give one per task")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_env_retries < 0:
@@ -199,6 +208,22 @@ def run_episodes(
                 record(ep, "env_error")
                 return
             ep.messages, ep.num_prompt = list(prompt), len(prompt)
+            if prefixes is not None:
+                try:
+                    reason = _replay_prefix(env, ep, prefixes[ep.index], step_timeout)
+                except PrefixError:
+                    raise  # the prefix does not belong to this task: a caller's bug, not an env fault
+                except Exception as exc:  # env fault while replaying: as in reset
+                    if fault(slot, ep, exc):
+                        continue
+                    slot.episode = None
+                    record(ep, "env_error")
+                    return
+                ep.num_prompt = len(ep.messages)
+                if reason:  # the prefix already ended the episode: nothing left to continue
+                    slot.episode = None
+                    record(ep, reason)
+                    return
             slot.episode = ep
             return
 
@@ -290,6 +315,31 @@ def _advance(env: TextEnv, ep: _Episode, turn: str | None, step_timeout: float |
     if truncated or ep.steps >= env.max_steps:
         return "max_steps"
     return ""
+
+
+class PrefixError(ValueError):
+    """A replay prefix that does not start with the task's own prompt."""
+
+
+def _replay_prefix(env: TextEnv, ep: _Episode, prefix: Sequence[Message], step_timeout: float | None) -> str:
+    """Step ``env`` through the agent turns of ``prefix``; the end reason, or "" to go on.
+
+    The observations come from this environment, not from the prefix, so the conversation is
+    the state the policy actually continues from.
+    """
+    if list(prefix[: ep.num_prompt]) != ep.messages:
+        raise PrefixError(
+            f"task {ep.task_id}: the replay prefix does not start with the task's prompt; build it from an "
+            "expert trajectory collected with the same env settings (one_shot, instruction)"
+        )
+    reason = ""
+    for msg in prefix[ep.num_prompt :]:
+        if msg["role"] != "assistant":
+            continue
+        reason = _advance(env, ep, msg["content"], step_timeout)
+        if reason:
+            break
+    return reason
 
 
 def _close_quietly(env: TextEnv | None) -> None:

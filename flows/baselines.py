@@ -53,6 +53,11 @@ def _check(recipe: Recipe, method: str) -> None:
             "pairs.samples_per_task >= 2 and explore.temperature > 0 (e.g. --set pairs.samples_per_task=4 "
             "--set explore.temperature=0.7)."
         )
+    if method in ("rft-eto", "eto-no-sft") and recipe.pairs.level != "trajectory":
+        raise ValueError(
+            f"'{method}' trains without expert trajectories, and step-level pairs (pairs.level "
+            f"'{recipe.pairs.level}') continue from expert prefixes; set pairs.level: trajectory."
+        )
 
 
 @flow(name="eto-baseline", log_prints=True)

@@ -43,17 +43,20 @@ EVAL_SPLITS = ("seen", "unseen")
 def rollout(
     recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, split: str, iteration: int,
     gen: GenerationSettings, tracker: Tracker | None, parent: str | None, runner: Any,
+    expert: ArtifactRef | None = None,
 ) -> P.StageResult:
     """A rollout whose unfinished shards run as tasks on the task runner (in parallel where it
     has workers), then one task that combines them. Submitted from the flow, not from inside a
-    task: a task's context (with its parameters) travels to Dask/Ray workers with each shard."""
-    shards = P.pending_shards(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    task: a task's context (with its parameters) travels to Dask/Ray workers with each shard.
+    ``expert``: only for stage "explore_step" (continuations from the expert's prefixes)."""
+    shards = P.pending_shards(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen,
+                              expert=expert)
     futures = [runner.submit(shard_task, {"recipe": recipe, "store": store, "model": model, "shard": s})
                for s in shards]
     for future in futures:
         future.result()  # raises the shard's error, if any
     return rollout_task(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen,
-                        tracker=tracker, parent=parent)
+                        tracker=tracker, parent=parent, expert=expert)
 
 
 def _select_score(
@@ -87,9 +90,16 @@ def eto_iteration(
 ) -> tuple[P.StageResult, P.StageResult | None, list[EvalSummary]]:
     """One ETO iteration. With ``stop_without_pairs``, an exploration that yields no pair ends it
     before DPO (new policy None) instead of failing: for methods where that is an outcome."""
-    explored = rollout(recipe, store, policy, stage="explore", split="train", iteration=iteration,
-                        gen=recipe.explore, tracker=tracker, parent=parent, runner=runner)
-    pairs = pairs_task(recipe, store, expert, explored.ref, iteration, tracker=tracker, parent=parent)
+    level = recipe.pairs.level
+    explored = step = None
+    if level in ("trajectory", "both"):
+        explored = rollout(recipe, store, policy, stage="explore", split="train", iteration=iteration,
+                           gen=recipe.explore, tracker=tracker, parent=parent, runner=runner).ref
+    if level in ("step", "both"):
+        step = rollout(recipe, store, policy, stage="explore_step", split="train", iteration=iteration,
+                       gen=recipe.explore, tracker=tracker, parent=parent, runner=runner,
+                       expert=P.need_expert(expert)).ref
+    pairs = pairs_task(recipe, store, expert, explored, iteration, tracker=tracker, parent=parent, step=step)
     if stop_without_pairs and not P.num_pairs(pairs):
         return pairs, None, []
     new_policy = dpo_task(recipe, store, policy, pairs.ref, iteration, tracker=tracker, parent=parent,
@@ -229,9 +239,11 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
 
 
 def eto_method(recipe: Recipe) -> str:
-    """The method label `eto compare` groups runs by: plain ETO, or ETO with k samples per task."""
+    """The method label `eto compare` groups runs by: plain ETO, or ETO with k samples per task
+    (and self pairs), step-level pairs ("-step": step only, "-step+traj": both)."""
     k = recipe.pairs.samples_per_task
-    return "eto" if k == 1 else f"eto-k{k}" + ("-self" if recipe.pairs.self_pairs else "")
+    label = "eto" if k == 1 else f"eto-k{k}" + ("-self" if recipe.pairs.self_pairs else "")
+    return label + {"trajectory": "", "step": "-step", "both": "-step+traj"}[recipe.pairs.level]
 
 
 def refuse_endpoint_backend(recipe: Recipe) -> None:

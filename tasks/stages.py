@@ -31,7 +31,7 @@ def _key(fn: Any, *names: str) -> Any:
     stage = fn.__name__.removesuffix("_key")
 
     def key_fn(_: TaskRunContext, params: dict[str, Any]) -> str | None:
-        key = fn(params["recipe"], *(params[n] for n in names))
+        key = fn(params["recipe"], *(params.get(n) for n in names))
         store = params["store"]
         if store.find(store.uri_for(stage, key)) is None:
             return None
@@ -181,7 +181,7 @@ def rft_task(
 def _rollout_key(_: TaskRunContext, params: dict[str, Any]) -> str | None:
     stage = params["stage"]
     key = P.rollout_key(params["recipe"], params["model"], stage=stage, split=params["split"],
-                        iteration=params["iteration"], gen=params["gen"])
+                        iteration=params["iteration"], gen=params["gen"], expert=params.get("expert"))
     store = params["store"]
     if store.find(store.uri_for(stage, key)) is None:
         return None
@@ -203,23 +203,27 @@ def shard_task(recipe: Recipe, store: ArtifactStore, model: ArtifactRef, shard: 
 def rollout_task(
     recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, split: str, iteration: int,
     gen: GenerationSettings, tracker: Tracker | None = None, parent: str | None = None,
+    expert: ArtifactRef | None = None,
 ) -> P.StageResult:
-    """A whole rollout from its shards (run as ``shard_task``s just before, or here if missing)."""
-    result = P.rollout_stage(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen)
+    """A whole rollout from its shards (run as ``shard_task``s just before, or here if missing);
+    ``expert`` only for the step-level continuations (stage "explore_step")."""
+    result = P.rollout_stage(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen,
+                             expert=expert)
     run_id = _stage_run(tracker, parent, result, f"{stage}-{split}-iter{iteration}",
                         {"generation": gen.model_dump(), "split": split, "iteration": iteration})
-    if stage == "explore":
-        _log_records(tracker, run_id, store, result, P.TRAJ_FILE, "trajectories", f"explore-iter{iteration}", "exploration")
+    if stage in ("explore", "explore_step"):
+        _log_records(tracker, run_id, store, result, P.TRAJ_FILE, "trajectories", f"{stage}-iter{iteration}",
+                     "exploration")
     _finish(tracker, run_id)
     return result
 
 
-@task(name="pairs", task_run_name="pairs-iter{iteration}", cache_key_fn=_key(P.pairs_key, "expert", "explored", "iteration"), persist_result=True)
+@task(name="pairs", task_run_name="pairs-iter{iteration}", cache_key_fn=_key(P.pairs_key, "expert", "explored", "iteration", "step"), persist_result=True)
 def pairs_task(
-    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None, explored: ArtifactRef, iteration: int,
-    tracker: Tracker | None = None, parent: str | None = None,
+    recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None, explored: ArtifactRef | None, iteration: int,
+    tracker: Tracker | None = None, parent: str | None = None, step: ArtifactRef | None = None,
 ) -> P.StageResult:
-    result = P.pairs_stage(recipe, store, expert, explored, iteration)
+    result = P.pairs_stage(recipe, store, expert, explored, iteration, step)
     run_id = _stage_run(tracker, parent, result, f"pairs-iter{iteration}", {"cut_extra_rounds": recipe.pair_cut_extra_rounds})
     _log_records(tracker, run_id, store, result, P.PAIRS_FILE, "pairs", f"pairs-iter{iteration}", "training")
     _finish(tracker, run_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eto_core.pairs import PairError, build_pairs, cut_rounds
+from eto_core.pairs import PairError, branch_points, build_pairs, build_step_pairs, cut_rounds, prefix_of
 from eto_core.records import Message, Trajectory, to_frame
 
 PROMPT: list[Message] = [
@@ -112,3 +112,46 @@ def test_self_pairs_need_no_expert_and_skip_equal_samples() -> None:
     pairs, stats = build_pairs([], samples, iteration=1, self_pairs=True)
     assert stats.no_expert == 4 and stats.self == 1
     assert [p.task_id for p in pairs] == ["a"]
+
+
+def continuation(expert: Trajectory, rounds: int, actions: list[str], reward: float) -> Trajectory:
+    """A rollout from the expert's first ``rounds`` turns, the prefix counted in its prompt."""
+    msgs = prefix_of(expert, rounds)
+    num_prompt = len(msgs)
+    for i, a in enumerate(actions):
+        msgs += [{"role": "assistant", "content": f"Thought: c{i}\nAction: {a}"}, {"role": "user", "content": "o"}]
+    return Trajectory(task_id=expert.task_id, env="tidy", split="train", source="explore", iteration=1, model_uri="m",
+                      messages=msgs, num_prompt_messages=num_prompt, reward=reward, success=reward == 1.0,
+                      num_steps=rounds + len(actions), terminate_reason="failure")
+
+
+def test_branch_points_spread_over_the_turns_and_leave_something_to_continue() -> None:
+    assert branch_points(1, 3) == [] and branch_points(2, 3) == [1]
+    assert branch_points(9, 2) == [3, 6]
+    assert branch_points(4, 10) == [1, 2, 3]
+
+
+def test_step_pairs_compare_continuations_from_one_prefix() -> None:
+    expert = traj("a", ["e1", "e2", "e3", "e4"], 0.8, source="expert")
+    worse = continuation(expert, 2, ["x1", "x2"], 0.3)
+    better = continuation(expert, 1, ["y1"], 1.0)
+    same = continuation(expert, 3, ["e4"], 0.8)
+    pairs, stats = build_step_pairs([expert], [worse, better, same], iteration=2)
+    assert (stats.step, stats.tie) == (2, 1)
+    lose, win = pairs
+    assert lose.prompt == expert.messages[: len(PROMPT) + 4] and lose.kind == "step"
+    assert [m["content"][-2:] for m in lose.chosen if m["role"] == "assistant"] == ["e3", "e4"]
+    assert [m["content"][-2:] for m in lose.rejected if m["role"] == "assistant"] == ["x1", "x2"]
+    assert (lose.chosen_reward, lose.rejected_reward) == (0.8, 0.3)
+    assert [m["content"][-2:] for m in win.chosen if m["role"] == "assistant"] == ["y1"]
+    assert win.chosen[-1]["role"] == "assistant" and win.rejected[-1]["role"] == "assistant"
+    assert len(to_frame(pairs, "pairs")) == 2
+
+
+def test_step_continuation_from_a_different_state_is_unusable() -> None:
+    expert = traj("a", ["e1", "e2", "e3"], 1.0, source="expert")
+    drifted = continuation(expert, 1, ["x"], 0.0)
+    drifted.messages[len(PROMPT) + 1] = {"role": "user", "content": "Observation: something else"}
+    pairs, stats = build_step_pairs([expert], [drifted, continuation(traj("zz", ["e"], 1.0), 0, ["x"], 0.0)],
+                                    iteration=1)
+    assert pairs == [] and stats.unusable == 1 and stats.no_expert == 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from eto_core import pipeline as P
 from eto_core.config import load_recipe
+from eto_core.pairs import branch_points, expert_rounds, prefix_of
 from eto_core.storage import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,3 +50,39 @@ def test_a_rollout_resumes_from_its_finished_shards_with_the_same_trajectories(t
 
     # And a repeat finds the whole stage.
     assert explore().cached
+
+
+def test_step_level_pairs_continue_from_the_experts_prefixes(tmp_path: Path) -> None:
+    recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [
+        f"storage.root={tmp_path / 'artifacts'}", "pairs.level=both", "pairs.step_points=2", "explore.shard_size=7"])
+    store = P.make_store(recipe, tmp_path / "state")
+    expert = P.expert_stage(recipe, store, progress=False)
+    model = P.model_init_stage(recipe, store, expert.ref)  # an untrained policy: its continuations fail
+
+    def step_rollout() -> P.StageResult:
+        return P.rollout_stage(recipe, store, model.ref, stage="explore_step", split="train", iteration=1,
+                               gen=recipe.explore, progress=False, expert=expert.ref)
+
+    result = step_rollout()
+    experts = {t.task_id: t for t in P.read_trajectories(store, expert.ref)}
+    conts = P.read_trajectories(store, result.ref)
+    tasks = P._split_tasks(recipe, "train", "explore")
+    expected = [(t, r) for t in tasks if t in experts
+                for r in branch_points(expert_rounds(experts[t]), recipe.pairs.step_points)]
+    assert len(expected) > len({t for t, _ in expected})  # two branch points for most tasks with an expert
+    assert len(_shards(store, "explore_step")) == -(-len(expected) // 7)
+    for cont, (task, rounds) in zip(conts, expected, strict=True):
+        prefix = prefix_of(experts[task], rounds)
+        assert cont.task_id == task and cont.num_prompt_messages == len(prefix)
+        assert cont.messages[: len(prefix)] == prefix  # tidy replays deterministically
+    assert step_rollout().cached
+
+    explored = P.rollout_stage(recipe, store, model.ref, stage="explore", split="train", iteration=1,
+                               gen=recipe.explore, progress=False)
+    pairs = P.pairs_stage(recipe, store, expert.ref, explored.ref, 1, step=result.ref)
+    kinds = [p.kind for p in P.read_pairs(store, pairs.ref)]
+    assert kinds.count("step") == pairs.metrics["pairs_step"] > 0
+    assert kinds.count("lose") == pairs.metrics["pairs_lose"] > 0
+    assert P.num_pairs(pairs) == len(kinds)
+    # Without the step rollout the pairs are another artifact (the key names its inputs).
+    assert P.pairs_stage(recipe, store, expert.ref, explored.ref, 1).ref != pairs.ref

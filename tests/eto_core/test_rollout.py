@@ -12,10 +12,11 @@ import pytest
 from transformers import PreTrainedTokenizerBase
 
 from environments.base import EnvError, Split, StepResult, TextEnv
+from eto_core.pairs import build_step_pairs, prefix_of
 from eto_core.policy import GenerationSettings, LocalHFPolicy
 from eto_core.prompts import INVALID_FORMAT_OBSERVATION, agent_turn, parse_action
 from eto_core.records import Message, Trajectory, to_frame
-from eto_core.rollout import EMPTY_TURN, collect_expert, expert_trajectory, run_episodes
+from eto_core.rollout import EMPTY_TURN, PrefixError, collect_expert, expert_trajectory, run_episodes
 from tests.eto_core.test_policy import lively_model
 
 # --- a tiny environment --------------------------------------------------------------------
@@ -504,3 +505,55 @@ def test_prefix_cache_rollouts_match_on_tidy_with_the_one_shot_prompt(tiny_token
     assert cached == plain
     assert p1.prefix_cache is not None and p1.prefix_cache.hits >= 1
     assert p1.prefilled_tokens < p0.prefilled_tokens / 2  # the one-shot prompt dominates the prompts
+
+
+# --- continuing from an expert prefix (step-level pairs) ---------------------------------
+
+
+def _count2_expert() -> Trajectory:
+    traj = expert_trajectory(CounterEnv(), "count-2", env_name="counter", split="train", one_shot=False)
+    assert traj is not None and traj.num_steps == 3  # add, add, stop
+    return traj
+
+
+def test_continuation_replays_the_prefix_in_the_env_then_the_policy_goes_on() -> None:
+    expert = _count2_expert()
+    log: list[str] = []
+    # Turn index counts the replayed turns too: turn 1 is the policy's first own turn.
+    script: dict[str, list[str | None]] = {"count-2": [act("never used"), act("stop")]}
+    policy = ScriptedPolicy(script)
+    (cont,) = rollout(["count-2"], policy, make_env=lambda: CounterEnv(log=log), prefixes=[prefix_of(expert, 1)])
+    assert cont.num_prompt_messages == expert.num_prompt_messages + 2
+    assert cont.messages[: cont.num_prompt_messages] == expert.messages[: cont.num_prompt_messages]
+    # The env state carries the replayed "add": stopping now scores 1 of 2.
+    assert (cont.reward, cont.success, cont.terminate_reason, cont.num_steps) == (0.5, False, "failure", 2)
+    assert [parse_action(m["content"]) for m in cont.messages[cont.num_prompt_messages :: 2]] == ["stop"]
+    assert policy.batch_sizes == [1]  # the replay asks the policy nothing
+    assert [m["role"] for m in cont.messages[cont.num_prompt_messages :]] == ["assistant", "user"]
+    to_frame([cont], "trajectories")
+
+    pairs, stats = build_step_pairs([expert], [cont], iteration=1)
+    (pair,) = pairs
+    assert (pair.kind, stats.step, pair.chosen_reward, pair.rejected_reward) == ("step", 1, 1.0, 0.5)
+    assert pair.prompt == cont.messages[: cont.num_prompt_messages]  # the shared prefix is context
+    assert [parse_action(m["content"]) for m in pair.chosen if m["role"] == "assistant"] == ["add", "stop"]
+    assert [parse_action(m["content"]) for m in pair.rejected if m["role"] == "assistant"] == ["stop"]
+
+
+def test_env_fault_while_replaying_a_prefix_restarts_the_episode() -> None:
+    expert = _count2_expert()
+    faults = {("count-2", 1): 1}  # the replayed first step crashes once
+    log: list[str] = []
+    script: dict[str, list[str | None]] = {"count-2": [act("x"), act("add"), act("stop")]}
+    policy = ScriptedPolicy(script)
+    (cont,) = rollout(["count-2"], policy, make_env=lambda: CounterEnv(faults, log), prefixes=[prefix_of(expert, 1)])
+    assert log.count("reset count-2") == 2
+    assert (cont.reward, cont.success, cont.num_steps) == (1.0, True, 3)
+
+
+def test_prefix_of_another_task_is_refused() -> None:
+    expert = _count2_expert()
+    with pytest.raises(PrefixError, match="count-1.*prompt"):
+        rollout(["count-1"], ScriptedPolicy({}), prefixes=[prefix_of(expert, 1)])
+    with pytest.raises(ValueError, match="one per task"):
+        rollout(["count-1", "count-2"], ScriptedPolicy({}), prefixes=[prefix_of(expert, 1)])
