@@ -1,7 +1,9 @@
 """Every method on one recipe over several seeds, then `eto compare` over them (docs/results.md).
 
-Per seed: `eto run` (SFT + ETO iterations), the baselines Best-of-N and RFT, ETO with k samples
-and self pairs, ETO with step-level pairs added, ETO without SFT and RFT->ETO without experts (cheapest first, so a cut-short run
+Per seed: `eto run` (SFT + ETO iterations), the baselines Best-of-N and RFT, ETO with iteration
+selection on the dev split (it reuses every stage of `eto run` and adds the selection rollouts),
+ETO with an SFT term in the DPO loss, ETO with step-level pairs added, ETO with k samples and self
+pairs, ETO without SFT and RFT->ETO without experts (cheapest first, so a cut-short run
 still has whole seeds), all in one MLflow store and artifact root so the methods of a seed share
 their expert data, base model and SFT stage.
 
@@ -23,6 +25,8 @@ METHODS: dict[str, tuple[list[str], list[str]]] = {
     "best-of-n": (["baseline", "best-of-n"], []),
     "rft": (["baseline", "rft"], []),
     "eto-k": (["run"], [*SAMPLED, "--set", "pairs.self_pairs=true"]),
+    "eto-select": (["run"], ["--set", "selection.split=dev", "--set", "selection.tasks=40"]),
+    "eto-sftw": (["run"], ["--set", "dpo.sft_weight=1.0"]),
     "eto-step": (["run"], ["--set", "pairs.level=both"]),
     "eto-no-sft": (["baseline", "eto-no-sft"], SAMPLED),
     "rft-eto": (["baseline", "rft-eto"], SAMPLED),

@@ -240,10 +240,14 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
 
 def eto_method(recipe: Recipe) -> str:
     """The method label `eto compare` groups runs by: plain ETO, or ETO with k samples per task
-    (and self pairs), step-level pairs ("-step": step only, "-step+traj": both)."""
+    (and self pairs), step-level pairs ("-step": step only, "-step+traj": both), an SFT term in
+    the DPO loss ("-sftw<weight>") and iteration selection ("-select")."""
     k = recipe.pairs.samples_per_task
     label = "eto" if k == 1 else f"eto-k{k}" + ("-self" if recipe.pairs.self_pairs else "")
-    return label + {"trajectory": "", "step": "-step", "both": "-step+traj"}[recipe.pairs.level]
+    label += {"trajectory": "", "step": "-step", "both": "-step+traj"}[recipe.pairs.level]
+    if recipe.dpo.sft_weight > 0:
+        label += f"-sftw{recipe.dpo.sft_weight:g}"
+    return label + ("-select" if recipe.selection.split else "")
 
 
 def refuse_endpoint_backend(recipe: Recipe) -> None:

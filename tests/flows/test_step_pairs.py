@@ -49,3 +49,16 @@ def test_no_expert_baselines_refuse_step_level_pairs(tmp_path: Path, prefect_har
         "pairs.level=both", "pairs.samples_per_task=2", "explore.temperature=0.7"])
     with pytest.raises(ValueError, match="pairs.level: trajectory"):
         baseline_flow(recipe, "eto-no-sft", state_dir=str(tmp_path / "state"))
+
+
+def test_method_labels_tell_the_variants_apart() -> None:
+    from flows.pipeline import eto_method
+
+    def label(*overrides: str) -> str:
+        return eto_method(load_recipe(ROOT / "recipes" / "mini.yaml", list(overrides)))
+
+    assert label() == "eto"
+    assert label("pairs.level=both") == "eto-step+traj"
+    assert label("dpo.sft_weight=0.5", "selection.split=dev") == "eto-sftw0.5-select"
+    assert label("pairs.samples_per_task=3", "explore.temperature=0.7", "pairs.self_pairs=true",
+                 "pairs.level=step") == "eto-k3-self-step"
