@@ -24,10 +24,10 @@ METHODS: dict[str, tuple[list[str], list[str]]] = {
     "eto": (["run"], []),
     "best-of-n": (["baseline", "best-of-n"], []),
     "rft": (["baseline", "rft"], []),
-    "eto-k": (["run"], [*SAMPLED, "--set", "pairs.self_pairs=true"]),
     "eto-select": (["run"], ["--set", "selection.split=dev", "--set", "selection.tasks=40"]),
     "eto-sftw": (["run"], ["--set", "dpo.sft_weight=1.0"]),
     "eto-step": (["run"], ["--set", "pairs.level=both"]),
+    "eto-k": (["run"], [*SAMPLED, "--set", "pairs.self_pairs=true"]),
     "eto-no-sft": (["baseline", "eto-no-sft"], SAMPLED),
     "rft-eto": (["baseline", "rft-eto"], SAMPLED),
 }
