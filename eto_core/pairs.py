@@ -75,6 +75,17 @@ def _num_rounds(turns: list[Message]) -> int:
     return sum(m["role"] == "assistant" for m in turns)
 
 
+def _usable_expert(agent: Trajectory, by_task: dict[str, Trajectory], stats: PairStats) -> Trajectory | None:
+    """The expert to compare ``agent`` with, or None (counted) when there is no comparison."""
+    if agent.terminate_reason == "env_error":  # an environment fault says nothing about the policy
+        stats.unusable += 1
+        return None
+    expert = by_task.get(agent.task_id)
+    if expert is None:
+        stats.no_expert += 1
+    return expert
+
+
 def _pair_id(task_id: str, iteration: int, chosen: list[Message], rejected: list[Message]) -> str:
     h = hashlib.sha256(repr((task_id, iteration, chosen, rejected)).encode()).hexdigest()[:16]
     return f"{task_id}-it{iteration}-{h}"
@@ -98,12 +109,7 @@ def build_pairs(
     pairs: list[PreferencePair] = []
     seen_ids: set[str] = set()
     for agent in explored:
-        if agent.terminate_reason == "env_error":  # an environment fault says nothing about the policy
-            stats.unusable += 1
-            continue
-        expert = by_task.get(agent.task_id)
-        if expert is None:
-            stats.no_expert += 1
+        if (expert := _usable_expert(agent, by_task, stats)) is None:
             continue
         prompt_e = expert.messages[: expert.num_prompt_messages]
         prompt_a = agent.messages[: agent.num_prompt_messages]
@@ -223,12 +229,7 @@ def build_step_pairs(
     pairs: list[PreferencePair] = []
     seen_ids: set[str] = set()
     for agent in continuations:
-        if agent.terminate_reason == "env_error":
-            stats.unusable += 1
-            continue
-        expert = by_task.get(agent.task_id)
-        if expert is None:
-            stats.no_expert += 1
+        if (expert := _usable_expert(agent, by_task, stats)) is None:
             continue
         n = agent.num_prompt_messages
         if n <= expert.num_prompt_messages or agent.messages[:n] != expert.messages[:n]:
