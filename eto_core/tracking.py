@@ -129,7 +129,10 @@ class Tracker:
 
     def method_runs(self, *, recipe: str | None = None, env: str | None = None) -> list[Any]:
         """Finished top-level runs of a method (tag ``eto.method``), optionally of one recipe/env,
-        as ``eto_core.compare.MethodRun``s with their per-split metrics by iteration."""
+        as ``eto_core.compare.MethodRun``s with their per-split metrics by iteration.
+
+        Of several runs of one recipe, method and seed (a rerun, cached or not) only the latest
+        counts: a repeat is not another seed."""
         from eto_core.compare import METRICS, SPLITS, MethodRun
 
         filters = ["attributes.status = 'FINISHED'", "tags.`eto.method` LIKE '%'"]
@@ -139,10 +142,13 @@ class Tracker:
             filters.append(f"tags.`eto.env` = '{env}'")
         runs = self.client.search_runs([self.experiment_id], filter_string=" and ".join(filters),
                                        order_by=["attributes.start_time ASC"], max_results=5000)
+        latest: dict[tuple[str, str, str], Any] = {}
+        for run in runs:  # oldest first, so a later run of the same key replaces an earlier one
+            if PARENT_TAG not in run.data.tags:
+                tags = run.data.tags
+                latest[(tags.get("eto.recipe", ""), tags["eto.method"], tags.get("eto.seed", "?"))] = run
         out = []
-        for run in runs:
-            if PARENT_TAG in run.data.tags:
-                continue
+        for run in latest.values():
             found = MethodRun(run.info.run_id, run.data.tags["eto.method"], run.data.tags.get("eto.seed", "?"))
             for split in SPLITS:
                 for metric in METRICS:

@@ -22,7 +22,9 @@ def test_compare_writes_and_logs_the_report(tmp_path: Path, prefect_harness: Non
     tracker = Tracker(uri, "eto")
     pairs_dir = tmp_path / "artifacts" / "pairs" / "k1"
     write_records(to_frame([_pair()], "pairs"), pairs_dir / "pairs.parquet", "pairs")
-    for method, seed, rewards in [("eto", "0", [0.2, 0.4]), ("eto", "1", [0.3, 0.5]), ("rft", "0", [0.35])]:
+    # The second rft seed-0 run is a rerun: it replaces the first instead of counting as a seed.
+    for method, seed, rewards in [("eto", "0", [0.2, 0.4]), ("eto", "1", [0.3, 0.5]), ("rft", "0", [0.6]),
+                                  ("rft", "0", [0.35])]:
         run = tracker.start_run(method, tags={"eto.method": method, "eto.seed": seed, "eto.recipe": "r", "eto.env": "tidy"})
         for i, r in enumerate(rewards):
             tracker.log_metrics(run, {"seen_avg_reward": r, "unseen_avg_reward": r / 2}, step=i)
