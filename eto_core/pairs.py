@@ -86,6 +86,19 @@ def _usable_expert(agent: Trajectory, by_task: dict[str, Trajectory], stats: Pai
     return expert
 
 
+def _orient(
+    agent: Trajectory, agent_turns: list[Message], expert: Trajectory, expert_turns: list[Message], stats: PairStats
+) -> tuple[str, list[Message], list[Message], float, float] | None:
+    """("lose" | "win", chosen, rejected, chosen reward, rejected reward) by final reward, or None
+    (counted as a tie) when the rewards are equal: a tie carries no preference."""
+    if agent.reward < expert.reward:
+        return "lose", expert_turns, agent_turns, expert.reward, agent.reward
+    if agent.reward > expert.reward:
+        return "win", agent_turns, expert_turns, agent.reward, expert.reward
+    stats.tie += 1
+    return None
+
+
 def _pair_id(task_id: str, iteration: int, chosen: list[Message], rejected: list[Message]) -> str:
     h = hashlib.sha256(repr((task_id, iteration, chosen, rejected)).encode()).hexdigest()[:16]
     return f"{task_id}-it{iteration}-{h}"
@@ -123,17 +136,9 @@ def build_pairs(
         if not expert_turns or not agent_turns:
             stats.unusable += 1
             continue
-        if agent.reward < expert.reward:
-            kind = "lose"
-            chosen, rejected = expert_turns, agent_turns
-            chosen_r, rejected_r = expert.reward, agent.reward
-        elif agent.reward > expert.reward:
-            kind = "win"
-            chosen, rejected = agent_turns, expert_turns
-            chosen_r, rejected_r = agent.reward, expert.reward
-        else:
-            stats.tie += 1
+        if (oriented := _orient(agent, agent_turns, expert, expert_turns, stats)) is None:
             continue
+        kind, chosen, rejected, chosen_r, rejected_r = oriented
         rejected = cut_rounds(rejected, _num_rounds(expert_turns) + cut_extra_rounds)
         pair_id = _pair_id(agent.task_id, iteration, chosen, rejected)
         if pair_id in seen_ids:  # identical samples of one task give one pair, not duplicates
@@ -241,13 +246,9 @@ def build_step_pairs(
         if not expert_rest or not agent_rest:
             stats.unusable += 1
             continue
-        if agent.reward < expert.reward:
-            chosen, rejected, chosen_r, rejected_r = expert_rest, agent_rest, expert.reward, agent.reward
-        elif agent.reward > expert.reward:
-            chosen, rejected, chosen_r, rejected_r = agent_rest, expert_rest, agent.reward, expert.reward
-        else:
-            stats.tie += 1
+        if (oriented := _orient(agent, agent_rest, expert, expert_rest, stats)) is None:
             continue
+        _, chosen, rejected, chosen_r, rejected_r = oriented
         rejected = cut_rounds(rejected, _num_rounds(chosen) + cut_extra_rounds)
         # The prefix length is part of the id: the same continuation text from two prefixes is two pairs.
         pair_id = _pair_id(f"{agent.task_id}@{_num_rounds(prompt[expert.num_prompt_messages:])}", iteration,

@@ -496,14 +496,15 @@ def plan_rollout(
     if (samples := samples_for(recipe, stage)) > 1:
         # A task's k samples sit side by side; each row of a sampled batch draws its own tokens.
         tasks = [t for t in tasks for _ in range(samples)]
-    step = gen.shard_size
+    size = gen.shard_size
+    starts = range(0, len(tasks), size)
     # Sampling is seeded per shard, so a resumed (or distributed) rollout samples exactly what
     # an uninterrupted one in a single process would have.
     return key, [
-        ShardSpec(stage, split, iteration, key, index, -(-len(tasks) // step), tuple(tasks[start : start + step]),
+        ShardSpec(stage, split, iteration, key, index, len(starts), tuple(tasks[start : start + size]),
                   gen.model_copy(update={"seed": gen.seed + recipe.seed + index}),
-                  prefix_rounds=tuple(rounds[start : start + step]), expert=expert if rounds else None)
-        for index, start in enumerate(range(0, len(tasks), step))
+                  prefix_rounds=tuple(rounds[start : start + size]), expert=expert if rounds else None)
+        for index, start in enumerate(starts)
     ]
 
 
