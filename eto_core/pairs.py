@@ -249,7 +249,9 @@ def build_step_pairs(
         if (oriented := _orient(agent, agent_rest, expert, expert_rest, stats)) is None:
             continue
         _, chosen, rejected, chosen_r, rejected_r = oriented
-        rejected = cut_rounds(rejected, _num_rounds(chosen) + cut_extra_rounds)
+        # As for whole trajectories, the expert's length sets the cut: a failing continuation is
+        # cut at the expert's rounds + cut_extra_rounds, and in a win the expert's is never cut.
+        rejected = cut_rounds(rejected, _num_rounds(expert_rest) + cut_extra_rounds)
         # The prefix length is part of the id: the same continuation text from two prefixes is two pairs.
         pair_id = _pair_id(f"{agent.task_id}@{_num_rounds(prompt[expert.num_prompt_messages:])}", iteration,
                            chosen, rejected)

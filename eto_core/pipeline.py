@@ -309,9 +309,12 @@ def pairs_key(
     step: ArtifactRef | None = None,
 ) -> str:
     inputs = {"expert": expert, "explored": explored, **({"step": step} if step is not None else {})}
+    # step_rule 2: a step pair's cut follows the expert's continuation, not the chosen side. A
+    # setting rather than a stage-version bump, so trajectory-only pairs keep their cache.
     return cache_key(
         "pairs", settings={"iteration": iteration, "cut_extra_rounds": recipe.pair_cut_extra_rounds,
-                           **({"self_pairs": True} if recipe.pairs.self_pairs or expert is None else {})},
+                           **({"self_pairs": True} if recipe.pairs.self_pairs or expert is None else {}),
+                           **({"step_rule": 2} if step is not None else {})},
         inputs=inputs,
     )
 

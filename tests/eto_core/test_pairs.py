@@ -148,6 +148,18 @@ def test_step_pairs_compare_continuations_from_one_prefix() -> None:
     assert len(to_frame(pairs, "pairs")) == 2
 
 
+def test_step_pairs_cut_at_the_experts_continuation_like_whole_trajectories() -> None:
+    expert = traj("a", ["e1", "e2", "e3", "e4", "e5", "e6"], 0.5, source="expert")
+    long_fail = continuation(expert, 1, [f"x{i}" for i in range(9)], 0.0)
+    short_win = continuation(expert, 1, ["y1"], 1.0)
+    (lose,), _ = build_step_pairs([expert], [long_fail], iteration=1, cut_extra_rounds=1)
+    # The expert continues for 5 rounds from the prefix: the failure keeps 5 + 1.
+    assert sum(m["role"] == "assistant" for m in lose.rejected) == 6
+    (win,), _ = build_step_pairs([expert], [short_win], iteration=1, cut_extra_rounds=1)
+    # In a win the expert's continuation is the rejected side and is kept whole.
+    assert [m["content"][-2:] for m in win.rejected if m["role"] == "assistant"] == ["e2", "e3", "e4", "e5", "e6"]
+
+
 def test_step_continuation_from_a_different_state_is_unusable() -> None:
     expert = traj("a", ["e1", "e2", "e3"], 1.0, source="expert")
     drifted = continuation(expert, 1, ["x"], 0.0)
