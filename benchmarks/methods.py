@@ -8,6 +8,9 @@ still has whole seeds), all in one MLflow store and artifact root so the methods
 their expert data, base model and SFT stage.
 
     .venv/bin/python benchmarks/methods.py --config recipes/default.yaml --seeds 0 1 2 --workdir .eto/methods
+
+Each method's log (progress bars, Prefect's, and a failure's traceback) goes to
+<workdir>/<method>-seed<N>.log; its results to <method>-seed<N>.json.
 """
 
 from __future__ import annotations
@@ -56,9 +59,12 @@ def main() -> None:
             cmd = [sys.executable, "-m", "flows.cli", *command, *common, "--seed", str(seed), *extra,
                    "--json", str(work / f"{method}-seed{seed}.json")]
             started = time.perf_counter()
-            done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-            status = "ok" if done.returncode == 0 else f"FAILED ({last})"
+            # The whole log is kept per method: a failure's cause sits above Prefect's shutdown lines.
+            log = work / f"{method}-seed{seed}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("w") as err:
+                done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+            status = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode}; see {log})"
             print(f"seed {seed} {method}: {time.perf_counter() - started:.0f} s {status}", file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "flows.cli", "compare", "--mlflow-uri", f"sqlite:///{work / 'mlflow.db'}",
                     "--state-dir", str(work / "state"), "--out", str(work / "compare")], check=True)
