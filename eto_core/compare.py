@@ -125,7 +125,9 @@ def iteration_plot(runs: Sequence[MethodRun], title: str) -> Any:
             means = [statistics.fmean(points[x]) for x in xs]
             spread = [statistics.stdev(points[x]) if len(points[x]) > 1 else 0.0 for x in xs]
             style = "--" if method.startswith("best-of") else "-"
-            ax.plot(xs, means, style, marker="o", label=method)
+            # The seed count is in the label: a one-seed line next to a 3-seed mean is not comparable.
+            seeds = len({run.seed for run in group})
+            ax.plot(xs, means, style, marker="o", label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
             ax.fill_between(xs, [m - s for m, s in zip(means, spread, strict=True)],
                             [m + s for m, s in zip(means, spread, strict=True)], alpha=0.15)
         ax.set_title(split)

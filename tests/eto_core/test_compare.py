@@ -30,6 +30,8 @@ def test_table_aggregates_seeds_and_counts_shared_sft_once() -> None:
     assert "| rft | 1 | 0.300 | 30.0% | - | 0.150 |" in lines["rft"]
     fig = iteration_plot(runs, "t")
     assert [ax.get_title() for ax in fig.axes] == ["seen", "unseen"]
+    labels = {line.get_label() for line in fig.axes[0].get_lines()}
+    assert {"eto (2 seeds)", "eto-k4-self (1 seed)"} <= labels
 
 
 def _pair() -> PreferencePair:
