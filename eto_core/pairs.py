@@ -87,16 +87,22 @@ def _usable_expert(agent: Trajectory, by_task: dict[str, Trajectory], stats: Pai
 
 
 def _orient(
-    agent: Trajectory, agent_turns: list[Message], expert: Trajectory, expert_turns: list[Message], stats: PairStats
+    agent: Trajectory, agent_turns: list[Message], expert: Trajectory, expert_turns: list[Message], stats: PairStats,
+    cut_extra_rounds: int,
 ) -> tuple[str, list[Message], list[Message], float, float] | None:
     """("lose" | "win", chosen, rejected, chosen reward, rejected reward) by final reward, or None
-    (counted as a tie) when the rewards are equal: a tie carries no preference."""
+    (counted as a tie) when the rewards are equal: a tie carries no preference.
+
+    The expert's length sets the cut, for whole trajectories and step continuations alike: the
+    rejected side keeps at most the expert's rounds + ``cut_extra_rounds`` (so in a win the
+    expert's turns are never cut)."""
+    if agent.reward == expert.reward:
+        stats.tie += 1
+        return None
+    limit = _num_rounds(expert_turns) + cut_extra_rounds
     if agent.reward < expert.reward:
-        return "lose", expert_turns, agent_turns, expert.reward, agent.reward
-    if agent.reward > expert.reward:
-        return "win", agent_turns, expert_turns, agent.reward, expert.reward
-    stats.tie += 1
-    return None
+        return "lose", expert_turns, cut_rounds(agent_turns, limit), expert.reward, agent.reward
+    return "win", agent_turns, cut_rounds(expert_turns, limit), agent.reward, expert.reward
 
 
 def _pair_id(task_id: str, iteration: int, chosen: list[Message], rejected: list[Message]) -> str:
@@ -136,10 +142,9 @@ def build_pairs(
         if not expert_turns or not agent_turns:
             stats.unusable += 1
             continue
-        if (oriented := _orient(agent, agent_turns, expert, expert_turns, stats)) is None:
+        if (oriented := _orient(agent, agent_turns, expert, expert_turns, stats, cut_extra_rounds)) is None:
             continue
         kind, chosen, rejected, chosen_r, rejected_r = oriented
-        rejected = cut_rounds(rejected, _num_rounds(expert_turns) + cut_extra_rounds)
         pair_id = _pair_id(agent.task_id, iteration, chosen, rejected)
         if pair_id in seen_ids:  # identical samples of one task give one pair, not duplicates
             continue
@@ -246,12 +251,9 @@ def build_step_pairs(
         if not expert_rest or not agent_rest:
             stats.unusable += 1
             continue
-        if (oriented := _orient(agent, agent_rest, expert, expert_rest, stats)) is None:
+        if (oriented := _orient(agent, agent_rest, expert, expert_rest, stats, cut_extra_rounds)) is None:
             continue
         _, chosen, rejected, chosen_r, rejected_r = oriented
-        # As for whole trajectories, the expert's length sets the cut: a failing continuation is
-        # cut at the expert's rounds + cut_extra_rounds, and in a win the expert's is never cut.
-        rejected = cut_rounds(rejected, _num_rounds(expert_rest) + cut_extra_rounds)
         # The prefix length is part of the id: the same continuation text from two prefixes is two pairs.
         pair_id = _pair_id(f"{agent.task_id}@{_num_rounds(prompt[expert.num_prompt_messages:])}", iteration,
                            chosen, rejected)
