@@ -4,6 +4,10 @@ Every top-level MLflow run of `eto run`, `eto baseline` and `eto evaluate` carri
 (tag ``eto.method``), seed and per-split metrics by iteration (step 0 = before any ETO
 iteration). Runs of one method and row (e.g. "eto, iteration 2") over several seeds are
 aggregated as mean ± sample standard deviation, so a single lucky seed shows as such.
+
+Each run also tags its evaluation artifacts, so every row can be paired task by task with the
+SFT policy of its seed: the mean difference with a bootstrap interval over tasks, which is the
+spread a benchmark run on one seed still has.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import html
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from eto_core.records import PreferencePair
 
@@ -29,10 +36,18 @@ class MethodRun:
     method: str
     seed: str
     values: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
+    # (split, iteration) -> the evaluation artifact ({"uri", "digest"}), for per-task pairing
+    evals: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
+    storage: dict[str, str] = field(default_factory=dict)  # the run's S3 endpoint/region, if any
+
+
+def _is_eto_family(method: str) -> bool:
+    """Methods whose iteration 0 is the shared SFT policy (ETO without SFT starts elsewhere)."""
+    return method.startswith("eto") and method != "eto-no-sft"
 
 
 def row_label(method: str, iteration: int) -> str:
-    if method.startswith("eto") and method != "eto-no-sft":
+    if _is_eto_family(method):
         return "sft" if iteration == 0 else f"{method} iter {iteration}"
     if iteration == 0:
         return method
@@ -93,7 +108,7 @@ def _dedupe_sft(runs: Sequence[MethodRun]) -> list[MethodRun]:
     out: list[MethodRun] = []
     seen_sft: set[str] = set()
     for run in runs:
-        if run.method.startswith("eto") and run.method != "eto-no-sft":
+        if _is_eto_family(run.method):
             if run.seed in seen_sft:
                 values = {k: {i: v for i, v in by.items() if i != 0} for k, by in run.values.items()}
                 run = MethodRun(run.run_id, run.method, run.seed, values)
@@ -134,10 +149,101 @@ def iteration_plot(runs: Sequence[MethodRun], title: str) -> Any:
         ax.set_xlabel("iteration (0 = SFT / the method's own model)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("average reward")
-    axes[-1].legend(fontsize=8)
+    if axes[-1].get_legend_handles_labels()[0]:  # runs with only one split's metrics draw nothing here
+        axes[-1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# -- per-task differences from SFT -------------------------------------------------------------
+
+def task_rewards(frame: pd.DataFrame) -> dict[str, float]:
+    """Per task, the best reward of its episodes: the one episode of a greedy evaluation, or
+    Best-of-N's pick. Environment faults are left out, as the summaries leave them out."""
+    scored = frame[frame["terminate_reason"] != "env_error"]
+    return {str(k): float(v) for k, v in scored.groupby("task_id")["reward"].max().items()}
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean per-task reward difference (method - SFT) over the tasks both evaluated, its
+    bootstrap interval, and how many tasks went up or down."""
+
+    tasks: int
+    mean: float
+    low: float
+    high: float
+    better: int
+    worse: int
+
+    def text(self) -> str:
+        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def paired_difference(groups: Sequence[tuple[Mapping[str, float], Mapping[str, float]]], *,
+                      resamples: int = 5000, level: float = 0.95, seed: int = 0) -> PairedDifference | None:
+    """``groups``: one (SFT, method) pair of task -> reward maps per seed. The tasks are the unit:
+    a seed's tasks are resampled within that seed, so the interval reflects which tasks were
+    drawn (the spread a single seed still has) and the seeds' differences are not mixed up.
+    None when no task was evaluated by both."""
+    diffs = [np.array([other[t] - base[t] for t in sorted(base.keys() & other.keys())]) for base, other in groups]
+    diffs = [d for d in diffs if d.size]
+    if not diffs:
+        return None
+    pooled = np.concatenate(diffs)
+    rng = np.random.default_rng(seed)
+    # Every resample draws as many tasks per seed as it has, so the pooled mean keeps its weights.
+    means = np.zeros(resamples)
+    for d in diffs:
+        means += d[rng.integers(0, d.size, size=(resamples, d.size))].sum(axis=1)
+    means /= pooled.size
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return PairedDifference(int(pooled.size), float(pooled.mean()), float(low), float(high),
+                            int((pooled > 0).sum()), int((pooled < 0).sum()))
+
+
+def paired_rows(runs: Sequence[MethodRun], rewards: Mapping[str, Mapping[str, float]],
+                **kwargs: Any) -> dict[str, dict[str, PairedDifference]]:
+    """Row label -> split -> its difference from the SFT policy of the same seed. ``rewards``
+    maps an evaluation artifact's URI to its per-task rewards (``task_rewards``)."""
+    sft: dict[tuple[str, str], str] = {}  # (seed, split) -> the SFT evaluation's URI
+    for run in runs:
+        if _is_eto_family(run.method):
+            for (split, iteration), ref in run.evals.items():
+                if iteration == 0 and ref["uri"] in rewards:
+                    sft.setdefault((run.seed, split), ref["uri"])
+    groups: dict[str, dict[str, list[tuple[Mapping[str, float], Mapping[str, float]]]]] = defaultdict(
+        lambda: defaultdict(list))
+    for run in runs:
+        for (split, iteration), ref in run.evals.items():
+            label = row_label(run.method, iteration)
+            base = sft.get((run.seed, split))
+            if label == "sft" or base is None or ref["uri"] not in rewards:
+                continue
+            groups[label][split].append((rewards[base], rewards[ref["uri"]]))
+    out: dict[str, dict[str, PairedDifference]] = {}
+    for label, by_split in groups.items():
+        for split, pairs in by_split.items():
+            found = paired_difference(pairs, **kwargs)
+            if found is not None:
+                out.setdefault(label, {})[split] = found
+    return out
+
+
+def paired_table(rows: Mapping[str, Mapping[str, PairedDifference]]) -> str:
+    """Markdown: per row and split, the mean difference from SFT with its 95% interval, and the
+    tasks that went up / down out of those compared (tasks x seeds)."""
+    header = "| method | " + " | ".join(f"{s} Δ reward [95% CI] | {s} tasks ↑ / ↓ / n" for s in SPLITS) + " |"
+    lines = [header, "|---|" + "---:|---:|" * len(SPLITS)]
+    for label in sorted(rows, key=_order):
+        parts = []
+        for split in SPLITS:
+            d = rows[label].get(split)
+            parts += [d.text(), f"{d.better} / {d.worse} / {d.tasks}"] if d else ["-", "-"]
+        lines.append(f"| {label} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
 
 
 # -- the trajectory viewer -------------------------------------------------------------------

@@ -74,6 +74,9 @@ class EvalSummary:
     mean_steps: float
     num_tasks: int
     extra: dict[str, float] = field(default_factory=dict)
+    # The evaluation rollout's artifact ({"uri", "digest"}), so per-task rewards can be paired
+    # across methods later (`eto compare`); empty where a summary was built without one.
+    artifact: dict[str, str] = field(default_factory=dict)
 
 
 def _is_messages(value: Any) -> bool:

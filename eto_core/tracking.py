@@ -6,6 +6,7 @@ because Prefect may run stages on worker threads where that stack is not shared.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 import urllib.error
@@ -25,6 +26,8 @@ from mlflow.exceptions import MlflowException
 from eto_core.records import EvalSummary
 
 PARENT_TAG = "mlflow.parentRunId"
+# Tag prefix of a method run's evaluation artifacts: eto.eval.<split>.<iteration> = {"uri", "digest"}.
+EVAL_TAG = "eto.eval."
 _MAX_PARAM = 500
 CHAMPION = "champion"
 # Model versions are compared on the seen split: unseen stays a held-out report, never a selector.
@@ -150,6 +153,12 @@ class Tracker:
         out = []
         for run in latest.values():
             found = MethodRun(run.info.run_id, run.data.tags["eto.method"], run.data.tags.get("eto.seed", "?"))
+            for key, value in run.data.tags.items():
+                if key.startswith(EVAL_TAG):
+                    split, _, iteration = key.removeprefix(EVAL_TAG).rpartition(".")
+                    found.evals[(split, int(iteration))] = json.loads(value)
+            found.storage = {k.removeprefix("storage."): v for k, v in run.data.params.items()
+                             if k in ("storage.s3_endpoint_url", "storage.s3_region") and v != "None"}
             for split in SPLITS:
                 for metric in METRICS:
                     history = self.client.get_metric_history(run.info.run_id, f"{split}_{metric}")
@@ -201,6 +210,15 @@ class Tracker:
             numeric = {f"{prefix}/{k}": float(v) for k, v in entry.items() if isinstance(v, (int, float)) and k != "step"}
             if numeric:
                 self.log_metrics(run_id, numeric, step=step)
+
+    def log_summaries(self, run_id: str, summaries: Sequence[EvalSummary]) -> None:
+        """Per-split metrics at step = iteration, and each evaluation's artifact as a tag, so
+        `eto compare` can pair the methods' per-task rewards."""
+        for s in summaries:
+            self.log_metrics(run_id, {f"{s.split}_avg_reward": s.avg_reward, f"{s.split}_success_rate": s.success_rate,
+                                      f"{s.split}_mean_steps": s.mean_steps}, step=s.iteration)
+        self.set_tags(run_id, {f"{EVAL_TAG}{s.split}.{s.iteration}": json.dumps(s.artifact)
+                               for s in summaries if s.artifact})
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

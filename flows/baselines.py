@@ -81,9 +81,7 @@ def baseline_flow(recipe: Recipe, method: Method, state_dir: str = ".eto") -> di
         tracker.log_params(parent, recipe.model_dump(mode="json"))
         ctx = _Context(recipe, store, tracker, parent, runner, flow_run_id)
         summaries = {"best-of-n": _best_of_n, "rft": _rft, "rft-eto": _rft_eto, "eto-no-sft": _eto_no_sft}[method](ctx)
-        for s in summaries:
-            tracker.log_metrics(parent, {f"{s.split}_avg_reward": s.avg_reward, f"{s.split}_success_rate": s.success_rate,
-                                         f"{s.split}_mean_steps": s.mean_steps}, step=s.iteration)
+        tracker.log_summaries(parent, summaries)
         table = results_table(summaries)
         tracker.log_text(parent, table, "results.md")
         create_markdown_artifact(key=f"eto-baseline-{method}-{recipe.name}".lower().replace("_", "-"),

@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         "compare",
         help="compare methods from their MLflow runs: markdown table, plot and an HTML pair viewer",
         description="Read every finished `eto run`, `eto baseline` and `eto evaluate` run of the experiment and "
-        "write OUT/compare.md (method x split: reward, success, steps; mean ± std over seeds), "
+        "write OUT/compare.md (method x split: reward, success, steps; mean ± std over seeds; and each "
+        "row's per-task reward difference from its seed's SFT with a bootstrap 95% interval), "
         "OUT/reward_per_iteration.png and OUT/viewer.html (failures next to their paired successes); the same "
         "files go to MLflow as a 'compare' run and the table to Prefect as a markdown artifact.",
     )
@@ -103,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: the latest logged pairs stage)")
     compare.add_argument("--max-pairs", type=int, default=6, help="pairs in the viewer (default: %(default)s)")
     compare.add_argument("--out", default="eto-compare", help="output folder (default: %(default)s)")
-    compare.add_argument("--state-dir", default=".eto", help="local Prefect state (default: %(default)s)")
+    compare.add_argument("--state-dir", default=".eto", help="local Prefect state and the cache of fetched S3 artifacts (default: %(default)s)")
 
     evaluate.add_argument("--model", help="a model folder or hub id (hf or vllm backend)")
     evaluate.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
@@ -344,11 +345,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     try:
         result = compare_flow(args.mlflow_uri, args.experiment, args.out, recipe=args.recipe, env=args.env,
-                              pairs=args.pairs, max_pairs=args.max_pairs)
+                              pairs=args.pairs, max_pairs=args.max_pairs, cache_dir=str(Path(args.state_dir) / "cache"))
     except (TrackingError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result["table"])
+    if result["paired_table"]:
+        print("\nPer task, minus the same seed's SFT (mean [95% bootstrap CI]; tasks up / down / compared):\n")
+        print(result["paired_table"])
     print(f"\nwrote {', '.join(result['files'])} to {result['folder']} (MLflow run {result['mlflow_run_id']})")
     return 0
 

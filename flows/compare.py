@@ -12,9 +12,18 @@ from urllib.parse import urlparse
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from eto_core.compare import comparison_table, iteration_plot, pair_viewer_html
-from eto_core.pipeline import PAIRS_FILE
+from eto_core.compare import (
+    MethodRun,
+    comparison_table,
+    iteration_plot,
+    pair_viewer_html,
+    paired_rows,
+    paired_table,
+    task_rewards,
+)
+from eto_core.pipeline import PAIRS_FILE, TRAJ_FILE
 from eto_core.records import PreferencePair, frame_to_pairs, read_records
+from eto_core.storage import ArtifactError, ArtifactRef, ArtifactStore
 from eto_core.tracking import Tracker, save_plot
 
 
@@ -41,9 +50,31 @@ def load_pairs(source: str) -> list[PreferencePair]:
     return frame_to_pairs(read_records(path, "pairs"))
 
 
+def load_task_rewards(runs: list[MethodRun], cache_dir: str) -> dict[str, dict[str, float]]:
+    """Evaluation URI -> per-task rewards, for every evaluation the runs tagged. One that can no
+    longer be read (its artifact deleted or replaced) is left out with a warning: the table of
+    means does not need it."""
+    out: dict[str, dict[str, float]] = {}
+    for run in runs:
+        for ref in run.evals.values():
+            if ref["uri"] in out:
+                continue
+            root = ref["uri"].rsplit("/", 2)[0]  # artifacts live at <root>/<stage>/<key>
+            store = ArtifactStore(root, cache_dir=cache_dir, s3_endpoint_url=run.storage.get("s3_endpoint_url"),
+                                  s3_region=run.storage.get("s3_region", "us-east-1"))
+            try:
+                folder = store.fetch(ArtifactRef(ref["uri"], ref["digest"]))
+            except ArtifactError as exc:
+                get_run_logger().warning("per-task comparison without %s: %s", ref["uri"], exc)
+                continue
+            out[ref["uri"]] = task_rewards(read_records(folder / TRAJ_FILE, "trajectories"))
+    return out
+
+
 @flow(name="eto-compare", log_prints=True)
 def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-compare", recipe: str | None = None,
-                 env: str | None = None, pairs: str | None = None, max_pairs: int = 6) -> dict[str, Any]:
+                 env: str | None = None, pairs: str | None = None, max_pairs: int = 6,
+                 cache_dir: str = ".eto/cache") -> dict[str, Any]:
     logger = get_run_logger()
     tracker = Tracker(mlflow_uri, experiment)
     runs = tracker.method_runs(recipe=recipe, env=env)
@@ -57,6 +88,12 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
     report = (f"# {title}\n\nMean ± standard deviation over seeds; 'seeds' counts the runs in a row. "
               "Best-of-N picks by reward: an oracle's upper reference, not a policy.\n\n"
               f"{table}\n\n![reward per iteration](reward_per_iteration.png)\n")
+    paired = paired_rows(runs, load_task_rewards(runs, cache_dir))
+    if paired:
+        report += ("\n## Per task, against the same seed's SFT\n\nReward minus the SFT policy's on the same task "
+                   "and seed, averaged over tasks x seeds; the interval is a bootstrap over tasks (resampled within "
+                   "each seed), so it is the spread even a one-seed run has. ↑ / ↓: tasks that scored higher / lower "
+                   f"than SFT, of n compared.\n\n{paired_table(paired)}\n")
     _write_atomically(out / "compare.md", report)
     save_plot(iteration_plot(runs, title), out / "reward_per_iteration.png")
     files = ["compare.md", "reward_per_iteration.png"]
@@ -73,4 +110,4 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
     create_markdown_artifact(key="eto-compare", markdown=report.replace("![reward per iteration](reward_per_iteration.png)\n", ""),
                              description="Methods side by side: reward, success and steps per split")
     logger.info("comparison of %d runs:\n%s", len(runs), table)
-    return {"table": table, "folder": str(out.resolve()), "files": files, "mlflow_run_id": run_id}
+    return {"table": table, "paired_table": paired_table(paired) if paired else "", "folder": str(out.resolve()), "files": files, "mlflow_run_id": run_id}

@@ -182,9 +182,8 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
             tracker.set_tags(parent, {"eto.best_iteration": str(choice.best_iteration),
                                       "eto.selection": choice.reason})
 
+        tracker.log_summaries(parent, summaries)
         for s in summaries:
-            tracker.log_metrics(parent, {f"{s.split}_avg_reward": s.avg_reward, f"{s.split}_success_rate": s.success_rate,
-                                         f"{s.split}_mean_steps": s.mean_steps}, step=s.iteration)
             version = versions.get(s.iteration)
             if version:
                 tracker.client.set_model_version_tag(recipe.model_name, version, f"{s.split}_avg_reward", f"{s.avg_reward:.4f}")
@@ -319,10 +318,7 @@ def evaluate_flow(recipe: Recipe, model: str | None = None, state_dir: str = ".e
         with make_task_runner(recipe.runner) as runner:
             summaries = evaluate_policy(recipe, store, ref, stage="baseline", iteration=0, tracker=tracker, parent=parent,
                                   runner=runner)
-        for s in summaries:
-            tracker.log_metrics(parent, {f"{s.split}_avg_reward": s.avg_reward,
-                                         f"{s.split}_success_rate": s.success_rate,
-                                         f"{s.split}_mean_steps": s.mean_steps})
+        tracker.log_summaries(parent, summaries)
         table = results_table(summaries)
         tracker.log_text(parent, table, "results.md")
         create_markdown_artifact(key=f"eto-evaluate-{recipe.name}".lower().replace("_", "-"),

@@ -248,4 +248,4 @@ def dpo_task(
 
 
 def summary_of(result: P.StageResult) -> EvalSummary:
-    return EvalSummary(**result.info["summary"])
+    return EvalSummary(**{**result.info["summary"], "artifact": result.ref.to_dict()})

@@ -8,9 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from eto_core.compare import MethodRun, comparison_table, iteration_plot, pair_viewer_html
-from eto_core.records import PreferencePair
-from tests.eto_core.test_pairs import PROMPT
+from eto_core.compare import (
+    MethodRun,
+    comparison_table,
+    iteration_plot,
+    pair_viewer_html,
+    paired_difference,
+    paired_rows,
+    paired_table,
+    task_rewards,
+)
+from eto_core.records import PreferencePair, to_frame
+from tests.eto_core.test_pairs import PROMPT, traj
 
 
 def _run(run_id: str, method: str, seed: str, seen: dict[int, float]) -> MethodRun:
@@ -32,6 +41,52 @@ def test_table_aggregates_seeds_and_counts_shared_sft_once() -> None:
     assert [ax.get_title() for ax in fig.axes] == ["seen", "unseen"]
     labels = {line.get_label() for line in fig.axes[0].get_lines()}
     assert {"eto (2 seeds)", "eto-k4-self (1 seed)"} <= labels
+
+
+def test_paired_difference_counts_tasks_and_brackets_the_mean() -> None:
+    base = {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.5}
+    other = {"a": 1.0, "b": 1.0, "c": 0.0, "d": 0.0, "only-here": 1.0}  # "only-here" has no SFT score
+    d = paired_difference([(base, other)])
+    assert d is not None and (d.tasks, d.better, d.worse) == (4, 2, 1)
+    assert d.mean == pytest.approx(0.375) and -0.5 <= d.low < d.mean < d.high <= 1.0
+    same = paired_difference([({"a": 0.2, "b": 0.4}, {"a": 0.7, "b": 0.9})])
+    assert same is not None and same.low == pytest.approx(0.5) and same.high == pytest.approx(0.5)
+    assert paired_difference([({"a": 1.0}, {"b": 1.0})]) is None
+
+
+def test_paired_difference_resamples_tasks_within_each_seed() -> None:
+    # Seed 0 gains +1 on every task, seed 1 loses 1 on every task: pooled, the mean is exactly 0
+    # in every resample that keeps each seed's task count; mixing the seeds would spread it.
+    up = ({f"t{i}": 0.0 for i in range(20)}, {f"t{i}": 1.0 for i in range(20)})
+    down = ({f"t{i}": 1.0 for i in range(20)}, {f"t{i}": 0.0 for i in range(20)})
+    d = paired_difference([up, down])
+    assert d is not None and (d.tasks, d.better, d.worse) == (40, 20, 20)
+    assert d.low == pytest.approx(0.0) and d.high == pytest.approx(0.0)
+
+
+def test_task_rewards_takes_each_tasks_best_and_skips_env_faults() -> None:
+    broken = traj("b", ["x"], 0.9)
+    broken.terminate_reason = "env_error"
+    frame = to_frame([traj("a", ["x"], 0.2), traj("a", ["y"], 0.6), traj("b", ["x"], 0.1), broken], "trajectories")
+    assert task_rewards(frame) == {"a": 0.6, "b": 0.1}
+
+
+def test_paired_rows_compare_each_run_with_its_own_seeds_sft() -> None:
+    def evals(**uris: str) -> dict[tuple[str, int], dict[str, str]]:
+        return {(k.split("_")[0], int(k.split("_")[1])): {"uri": u, "digest": "x"} for k, u in uris.items()}
+
+    rewards = {"sft0": {"a": 0.0, "b": 0.0}, "sft1": {"a": 1.0, "b": 1.0}, "eto0": {"a": 1.0, "b": 0.0},
+               "eto1": {"a": 1.0, "b": 1.0}, "rft1": {"a": 0.5, "b": 0.5}}
+    runs = [MethodRun("r0", "eto", "0", evals=evals(seen_0="sft0", seen_1="eto0")),
+            MethodRun("r1", "eto", "1", evals=evals(seen_0="sft1", seen_1="eto1")),
+            MethodRun("r2", "rft", "1", evals=evals(seen_0="rft1", unseen_0="gone"))]  # "gone": not readable
+    rows = paired_rows(runs, rewards, resamples=200)
+    assert set(rows) == {"eto iter 1", "rft"}  # no "sft minus sft" row
+    assert rows["eto iter 1"]["seen"].mean == pytest.approx(0.25)  # seed 0: +1, 0; seed 1: 0, 0
+    assert rows["rft"]["seen"].mean == pytest.approx(-0.5)  # against seed 1's SFT, not seed 0's
+    assert "unseen" not in rows["rft"]
+    table = paired_table(rows)
+    assert "| eto iter 1 | +0.250 [" in table and "| 1 / 0 / 4 | - | - |" in table
 
 
 def _pair() -> PreferencePair:

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from eto_core.records import to_frame, write_records
+from eto_core.records import EvalSummary, to_frame, write_records
+from eto_core.storage import ArtifactStore
 from eto_core.tracking import Tracker
 from tests.eto_core.test_compare import _pair
+from tests.eto_core.test_pairs import traj
 
 pytestmark = pytest.mark.slow
 
@@ -45,5 +47,41 @@ def test_compare_writes_and_logs_the_report(tmp_path: Path, prefect_harness: Non
     logged = {a.path for a in client.list_artifacts(out["mlflow_run_id"], "compare")}
     assert logged == {f"compare/{f}" for f in out["files"]}
 
+    assert "Per task, against the same seed's SFT" not in report  # these runs tagged no evaluations
+
     with pytest.raises(ValueError, match="no finished eto run"):
         compare_flow(uri, "eto", str(tmp_path / "none"), recipe="other")
+
+
+def test_compare_pairs_tasks_with_the_same_seeds_sft(tmp_path: Path, prefect_harness: None) -> None:
+    """Runs tag their evaluation artifacts (Tracker.log_summaries); compare reads them back and
+    reports each row's per-task difference from SFT. An artifact deleted since is left out."""
+    from flows.compare import compare_flow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "eto")
+    store = ArtifactStore(str(tmp_path / "artifacts"), cache_dir=tmp_path / "cache")
+
+    def evaluation(key: str, rewards: list[float], iteration: int) -> EvalSummary:
+        folder = store.staging_dir()
+        write_records(to_frame([traj(f"t{i}", ["x"], r) for i, r in enumerate(rewards)], "trajectories"),
+                      folder / "trajectories.parquet", "trajectories")
+        ref = store.publish(folder, store.uri_for("evaluate", key))
+        return EvalSummary("s", iteration, "seen", sum(rewards) / len(rewards), 0.0, 1.0, len(rewards),
+                           artifact=ref.to_dict())
+
+    sft, eto = evaluation("sft", [0.0, 0.5, 1.0, 0.0], 0), evaluation("eto", [1.0, 0.5, 1.0, 0.0], 1)
+    rft = evaluation("rft", [0.0, 0.0, 0.0, 0.0], 0)
+    for method, summaries in [("eto", [sft, eto]), ("rft", [rft])]:
+        run = tracker.start_run(method, tags={"eto.method": method, "eto.seed": "0", "eto.recipe": "r"})
+        tracker.log_summaries(run, summaries)
+        tracker.end_run(run)
+    out = compare_flow(uri, "eto", str(tmp_path / "report"), cache_dir=str(tmp_path / "cache"))
+    report = (tmp_path / "report" / "compare.md").read_text()
+    assert "Per task, against the same seed's SFT" in report
+    assert "| eto iter 1 | +0.250 [" in out["paired_table"] and "| 1 / 0 / 4 |" in out["paired_table"]
+    assert "| rft | -0.375 [" in out["paired_table"] and "| 0 / 2 / 4 |" in out["paired_table"]
+
+    (tmp_path / "artifacts" / "evaluate" / "rft" / "trajectories.parquet").unlink()
+    again = compare_flow(uri, "eto", str(tmp_path / "report2"), cache_dir=str(tmp_path / "cache"))
+    assert "| eto iter 1 |" in again["paired_table"] and "| rft |" not in again["paired_table"]

@@ -71,8 +71,8 @@ def _evaluate(tmp: Path, *extra: str) -> dict:
 def test_served_model_scores_like_the_folder_and_both_are_tracked(tmp_path: Path, mini_model: Path, served: str) -> None:
     local = _evaluate(tmp_path, "--model", str(mini_model))
     remote = _evaluate(tmp_path, "--base-url", served, "--served-model", "mini")
-    strip = [{k: v for k, v in s.items() if k != "extra"} for s in local["summaries"]]
-    assert [{k: v for k, v in s.items() if k != "extra"} for s in remote["summaries"]] == strip
+    strip = [{k: v for k, v in s.items() if k not in ("extra", "artifact")} for s in local["summaries"]]
+    assert [{k: v for k, v in s.items() if k not in ("extra", "artifact")} for s in remote["summaries"]] == strip
     assert {s["split"] for s in strip} == {"seen", "unseen"} and all(s["stage"] == "baseline" for s in strip)
     assert remote["evaluated"] == f"mini @ {served}"
 

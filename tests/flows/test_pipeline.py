@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,10 @@ def test_mini_pipeline_runs_tracks_and_caches(tmp_path: Path, prefect_harness: N
     stages = {r.data.tags["eto.stage"] for r in children}
     assert {"expert", "sft", "explore", "pairs", "dpo", "evaluate"} <= stages
     assert "seen_avg_reward" in parent.data.metrics and "pairs_lose" in parent.data.metrics
+    # Each evaluation's artifact is tagged on the run, for `eto compare`'s per-task pairing.
+    for s in first["summaries"]:
+        tag = json.loads(parent.data.tags[f"eto.eval.{s['split']}.{s['iteration']}"])
+        assert tag == s["artifact"] and tag["uri"].startswith((tmp_path / "artifacts" / "evaluate").as_uri())
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "reward_per_iteration.png" in artifacts
     versions = client.search_model_versions(f"name='{recipe.model_name}'")

@@ -37,7 +37,8 @@ def test_mini_recipe_on_a_local_dask_cluster_matches_the_thread_pool(tmp_path: P
 
     threads = run("threads", [])
     dask = run("dask", ["runner.kind=dask", "runner.workers=2", "runner.torch_threads=1"])
-    assert dask["summaries"] == threads["summaries"]
+    # Same scores; the evaluation artifacts' URIs differ, being under another root.
+    assert [{**s, "artifact": None} for s in dask["summaries"]] == [{**s, "artifact": None} for s in threads["summaries"]]  # type: ignore[attr-defined]
     assert dask["final_model"]["digest"] == threads["final_model"]["digest"]  # type: ignore[index]
 
     # 3 exploration shards + 2 x 3 rollouts of 2 evaluation shards

@@ -88,7 +88,8 @@ def test_kill_9_in_every_stage_then_rerun_completes_with_the_uninterrupted_resul
     assert all(manifests(root)[name] == before[name] for name in before)
     check_complete(root)
     result = json.loads((work / "result.json").read_text())
-    assert result["summaries"] == expected["summaries"]
+    # Same scores; the evaluation artifacts' URIs differ, being under another root.
+    assert [{**s, "artifact": None} for s in result["summaries"]] == [{**s, "artifact": None} for s in expected["summaries"]]
     assert result["final_model"]["digest"] == expected["final_model"]["digest"]
     # The killed runs' half-written staging folders were cleaned up by the run that followed.
     assert not list((work / "state" / "cache" / "staging").glob("stage-*"))
