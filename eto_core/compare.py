@@ -176,6 +176,7 @@ class PairedDifference:
     high: float
     better: int
     worse: int
+    seeds: int
 
     def text(self) -> str:
         return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
@@ -201,7 +202,7 @@ def paired_difference(groups: Sequence[tuple[Mapping[str, float], Mapping[str, f
     tail = (1.0 - level) / 2
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return PairedDifference(int(pooled.size), float(pooled.mean()), float(low), float(high),
-                            int((pooled > 0).sum()), int((pooled < 0).sum()))
+                            int((pooled > 0).sum()), int((pooled < 0).sum()), len(diffs))
 
 
 def paired_rows(runs: Sequence[MethodRun], rewards: Mapping[str, Mapping[str, float]],
@@ -235,10 +236,10 @@ def paired_rows(runs: Sequence[MethodRun], rewards: Mapping[str, Mapping[str, fl
 def paired_table(rows: Mapping[str, Mapping[str, PairedDifference]]) -> str:
     """Markdown: per row and split, the mean difference from SFT with its 95% interval, and the
     tasks that went up / down out of those compared (tasks x seeds)."""
-    header = "| method | " + " | ".join(f"{s} Δ reward [95% CI] | {s} tasks ↑ / ↓ / n" for s in SPLITS) + " |"
-    lines = [header, "|---|" + "---:|---:|" * len(SPLITS)]
+    header = "| method | seeds | " + " | ".join(f"{s} Δ reward [95% CI] | {s} tasks ↑ / ↓ / n" for s in SPLITS) + " |"
+    lines = [header, "|---|---:|" + "---:|---:|" * len(SPLITS)]
     for label in sorted(rows, key=_order):
-        parts = []
+        parts = [str(max(d.seeds for d in rows[label].values()))]
         for split in SPLITS:
             d = rows[label].get(split)
             parts += [d.text(), f"{d.better} / {d.worse} / {d.tasks}"] if d else ["-", "-"]

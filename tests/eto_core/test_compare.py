@@ -60,7 +60,7 @@ def test_paired_difference_resamples_tasks_within_each_seed() -> None:
     up = ({f"t{i}": 0.0 for i in range(20)}, {f"t{i}": 1.0 for i in range(20)})
     down = ({f"t{i}": 1.0 for i in range(20)}, {f"t{i}": 0.0 for i in range(20)})
     d = paired_difference([up, down])
-    assert d is not None and (d.tasks, d.better, d.worse) == (40, 20, 20)
+    assert d is not None and (d.tasks, d.better, d.worse, d.seeds) == (40, 20, 20, 2)
     assert d.low == pytest.approx(0.0) and d.high == pytest.approx(0.0)
 
 
@@ -86,7 +86,8 @@ def test_paired_rows_compare_each_run_with_its_own_seeds_sft() -> None:
     assert rows["rft"]["seen"].mean == pytest.approx(-0.5)  # against seed 1's SFT, not seed 0's
     assert "unseen" not in rows["rft"]
     table = paired_table(rows)
-    assert "| eto iter 1 | +0.250 [" in table and "| 1 / 0 / 4 | - | - |" in table
+    assert "| eto iter 1 | 2 | +0.250 [" in table and "| 1 / 0 / 4 | - | - |" in table
+    assert "| rft | 1 | -0.500 [" in table
 
 
 def _pair() -> PreferencePair:

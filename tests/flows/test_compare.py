@@ -79,8 +79,8 @@ def test_compare_pairs_tasks_with_the_same_seeds_sft(tmp_path: Path, prefect_har
     out = compare_flow(uri, "eto", str(tmp_path / "report"), cache_dir=str(tmp_path / "cache"))
     report = (tmp_path / "report" / "compare.md").read_text()
     assert "Per task, against the same seed's SFT" in report
-    assert "| eto iter 1 | +0.250 [" in out["paired_table"] and "| 1 / 0 / 4 |" in out["paired_table"]
-    assert "| rft | -0.375 [" in out["paired_table"] and "| 0 / 2 / 4 |" in out["paired_table"]
+    assert "| eto iter 1 | 1 | +0.250 [" in out["paired_table"] and "| 1 / 0 / 4 |" in out["paired_table"]
+    assert "| rft | 1 | -0.375 [" in out["paired_table"] and "| 0 / 2 / 4 |" in out["paired_table"]
 
     (tmp_path / "artifacts" / "evaluate" / "rft" / "trajectories.parquet").unlink()
     again = compare_flow(uri, "eto", str(tmp_path / "report2"), cache_dir=str(tmp_path / "cache"))
