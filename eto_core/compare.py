@@ -224,6 +224,29 @@ def paired_rows(runs: Sequence[MethodRun], rewards: Mapping[str, Mapping[str, fl
             if label == "sft" or base is None or ref["uri"] not in rewards:
                 continue
             groups[label][split].append((rewards[base], rewards[ref["uri"]]))
+    return _differences(groups, **kwargs)
+
+
+def own_start_rows(runs: Sequence[MethodRun], rewards: Mapping[str, Mapping[str, float]],
+                   **kwargs: Any) -> dict[str, dict[str, PairedDifference]]:
+    """For the methods that do not start from SFT (RFT -> ETO, ETO without SFT): each ETO
+    iteration against the same run's iteration 0, the model its iterations started from. That is
+    the ETO half of those methods, which the difference from SFT mixes with the start's gap."""
+    groups: dict[str, dict[str, list[tuple[Mapping[str, float], Mapping[str, float]]]]] = defaultdict(
+        lambda: defaultdict(list))
+    for run in runs:
+        if _is_eto_family(run.method):
+            continue
+        for (split, iteration), ref in run.evals.items():
+            start = run.evals.get((split, 0))
+            if iteration == 0 or start is None or start["uri"] not in rewards or ref["uri"] not in rewards:
+                continue
+            groups[row_label(run.method, iteration)][split].append((rewards[start["uri"]], rewards[ref["uri"]]))
+    return _differences(groups, **kwargs)
+
+
+def _differences(groups: Mapping[str, Mapping[str, Sequence[tuple[Mapping[str, float], Mapping[str, float]]]]],
+                 **kwargs: Any) -> dict[str, dict[str, PairedDifference]]:
     out: dict[str, dict[str, PairedDifference]] = {}
     for label, by_split in groups.items():
         for split, pairs in by_split.items():

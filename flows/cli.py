@@ -353,6 +353,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if result["paired_table"]:
         print("\nPer task, minus the same seed's SFT (mean [95% bootstrap CI]; tasks up / down / compared):\n")
         print(result["paired_table"])
+    if result["own_start_table"]:
+        print("\nETO iterations minus their own start (methods without SFT):\n")
+        print(result["own_start_table"])
     print(f"\nwrote {', '.join(result['files'])} to {result['folder']} (MLflow run {result['mlflow_run_id']})")
     return 0
 

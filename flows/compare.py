@@ -16,6 +16,7 @@ from eto_core.compare import (
     MethodRun,
     comparison_table,
     iteration_plot,
+    own_start_rows,
     pair_viewer_html,
     paired_rows,
     paired_table,
@@ -88,12 +89,17 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
     report = (f"# {title}\n\nMean ± standard deviation over seeds; 'seeds' counts the runs in a row. "
               "Best-of-N picks by reward: an oracle's upper reference, not a policy.\n\n"
               f"{table}\n\n![reward per iteration](reward_per_iteration.png)\n")
-    paired = paired_rows(runs, load_task_rewards(runs, cache_dir))
+    rewards = load_task_rewards(runs, cache_dir)
+    paired, own = paired_rows(runs, rewards), own_start_rows(runs, rewards)
     if paired:
         report += ("\n## Per task, against the same seed's SFT\n\nReward minus the SFT policy's on the same task "
                    "and seed, averaged over tasks x seeds; the interval is a bootstrap over tasks (resampled within "
                    "each seed), so it is the spread even a one-seed run has. ↑ / ↓: tasks that scored higher / lower "
                    f"than SFT, of n compared.\n\n{paired_table(paired)}\n")
+    if own:
+        report += ("\n## ETO iterations against their own start (methods without SFT)\n\nThe same difference, "
+                   "but from the model the method's ETO iterations started from (RFT's model for RFT->ETO, the "
+                   f"base model for ETO without SFT): what its ETO half added.\n\n{paired_table(own)}\n")
     _write_atomically(out / "compare.md", report)
     save_plot(iteration_plot(runs, title), out / "reward_per_iteration.png")
     files = ["compare.md", "reward_per_iteration.png"]
@@ -110,4 +116,5 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
     create_markdown_artifact(key="eto-compare", markdown=report.replace("![reward per iteration](reward_per_iteration.png)\n", ""),
                              description="Methods side by side: reward, success and steps per split")
     logger.info("comparison of %d runs:\n%s", len(runs), table)
-    return {"table": table, "paired_table": paired_table(paired) if paired else "", "folder": str(out.resolve()), "files": files, "mlflow_run_id": run_id}
+    return {"table": table, "paired_table": paired_table(paired) if paired else "", "own_start_table": paired_table(own) if own else "",
+            "folder": str(out.resolve()), "files": files, "mlflow_run_id": run_id}

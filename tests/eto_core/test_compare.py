@@ -12,6 +12,7 @@ from eto_core.compare import (
     MethodRun,
     comparison_table,
     iteration_plot,
+    own_start_rows,
     pair_viewer_html,
     paired_difference,
     paired_rows,
@@ -88,6 +89,17 @@ def test_paired_rows_compare_each_run_with_its_own_seeds_sft() -> None:
     table = paired_table(rows)
     assert "| eto iter 1 | 2 | +0.250 [" in table and "| 1 / 0 / 4 | - | - |" in table
     assert "| rft | 1 | -0.500 [" in table
+
+
+def test_own_start_rows_measure_the_eto_half_of_methods_without_sft() -> None:
+    rewards = {"sft": {"a": 1.0, "b": 1.0}, "rft": {"a": 0.0, "b": 0.2}, "it1": {"a": 0.5, "b": 0.2}}
+    runs = [MethodRun("r0", "eto", "0", evals={("seen", 0): {"uri": "sft", "digest": "x"}}),
+            MethodRun("r1", "rft-eto", "0", evals={("seen", 0): {"uri": "rft", "digest": "x"},
+                                                   ("seen", 1): {"uri": "it1", "digest": "x"}})]
+    own = own_start_rows(runs, rewards, resamples=200)
+    assert set(own) == {"rft-eto iter 1"}  # not plain ETO: its start is SFT, already the other table
+    assert own["rft-eto iter 1"]["seen"].mean == pytest.approx(0.25)  # against RFT's model ...
+    assert paired_rows(runs, rewards, resamples=200)["rft-eto iter 1"]["seen"].mean == pytest.approx(-0.65)  # ... not SFT
 
 
 def _pair() -> PreferencePair:

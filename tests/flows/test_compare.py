@@ -72,7 +72,8 @@ def test_compare_pairs_tasks_with_the_same_seeds_sft(tmp_path: Path, prefect_har
 
     sft, eto = evaluation("sft", [0.0, 0.5, 1.0, 0.0], 0), evaluation("eto", [1.0, 0.5, 1.0, 0.0], 1)
     rft = evaluation("rft", [0.0, 0.0, 0.0, 0.0], 0)
-    for method, summaries in [("eto", [sft, eto]), ("rft", [rft])]:
+    start, after = evaluation("start", [0.0, 0.0, 0.5, 0.0], 0), evaluation("after", [0.5, 0.0, 0.5, 0.0], 1)
+    for method, summaries in [("eto", [sft, eto]), ("rft", [rft]), ("rft-eto", [start, after])]:
         run = tracker.start_run(method, tags={"eto.method": method, "eto.seed": "0", "eto.recipe": "r"})
         tracker.log_summaries(run, summaries)
         tracker.end_run(run)
@@ -81,6 +82,9 @@ def test_compare_pairs_tasks_with_the_same_seeds_sft(tmp_path: Path, prefect_har
     assert "Per task, against the same seed's SFT" in report
     assert "| eto iter 1 | 1 | +0.250 [" in out["paired_table"] and "| 1 / 0 / 4 |" in out["paired_table"]
     assert "| rft | 1 | -0.375 [" in out["paired_table"] and "| 0 / 2 / 4 |" in out["paired_table"]
+
+    assert "ETO iterations against their own start" in report
+    assert out["own_start_table"].count("\n| ") == 1 and "| rft-eto iter 1 | 1 | +0.125 [" in out["own_start_table"]
 
     (tmp_path / "artifacts" / "evaluate" / "rft" / "trajectories.parquet").unlink()
     again = compare_flow(uri, "eto", str(tmp_path / "report2"), cache_dir=str(tmp_path / "cache"))
