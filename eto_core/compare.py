@@ -205,6 +205,10 @@ def paired_difference(groups: Sequence[tuple[Mapping[str, float], Mapping[str, f
                             int((pooled > 0).sum()), int((pooled < 0).sum()), len(diffs))
 
 
+# row label -> split -> one (reference, method) pair of task -> reward maps per seed
+_Groups = dict[str, dict[str, list[tuple[Mapping[str, float], Mapping[str, float]]]]]
+
+
 def paired_rows(runs: Sequence[MethodRun], rewards: Mapping[str, Mapping[str, float]],
                 **kwargs: Any) -> dict[str, dict[str, PairedDifference]]:
     """Row label -> split -> its difference from the SFT policy of the same seed. ``rewards``
@@ -215,8 +219,7 @@ def paired_rows(runs: Sequence[MethodRun], rewards: Mapping[str, Mapping[str, fl
             for (split, iteration), ref in run.evals.items():
                 if iteration == 0 and ref["uri"] in rewards:
                     sft.setdefault((run.seed, split), ref["uri"])
-    groups: dict[str, dict[str, list[tuple[Mapping[str, float], Mapping[str, float]]]]] = defaultdict(
-        lambda: defaultdict(list))
+    groups: _Groups = defaultdict(lambda: defaultdict(list))
     for run in runs:
         for (split, iteration), ref in run.evals.items():
             label = row_label(run.method, iteration)
@@ -232,8 +235,7 @@ def own_start_rows(runs: Sequence[MethodRun], rewards: Mapping[str, Mapping[str,
     """For the methods that do not start from SFT (RFT -> ETO, ETO without SFT): each ETO
     iteration against the same run's iteration 0, the model its iterations started from. That is
     the ETO half of those methods, which the difference from SFT mixes with the start's gap."""
-    groups: dict[str, dict[str, list[tuple[Mapping[str, float], Mapping[str, float]]]]] = defaultdict(
-        lambda: defaultdict(list))
+    groups: _Groups = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if _is_eto_family(run.method):
             continue
@@ -245,8 +247,7 @@ def own_start_rows(runs: Sequence[MethodRun], rewards: Mapping[str, Mapping[str,
     return _differences(groups, **kwargs)
 
 
-def _differences(groups: Mapping[str, Mapping[str, Sequence[tuple[Mapping[str, float], Mapping[str, float]]]]],
-                 **kwargs: Any) -> dict[str, dict[str, PairedDifference]]:
+def _differences(groups: _Groups, **kwargs: Any) -> dict[str, dict[str, PairedDifference]]:
     out: dict[str, dict[str, PairedDifference]] = {}
     for label, by_split in groups.items():
         for split, pairs in by_split.items():
@@ -257,8 +258,9 @@ def _differences(groups: Mapping[str, Mapping[str, Sequence[tuple[Mapping[str, f
 
 
 def paired_table(rows: Mapping[str, Mapping[str, PairedDifference]]) -> str:
-    """Markdown: per row and split, the mean difference from SFT with its 95% interval, and the
-    tasks that went up / down out of those compared (tasks x seeds)."""
+    """Markdown: per row and split, the mean difference from its reference (SFT, or the method's
+    own start) with its 95% interval, and the tasks that went up / down out of those compared
+    (tasks x seeds)."""
     header = "| method | seeds | " + " | ".join(f"{s} Δ reward [95% CI] | {s} tasks ↑ / ↓ / n" for s in SPLITS) + " |"
     lines = [header, "|---|---:|" + "---:|---:|" * len(SPLITS)]
     for label in sorted(rows, key=_order):
