@@ -91,15 +91,16 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
               f"{table}\n\n![reward per iteration](reward_per_iteration.png)\n")
     rewards = load_task_rewards(runs, cache_dir)
     paired, own = paired_rows(runs, rewards), own_start_rows(runs, rewards)
-    if paired:
+    paired_text, own_text = paired_table(paired) if paired else "", paired_table(own) if own else ""
+    if paired_text:
         report += ("\n## Per task, against the same seed's SFT\n\nReward minus the SFT policy's on the same task "
                    "and seed, averaged over tasks x seeds; the interval is a bootstrap over tasks (resampled within "
                    "each seed), so it is the spread even a one-seed run has. ↑ / ↓: tasks that scored higher / lower "
-                   f"than SFT, of n compared.\n\n{paired_table(paired)}\n")
-    if own:
+                   f"than SFT, of n compared.\n\n{paired_text}\n")
+    if own_text:
         report += ("\n## ETO iterations against their own start (methods without SFT)\n\nThe same difference, "
                    "but from the model the method's ETO iterations started from (RFT's model for RFT->ETO, the "
-                   f"base model for ETO without SFT): what its ETO half added.\n\n{paired_table(own)}\n")
+                   f"base model for ETO without SFT): what its ETO half added.\n\n{own_text}\n")
     _write_atomically(out / "compare.md", report)
     save_plot(iteration_plot(runs, title), out / "reward_per_iteration.png")
     files = ["compare.md", "reward_per_iteration.png"]
@@ -116,5 +117,5 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
     create_markdown_artifact(key="eto-compare", markdown=report.replace("![reward per iteration](reward_per_iteration.png)\n", ""),
                              description="Methods side by side: reward, success and steps per split")
     logger.info("comparison of %d runs:\n%s", len(runs), table)
-    return {"table": table, "paired_table": paired_table(paired) if paired else "", "own_start_table": paired_table(own) if own else "",
+    return {"table": table, "paired_table": paired_text, "own_start_table": own_text,
             "folder": str(out.resolve()), "files": files, "mlflow_run_id": run_id}
