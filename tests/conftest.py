@@ -29,15 +29,9 @@ os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)
 # CPython 3.11.7's "AST constructor recursion depth mismatch" SystemError after the ScienceWorld
 # and crash tests ran in one session, failing a run whose tests had all passed.
 import hypothesis  # noqa: F401
-from prefect.logging.configuration import ensure_logging_setup
-
-# Prefect's console handler keeps the sys.stderr of the moment logging is first set up. Set up
-# here, it keeps pytest's session-wide capture; set up first inside a test that uses capsys
-# (tests/flows/test_cli.py run on its own or first), it kept that test's stream, which is closed
-# afterwards, and every later flow's log line failed with "I/O operation on closed file".
-ensure_logging_setup()
 import pytest
 import torch
+from prefect.logging.configuration import ensure_logging_setup
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from eto_core.modeling import TinyModelConfig, build_tiny_model, train_tokenizer
@@ -47,6 +41,12 @@ from eto_core.records import Message, PreferencePair, Trajectory
 # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two spinning
 # threads per test process make timings swing by 10x.
 torch.set_num_threads(1)
+
+# Prefect's console handler keeps the sys.stderr of the moment logging is first set up. Set up
+# here, it keeps pytest's session-wide capture; set up first inside a test that uses capsys
+# (tests/flows/test_cli.py run on its own or first), it kept that test's stream, which is closed
+# afterwards, and every later flow's log line failed with "I/O operation on closed file".
+ensure_logging_setup()
 
 TOY_INSTRUCTION = "You are in a house. Find the object and take it. Answer with Thought and Action."
 TOY_EXAMPLE = [
