@@ -12,7 +12,8 @@ Splits: ``train`` (3,554 games in the shared data), ``seen`` = valid_seen (140) 
 ``unseen`` = valid_unseen (134), ETO's in- and out-of-distribution test sets; no ``dev`` split
 (carve one from train). Task ids are ``<split>/<task folder>/<trial>``, sorted by path;
 ``train_size`` / ``seen_size`` / ``unseen_size`` keep an evenly spread subset with the task
-types interleaved (see :func:`_subset`).
+types interleaved (see :func:`_subset`); ``task_types`` keeps only games of those types (of
+:data:`~environments.alfworld.data.TASK_TYPES`) in every split, before the sizes apply.
 
 Episode: the first observation is the room and "Your task is to: ..." without TextWorld's
 welcome banner; ``go to`` feedback loses its "You arrive at loc N." prefix (both as ETO does);
@@ -41,6 +42,7 @@ from environments.alfworld.actions import resolve_action
 from environments.alfworld.data import (
     GAME_FILE,
     SPLIT_DIRS,
+    TASK_TYPES,
     game_dir,
     list_games,
     read_recorded_expert,
@@ -98,16 +100,26 @@ class AlfworldEnv(TextEnv):
         train_size: int | None = None,
         seen_size: int | None = None,
         unseen_size: int | None = None,
+        task_types: list[str] | None = None,
         strict_actions: bool = False,
         verify_experts: bool = False,
     ) -> None:
         """``*_size``: keep that many evenly spread games of the split, types interleaved (None: all).
+        ``task_types``: keep only games of these types in every split (None: all six).
         ``strict_actions``: only exact admissible commands are valid (ETO's own env).
         ``verify_experts``: also replay gt_traj.json experts once before returning them (the
         planner's are always replayed); the pipeline's expert replay checks them anyway."""
         sizes = {"train": train_size, "seen": seen_size, "unseen": unseen_size}
         if max_steps < 1 or any(n is not None and n < 1 for n in sizes.values()):
             raise ValueError(f"alfworld: max_steps and split sizes must be >= 1, got {max_steps}, {sizes}")
+        if task_types is not None:
+            unknown = sorted(set(task_types) - TASK_TYPES)
+            if unknown or not task_types:
+                raise ValueError(
+                    f"alfworld: task_types {list(task_types)} must be a non-empty list of "
+                    f"{', '.join(sorted(TASK_TYPES))}; unknown: {', '.join(unknown) or 'none'}"
+                )
+        self._types = frozenset(task_types) if task_types is not None else TASK_TYPES
         self.root = resolve_data_root(data_root, archive_dir, cache_dir)
         self.max_steps = max_steps
         self._sizes = sizes
@@ -129,7 +141,8 @@ class AlfworldEnv(TextEnv):
             return []
         if split not in SPLIT_DIRS:
             raise ValueError(f"alfworld: unknown split {split!r}; known: {', '.join(SPLITS)}")
-        return [f"{split}/{game}" for game in _subset(list_games(self.root, split), self._sizes[split])]
+        games = tuple(g for g in list_games(self.root, split) if g.split("-", 1)[0] in self._types)
+        return [f"{split}/{game}" for game in _subset(games, self._sizes[split])]
 
     def game_file(self, task_id: str) -> Path:
         """The game file of a task id of any split (subsets included); ValueError otherwise."""

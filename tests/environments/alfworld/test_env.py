@@ -77,6 +77,21 @@ def test_subsets_are_spread_over_task_types(data_root: Path, env: AlfworldEnv) -
     small.close()
 
 
+def test_task_types_keep_only_those_games_in_every_split(data_root: Path, env: AlfworldEnv) -> None:
+    picked = AlfworldEnv(data_root=data_root, task_types=["pick_and_place_simple"], train_size=20, seen_size=5)
+    for split in ("train", "seen", "unseen"):
+        ids = picked.tasks(split)
+        assert ids and {task_type(t) for t in ids} == {"pick_and_place_simple"}
+        assert set(ids) <= set(env.tasks(split))
+    assert (len(picked.tasks("train")), len(picked.tasks("seen"))) == (20, 5)
+    everything = [t for t in env.tasks("unseen") if task_type(t) == "pick_and_place_simple"]
+    assert picked.tasks("unseen") == everything  # no size: every game of the type
+    with pytest.raises(ValueError, match="unknown: pick_and_place_with_movable_recep"):
+        AlfworldEnv(data_root=data_root, task_types=["pick_and_place_with_movable_recep"])
+    with pytest.raises(ValueError, match="non-empty"):
+        AlfworldEnv(data_root=data_root, task_types=[])
+
+
 def test_unseen_ids_are_etos(env: AlfworldEnv, eto_unseen_ids: Path) -> None:
     """ETO's alfworld_gamefile_id.txt lists its 134 unseen games as "<task folder>/<trial>"."""
     eto = [line.strip() for line in eto_unseen_ids.read_text().splitlines() if line.strip()]
