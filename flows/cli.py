@@ -27,6 +27,10 @@ RUNTIME_DEFAULTS = {
 }
 
 
+PIPELINE_COMMANDS = ("run", "evaluate", "baseline", "compare")
+"""The commands whose --state-dir holds Prefect's state (``stack`` has its own layout)."""
+
+
 def set_runtime_defaults(state_dir: str) -> None:
     """Environment defaults; anything the user already set wins."""
     for key, value in RUNTIME_DEFAULTS.items():
@@ -247,7 +251,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _load_checked_recipe(args: argparse.Namespace, shortcuts: dict[str, str]) -> Any:
     """The recipe with the command line's overrides, its services checked; an exit code on error."""
-    set_runtime_defaults(args.state_dir)
     from eto_core.config import RecipeError, load_recipe
 
     overrides = list(args.overrides)
@@ -339,7 +342,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    set_runtime_defaults(args.state_dir)
     from eto_core.tracking import TrackingError
     from flows.compare import compare_flow
 
@@ -515,6 +517,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in PIPELINE_COMMANDS:
+        # Here, before any handler imports Prefect: Prefect reads its settings once, when it is
+        # imported, and a default set later is ignored (the start-up timeout, the result storage).
+        set_runtime_defaults(args.state_dir)
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "evaluate":

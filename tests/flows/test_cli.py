@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from flows.cli import RUNTIME_DEFAULTS, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A fresh interpreter runs the real command handler, which imports its flow (and so Prefect) and
+# then hands over to _run_flow; the stand-in prints what Prefect's settings say at that point.
+_SETTINGS_PROBE = """
+import sys
+import flows.cli as cli
+
+def report(*args, **kwargs):
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+    print(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), PREFECT_LOCAL_STORAGE_PATH.value())
+    return 0
+
+cli._run_flow = report
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", [["run"], ["baseline", "rft"]])
+def test_prefect_sees_the_runtime_defaults(command: list[str], tmp_path: Path) -> None:
+    """The defaults reach Prefect before it is imported: set later, it ignores them, and results
+    go to ~/.prefect/storage instead of the state dir, with a 20 s server start-up timeout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    state = tmp_path / "state"
+    done = subprocess.run([sys.executable, "-c", _SETTINGS_PROBE, *command, "--state-dir", str(state)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    timeout, storage = done.stdout.split()
+    assert float(timeout) == float(RUNTIME_DEFAULTS["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+    assert Path(storage) == (state / "prefect" / "storage").resolve()
 
 
 def test_help_lists_every_option(capsys: pytest.CaptureFixture[str]) -> None:
