@@ -66,6 +66,11 @@ class ExpertPlan:
     """"gt_traj" or "planner"."""
 
 
+def _task_type(game: str) -> str:
+    """The task type a ``<task folder>/<trial>`` game belongs to (its folder's first field)."""
+    return game.split("-", 1)[0]
+
+
 def _subset(ids: tuple[str, ...], n: int | None) -> list[str]:
     """``n`` evenly spaced games, the six task types interleaved; all games in path order for None.
 
@@ -78,7 +83,7 @@ def _subset(ids: tuple[str, ...], n: int | None) -> list[str]:
     picks = [ids[i * len(ids) // n] for i in range(min(n, len(ids)))]
     by_type: dict[str, list[str]] = {}
     for game in picks:
-        by_type.setdefault(game.split("-", 1)[0], []).append(game)
+        by_type.setdefault(_task_type(game), []).append(game)
     groups = [by_type[t] for t in sorted(by_type)]
     return [group[r] for r in range(max(map(len, groups), default=0)) for group in groups if r < len(group)]
 
@@ -141,7 +146,7 @@ class AlfworldEnv(TextEnv):
             return []
         if split not in SPLIT_DIRS:
             raise ValueError(f"alfworld: unknown split {split!r}; known: {', '.join(SPLITS)}")
-        games = tuple(g for g in list_games(self.root, split) if g.split("-", 1)[0] in self._types)
+        games = tuple(g for g in list_games(self.root, split) if _task_type(g) in self._types)
         return [f"{split}/{game}" for game in _subset(games, self._sizes[split])]
 
     def game_file(self, task_id: str) -> Path:
