@@ -6,13 +6,15 @@ because Prefect may run stages on worker threads where that stack is not shared.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,26 @@ def check_server(tracking_uri: str, *, timeout: float = 3.0, attempts: int = 2) 
     )
 
 
+@contextmanager
+def sqlite_init_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive file lock beside a local SQLite store while it is opened (no-op otherwise).
+
+    MLflow creates the schema on a store's first connection, and two runs starting at once on a
+    fresh database both try: the second fails with "table ... already exists". The same race
+    would create the experiment twice."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def flatten(prefix: str, value: Any) -> dict[str, str]:
     """Nested settings -> flat ``a.b.c`` params (MLflow params are flat strings)."""
     if isinstance(value, Mapping):
@@ -108,20 +130,19 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment: str) -> None:
         self.tracking_uri = tracking_uri
         check_server(tracking_uri)
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found:
-            self.experiment_id = found.experiment_id
-        else:
-            # With a local SQLite store MLflow would put artifacts in ./mlruns of whatever folder
-            # the run started from; keep them beside the database instead.
-            location = None
-            if tracking_uri.startswith("sqlite:///"):
-                db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
-                location = (db.parent / "mlartifacts").as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        with sqlite_init_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found:
+                self.experiment_id = found.experiment_id
+            else:
+                # With a local SQLite store MLflow would put artifacts in ./mlruns of whatever folder
+                # the run started from; keep them beside the database instead.
+                location = None
+                if tracking_uri.startswith("sqlite:///"):
+                    db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+                    location = (db.parent / "mlartifacts").as_uri()
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
 
     def start_run(self, name: str, *, parent: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         all_tags = dict(tags or {})
