@@ -33,6 +33,9 @@ How the guarantees are made (docs/pipeline.md has the details):
   hashes match, so a crash leaves nothing a later stage could read;
 - every stage has an explicit content key, so a rerun of the same command reuses each finished
   stage; rollouts are checkpointed per shard (`explore.shard_size`, `evaluate.shard_size`);
+- a stage computes while holding a lock on its key (a file lock in the state directory, freed
+  by the kernel if its holder dies), so two runs on one machine that reach the same stage at
+  once compute it once: the second waits and reuses the artifact;
 - environment faults (exceptions, or no answer within `env.step_timeout_s`) restart the episode
   on a fresh environment up to `env.max_retries` times, then record it as `env_error` with the
   fault as its last message; such episodes are never paired or counted as model failures;

@@ -3,7 +3,8 @@
 Each stage reads its inputs as artifact refs (uri + content digest), computes its explicit
 cache key (eto_core.cache) and, if an artifact under that key is already complete, returns it
 without recomputing: a crashed or repeated run resumes from every finished stage even when
-the orchestrator's own result cache is gone. Prefect tasks (tasks/) wrap these functions and
+the orchestrator's own result cache is gone. A stage computes while holding the store's claim on
+its key, so runs side by side on one machine compute a shared stage once. Prefect tasks (tasks/) wrap these functions and
 use the same keys for Prefect's cache.
 """
 
@@ -17,7 +18,8 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -161,6 +163,16 @@ def _reuse(store: ArtifactStore, stage: str, key: str) -> StageResult | None:
         return None
     meta = manifest.get("meta", {})
     return StageResult(stage, ArtifactRef(uri, manifest["digest"]), dict(meta.get("metrics", {})), True, meta.get("info", {}))
+
+
+@contextmanager
+def _claim(store: ArtifactStore, stage: str, key: str) -> Iterator[StageResult | None]:
+    """Hold the store's claim on ``stage``/``key`` and yield its artifact if one is published.
+
+    A stage computes and publishes inside the claim, so a second run reaching the same key at
+    the same time waits and reuses the first one's artifact instead of computing it again."""
+    with store.claim(store.uri_for(stage, key)):
+        yield _reuse(store, stage, key)
 
 
 def _publish(store: ArtifactStore, stage: str, key: str, folder: Path, metrics: dict[str, float], info: dict[str, Any]) -> StageResult:
@@ -331,27 +343,28 @@ def expert_stage(recipe: Recipe, store: ArtifactStore, *, progress: bool = True)
     """Expert trajectories on the training tasks (from the env's expert or an ETO file)."""
     check_splits(recipe)  # before any training, and on every run: the check is cheap
     key = expert_key(recipe)
-    if (hit := _reuse(store, "expert", key)) is not None:
-        return hit
-    if recipe.data.expert_file:
-        trajs = import_eto_file(recipe.data.expert_file, env=recipe.env.name)[: recipe.data.train_tasks]
-        skipped: list[str] = []
-    else:
-        trajs, skipped = collect_expert(
-            env_factory(recipe), _split_tasks(recipe, "train", "expert"), env_name=recipe.env.name, split="train",
-            one_shot=recipe.env.one_shot, progress=progress, max_env_retries=recipe.env.max_retries,
-        )
-    if not trajs:
-        raise ValueError(f"no expert trajectory succeeded on environment '{recipe.env.name}'; check its expert.")
-    folder = store.staging_dir()
-    _write_trajs(folder, trajs)
-    metrics = {
-        "expert_trajectories": float(len(trajs)),
-        "expert_skipped": float(len(skipped)),
-        "expert_avg_reward": sum(t.reward for t in trajs) / len(trajs),
-        "expert_mean_steps": sum(t.num_steps for t in trajs) / len(trajs),
-    }
-    return _publish(store, "expert", key, folder, metrics, {"skipped": skipped[:50]})
+    with _claim(store, "expert", key) as hit:
+        if hit is not None:
+            return hit
+        if recipe.data.expert_file:
+            trajs = import_eto_file(recipe.data.expert_file, env=recipe.env.name)[: recipe.data.train_tasks]
+            skipped: list[str] = []
+        else:
+            trajs, skipped = collect_expert(
+                env_factory(recipe), _split_tasks(recipe, "train", "expert"), env_name=recipe.env.name, split="train",
+                one_shot=recipe.env.one_shot, progress=progress, max_env_retries=recipe.env.max_retries,
+            )
+        if not trajs:
+            raise ValueError(f"no expert trajectory succeeded on environment '{recipe.env.name}'; check its expert.")
+        folder = store.staging_dir()
+        _write_trajs(folder, trajs)
+        metrics = {
+            "expert_trajectories": float(len(trajs)),
+            "expert_skipped": float(len(skipped)),
+            "expert_avg_reward": sum(t.reward for t in trajs) / len(trajs),
+            "expert_mean_steps": sum(t.num_steps for t in trajs) / len(trajs),
+        }
+        return _publish(store, "expert", key, folder, metrics, {"skipped": skipped[:50]})
 
 
 def corpus_tokenizer(recipe: Recipe, experts: list[Any]) -> Any:
@@ -366,49 +379,52 @@ def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef |
     (a pointer artifact; ``expert`` is then not needed)."""
     key = model_init_key(recipe, expert)
     if recipe.model.path is not None:
-        if (hit := _reuse(store, "model_init", key)) is not None:
-            return hit
-        # Validate now (tokenizer, chat template, weights) so a bad path fails before any training.
-        load_model(recipe.model.path, trust_remote_code=recipe.model.trust_remote_code,
-                   chat_template=recipe.model.chat_template)
-        folder = store.staging_dir()
-        (folder / POINTER_FILE).write_text(json.dumps({"path": recipe.model.path}))
-        return _publish(store, "model_init", key, folder, {}, {"base": recipe.model.path})
+        with _claim(store, "model_init", key) as hit:
+            if hit is not None:
+                return hit
+            # Validate now (tokenizer, chat template, weights) so a bad path fails before any training.
+            load_model(recipe.model.path, trust_remote_code=recipe.model.trust_remote_code,
+                       chat_template=recipe.model.chat_template)
+            folder = store.staging_dir()
+            (folder / POINTER_FILE).write_text(json.dumps({"path": recipe.model.path}))
+            return _publish(store, "model_init", key, folder, {}, {"base": recipe.model.path})
 
-    if (hit := _reuse(store, "model_init", key)) is not None:
-        return hit
-    assert expert is not None  # model_init_key refused it otherwise
-    trajs = read_trajectories(store, expert)
-    tokenizer = corpus_tokenizer(recipe, trajs)
-    model = build_tiny_model(seeded(recipe.model.tiny, recipe), tokenizer)
-    folder = store.staging_dir()
-    metrics = {"model_parameters": float(sum(p.numel() for p in model.parameters())),
-               "vocab_size": float(len(tokenizer))}
-    info: dict[str, Any] = {}
-    if recipe.model.pretrain.max_steps > 0:
-        pretrain = seeded(recipe.model.pretrain, recipe)
-        seed_everything(pretrain.seed)
-        pre = pretrain_lm(model, tokenizer, trajs, pretrain, str(folder / "trainer"))
-        _drop_trainer_dir(folder)
-        metrics.update({"pretrain_first_loss": pre.first_loss, "pretrain_last_loss": pre.last_loss,
-                        "pretrain_steps": float(pre.num_steps), "pretrain_runtime_s": pre.runtime_s,
-                        "pretrain_peak_memory_mb": pre.peak_memory_mb})
-        info["log_history"] = pre.log_history
-    save_model(model, tokenizer, folder / MODEL_DIR)
-    return _publish(store, "model_init", key, folder, metrics, info)
+    with _claim(store, "model_init", key) as hit:
+        if hit is not None:
+            return hit
+        assert expert is not None  # model_init_key refused it otherwise
+        trajs = read_trajectories(store, expert)
+        tokenizer = corpus_tokenizer(recipe, trajs)
+        model = build_tiny_model(seeded(recipe.model.tiny, recipe), tokenizer)
+        folder = store.staging_dir()
+        metrics = {"model_parameters": float(sum(p.numel() for p in model.parameters())),
+                   "vocab_size": float(len(tokenizer))}
+        info: dict[str, Any] = {}
+        if recipe.model.pretrain.max_steps > 0:
+            pretrain = seeded(recipe.model.pretrain, recipe)
+            seed_everything(pretrain.seed)
+            pre = pretrain_lm(model, tokenizer, trajs, pretrain, str(folder / "trainer"))
+            _drop_trainer_dir(folder)
+            metrics.update({"pretrain_first_loss": pre.first_loss, "pretrain_last_loss": pre.last_loss,
+                            "pretrain_steps": float(pre.num_steps), "pretrain_runtime_s": pre.runtime_s,
+                            "pretrain_peak_memory_mb": pre.peak_memory_mb})
+            info["log_history"] = pre.log_history
+        save_model(model, tokenizer, folder / MODEL_DIR)
+        return _publish(store, "model_init", key, folder, metrics, info)
 
 
 def sft_stage(recipe: Recipe, store: ArtifactStore, base: ArtifactRef, expert: ArtifactRef) -> StageResult:
     key = sft_key(recipe, base, expert)
-    if (hit := _reuse(store, "sft", key)) is not None:
-        return hit
-    seed_everything(recipe.seed)
-    model, tokenizer = load_stage_model(recipe, store, base)
-    trajs = read_trajectories(store, expert)
-    folder = store.staging_dir()
-    result = train_sft(model, tokenizer, trajs, seeded(recipe.sft, recipe), str(folder / "trainer"))
-    metrics = _save_trained(folder, result, tokenizer, "sft")
-    return _publish(store, "sft", key, folder, metrics, {"log_history": result.log_history})
+    with _claim(store, "sft", key) as hit:
+        if hit is not None:
+            return hit
+        seed_everything(recipe.seed)
+        model, tokenizer = load_stage_model(recipe, store, base)
+        trajs = read_trajectories(store, expert)
+        folder = store.staging_dir()
+        result = train_sft(model, tokenizer, trajs, seeded(recipe.sft, recipe), str(folder / "trainer"))
+        metrics = _save_trained(folder, result, tokenizer, "sft")
+        return _publish(store, "sft", key, folder, metrics, {"log_history": result.log_history})
 
 
 def rft_stage(
@@ -417,30 +433,31 @@ def rft_stage(
     """Rejection-sampling fine-tuning: SFT from the base model on the expert trajectories (if any)
     plus the agent's own successful explored trajectories (each distinct one once)."""
     key = rft_key(recipe, base, expert, explored)
-    if (hit := _reuse(store, "rft", key)) is not None:
-        return hit
-    sampled = read_trajectories(store, explored)
-    own, seen = [], set()
-    bar = recipe.baselines.rft_min_reward
-    for t in sampled:
-        fingerprint = json.dumps(t.messages, sort_keys=True)
-        kept = t.success or (bar is not None and t.reward >= bar)
-        if kept and t.terminate_reason != "env_error" and fingerprint not in seen:
-            seen.add(fingerprint)
-            own.append(t)
-    if not own:
-        raise ValueError(
-            f"RFT: none of the {len(sampled)} explored trajectories succeeded, so there is nothing to add to the "
-            "SFT data; sample more (baselines.rft_samples, baselines.temperature) or start from a stronger model."
-        )
-    experts = read_trajectories(store, expert) if expert is not None else []
-    seed_everything(recipe.seed)
-    model, tokenizer = load_stage_model(recipe, store, base)
-    folder = store.staging_dir()
-    result = train_sft(model, tokenizer, experts + own, seeded(recipe.sft, recipe), str(folder / "trainer"))
-    metrics = {**_save_trained(folder, result, tokenizer, "rft"), "rft_own_successes": float(len(own)),
-               "rft_expert_trajectories": float(len(experts)), "rft_sampled": float(len(sampled))}
-    return _publish(store, "rft", key, folder, metrics, {"log_history": result.log_history})
+    with _claim(store, "rft", key) as hit:
+        if hit is not None:
+            return hit
+        sampled = read_trajectories(store, explored)
+        own, seen = [], set()
+        bar = recipe.baselines.rft_min_reward
+        for t in sampled:
+            fingerprint = json.dumps(t.messages, sort_keys=True)
+            kept = t.success or (bar is not None and t.reward >= bar)
+            if kept and t.terminate_reason != "env_error" and fingerprint not in seen:
+                seen.add(fingerprint)
+                own.append(t)
+        if not own:
+            raise ValueError(
+                f"RFT: none of the {len(sampled)} explored trajectories succeeded, so there is nothing to add to the "
+                "SFT data; sample more (baselines.rft_samples, baselines.temperature) or start from a stronger model."
+            )
+        experts = read_trajectories(store, expert) if expert is not None else []
+        seed_everything(recipe.seed)
+        model, tokenizer = load_stage_model(recipe, store, base)
+        folder = store.staging_dir()
+        result = train_sft(model, tokenizer, experts + own, seeded(recipe.sft, recipe), str(folder / "trainer"))
+        metrics = {**_save_trained(folder, result, tokenizer, "rft"), "rft_own_successes": float(len(own)),
+                   "rft_expert_trajectories": float(len(experts)), "rft_sampled": float(len(sampled))}
+        return _publish(store, "rft", key, folder, metrics, {"log_history": result.log_history})
 
 
 @dataclass(frozen=True)
@@ -534,33 +551,34 @@ def rollout_shard(
 ) -> ShardOutcome:
     """Reuse the shard's artifact or roll the policy out on its tasks and publish them."""
     shard_stage = f"{shard.stage}_shard"
-    if (hit := _reuse(store, shard_stage, shard.key)) is not None:
-        return ShardOutcome(hit.ref, reused=True)
-    policy = make_policy(recipe.policy, shard.gen, model_uri=model.uri,
-                         load_hf=lambda: _loaded_policy_model(recipe, store, model),
-                         model_path=lambda: model_folder(store, model),
-                         trust_remote_code=recipe.model.trust_remote_code)
-    source = "explore" if shard.stage in ("explore", "explore_step", "rft_explore") else "eval"
-    prefixes = None
-    if shard.prefix_rounds:
-        experts = {t.task_id: t for t in read_trajectories(store, need_expert(shard.expert))}
-        prefixes = [prefix_of(experts[t], r) for t, r in zip(shard.tasks, shard.prefix_rounds, strict=True)]
-    started = time.perf_counter()
-    trajs = run_episodes(
-        env_factory(recipe), list(shard.tasks), policy, env_name=recipe.env.name, split=shard.split,
-        source=source, iteration=shard.iteration, one_shot=recipe.env.one_shot, seed=recipe.seed,
-        batch_size=shard.gen.batch_size, max_env_retries=recipe.env.max_retries,
-        step_timeout=recipe.env.step_timeout_s, concurrent_steps=recipe.env.concurrent_steps, progress=progress,
-        desc=f"{source} {recipe.env.name}/{shard.split} shard {shard.index + 1}/{shard.of}", prefixes=prefixes,
-    )
-    seconds = time.perf_counter() - started
-    folder = store.staging_dir()
-    _write_trajs(folder, trajs)
-    # Which process ran the shard: with a distributed runner, where to look for its logs.
-    worker = {"host": socket.gethostname(), "pid": os.getpid()}
-    ref = _publish(store, shard_stage, shard.key, folder, {},
-                   {"index": shard.index, "of": shard.of, "seconds": seconds, "worker": worker}).ref
-    return ShardOutcome(ref, reused=False, episodes=len(trajs), seconds=seconds)
+    with _claim(store, shard_stage, shard.key) as hit:
+        if hit is not None:
+            return ShardOutcome(hit.ref, reused=True)
+        policy = make_policy(recipe.policy, shard.gen, model_uri=model.uri,
+                             load_hf=lambda: _loaded_policy_model(recipe, store, model),
+                             model_path=lambda: model_folder(store, model),
+                             trust_remote_code=recipe.model.trust_remote_code)
+        source = "explore" if shard.stage in ("explore", "explore_step", "rft_explore") else "eval"
+        prefixes = None
+        if shard.prefix_rounds:
+            experts = {t.task_id: t for t in read_trajectories(store, need_expert(shard.expert))}
+            prefixes = [prefix_of(experts[t], r) for t, r in zip(shard.tasks, shard.prefix_rounds, strict=True)]
+        started = time.perf_counter()
+        trajs = run_episodes(
+            env_factory(recipe), list(shard.tasks), policy, env_name=recipe.env.name, split=shard.split,
+            source=source, iteration=shard.iteration, one_shot=recipe.env.one_shot, seed=recipe.seed,
+            batch_size=shard.gen.batch_size, max_env_retries=recipe.env.max_retries,
+            step_timeout=recipe.env.step_timeout_s, concurrent_steps=recipe.env.concurrent_steps, progress=progress,
+            desc=f"{source} {recipe.env.name}/{shard.split} shard {shard.index + 1}/{shard.of}", prefixes=prefixes,
+        )
+        seconds = time.perf_counter() - started
+        folder = store.staging_dir()
+        _write_trajs(folder, trajs)
+        # Which process ran the shard: with a distributed runner, where to look for its logs.
+        worker = {"host": socket.gethostname(), "pid": os.getpid()}
+        ref = _publish(store, shard_stage, shard.key, folder, {},
+                       {"index": shard.index, "of": shard.of, "seconds": seconds, "worker": worker}).ref
+        return ShardOutcome(ref, reused=False, episodes=len(trajs), seconds=seconds)
 
 
 def pending_shards(
@@ -602,41 +620,42 @@ def rollout_stage(
     from ``expert``'s prefixes (step-level pairs).
     """
     key = rollout_key(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen, expert=expert)
-    if (hit := _reuse(store, stage, key)) is not None:
-        return hit
-    if stage == "evaluate":
-        check_splits(recipe)  # as in pending_shards
-    seed_everything(recipe.seed + iteration)
-    _, shards = plan_rollout(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen, store=store,
-                             expert=expert)
-    outcomes = [rollout_shard(recipe, store, model, shard, progress=progress) for shard in shards]
-    trajs: list[Any] = []
-    sizes: list[int] = []
-    for outcome in outcomes:
-        shard_trajs = read_trajectories(store, outcome.ref)
-        trajs += shard_trajs
-        sizes.append(len(shard_trajs))
-    # Throughput of the shards that ran in this call or, when all were reused (run as tasks
-    # just before), of every shard from its manifest: the time each took where it ran.
-    timed = [o for o in outcomes if not o.reused] or [
-        ShardOutcome(o.ref, o.reused, n, _shard_seconds(store, o)) for o, n in zip(outcomes, sizes, strict=True)]
-    ran_episodes, ran_seconds = sum(o.episodes for o in timed), sum(o.seconds for o in timed)
-    folder = store.staging_dir()
-    _write_trajs(folder, trajs)
-    if stage == "best_of_n":  # the best of each task's samples: an oracle's pick, labelled as such
-        summary = summarize_best_of(trajs, stage=stage, iteration=iteration, split=split)
-    else:
-        summary = summarize(trajs, stage=stage, iteration=iteration, split=split)
-    metrics = {
-        f"{split}_avg_reward": summary.avg_reward,
-        f"{split}_success_rate": summary.success_rate,
-        f"{split}_mean_steps": summary.mean_steps,
-        f"{split}_env_errors": summary.extra["env_errors"],
-        # Summed over shards: with shards in parallel this is per-worker throughput.
-        f"{split}_episodes_per_s": ran_episodes / ran_seconds if ran_seconds > 0 else 0.0,
-        f"{split}_shards_reused": float(sum(o.reused for o in outcomes)),
-    }
-    return _publish(store, stage, key, folder, metrics, {"summary": asdict(summary)})
+    with _claim(store, stage, key) as hit:
+        if hit is not None:
+            return hit
+        if stage == "evaluate":
+            check_splits(recipe)  # as in pending_shards
+        seed_everything(recipe.seed + iteration)
+        _, shards = plan_rollout(recipe, model, stage=stage, split=split, iteration=iteration, gen=gen, store=store,
+                                 expert=expert)
+        outcomes = [rollout_shard(recipe, store, model, shard, progress=progress) for shard in shards]
+        trajs: list[Any] = []
+        sizes: list[int] = []
+        for outcome in outcomes:
+            shard_trajs = read_trajectories(store, outcome.ref)
+            trajs += shard_trajs
+            sizes.append(len(shard_trajs))
+        # Throughput of the shards that ran in this call or, when all were reused (run as tasks
+        # just before), of every shard from its manifest: the time each took where it ran.
+        timed = [o for o in outcomes if not o.reused] or [
+            ShardOutcome(o.ref, o.reused, n, _shard_seconds(store, o)) for o, n in zip(outcomes, sizes, strict=True)]
+        ran_episodes, ran_seconds = sum(o.episodes for o in timed), sum(o.seconds for o in timed)
+        folder = store.staging_dir()
+        _write_trajs(folder, trajs)
+        if stage == "best_of_n":  # the best of each task's samples: an oracle's pick, labelled as such
+            summary = summarize_best_of(trajs, stage=stage, iteration=iteration, split=split)
+        else:
+            summary = summarize(trajs, stage=stage, iteration=iteration, split=split)
+        metrics = {
+            f"{split}_avg_reward": summary.avg_reward,
+            f"{split}_success_rate": summary.success_rate,
+            f"{split}_mean_steps": summary.mean_steps,
+            f"{split}_env_errors": summary.extra["env_errors"],
+            # Summed over shards: with shards in parallel this is per-worker throughput.
+            f"{split}_episodes_per_s": ran_episodes / ran_seconds if ran_seconds > 0 else 0.0,
+            f"{split}_shards_reused": float(sum(o.reused for o in outcomes)),
+        }
+        return _publish(store, stage, key, folder, metrics, {"summary": asdict(summary)})
 
 
 def _shard_seconds(store: ArtifactStore, outcome: ShardOutcome) -> float:
@@ -653,21 +672,22 @@ def pairs_stage(
     agent's own samples exist. ``explored``: whole explored trajectories (trajectory-level
     pairs); ``step``: continuations from expert prefixes (step-level pairs); either may be absent."""
     key = pairs_key(recipe, expert, explored, iteration, step)
-    if (hit := _reuse(store, "pairs", key)) is not None:
-        return hit
-    experts = read_trajectories(store, expert) if expert is not None else []
-    pairs, stats = build_pairs(
-        experts, read_trajectories(store, explored) if explored is not None else [],
-        iteration=iteration, cut_extra_rounds=recipe.pair_cut_extra_rounds,
-        self_pairs=recipe.pairs.self_pairs or expert is None,
-    )
-    if step is not None:
-        step_pairs, stats = build_step_pairs(experts, read_trajectories(store, step), iteration=iteration,
-                                             cut_extra_rounds=recipe.pair_cut_extra_rounds, stats=stats)
-        pairs += step_pairs
-    folder = store.staging_dir()
-    write_records(to_frame(pairs, "pairs"), folder / PAIRS_FILE, "pairs")
-    return _publish(store, "pairs", key, folder, stats.as_metrics(), {})
+    with _claim(store, "pairs", key) as hit:
+        if hit is not None:
+            return hit
+        experts = read_trajectories(store, expert) if expert is not None else []
+        pairs, stats = build_pairs(
+            experts, read_trajectories(store, explored) if explored is not None else [],
+            iteration=iteration, cut_extra_rounds=recipe.pair_cut_extra_rounds,
+            self_pairs=recipe.pairs.self_pairs or expert is None,
+        )
+        if step is not None:
+            step_pairs, stats = build_step_pairs(experts, read_trajectories(store, step), iteration=iteration,
+                                                 cut_extra_rounds=recipe.pair_cut_extra_rounds, stats=stats)
+            pairs += step_pairs
+        folder = store.staging_dir()
+        write_records(to_frame(pairs, "pairs"), folder / PAIRS_FILE, "pairs")
+        return _publish(store, "pairs", key, folder, stats.as_metrics(), {})
 
 
 def num_pairs(result: StageResult) -> int:
@@ -682,24 +702,25 @@ def read_pairs(store: ArtifactStore, ref: ArtifactRef) -> list[Any]:
 def dpo_stage(recipe: Recipe, store: ArtifactStore, model: ArtifactRef, pairs: ArtifactRef, iteration: int) -> StageResult:
     settings = seeded(recipe.dpo_for_iteration(iteration), recipe)
     key = dpo_key(recipe, model, pairs, iteration)
-    if (hit := _reuse(store, "dpo", key)) is not None:
-        return hit
-    pair_records = read_pairs(store, pairs)
-    if not pair_records:
-        raise ValueError(
-            f"iteration {iteration}: exploration produced no failure/success pairs (every episode tied with "
-            "the expert); explore more tasks (data.train_tasks) or sample (explore.temperature > 0)."
-        )
-    seed_everything(recipe.seed + iteration)
-    hf_model, tokenizer = load_stage_model(recipe, store, model)
-    folder = store.staging_dir()
-    result = train_dpo(hf_model, tokenizer, pair_records, settings, str(folder / "trainer"))
-    metrics = {
-        **_save_trained(folder, result, tokenizer, "dpo"),
-        "dpo_ref_logps_s": result.ref_logps_seconds,
-        **{f"dpo_{k.replace('/', '_')}": float(v) for k, v in result.metrics.items()},
-    }
-    return _publish(store, "dpo", key, folder, metrics, {"log_history": result.log_history})
+    with _claim(store, "dpo", key) as hit:
+        if hit is not None:
+            return hit
+        pair_records = read_pairs(store, pairs)
+        if not pair_records:
+            raise ValueError(
+                f"iteration {iteration}: exploration produced no failure/success pairs (every episode tied with "
+                "the expert); explore more tasks (data.train_tasks) or sample (explore.temperature > 0)."
+            )
+        seed_everything(recipe.seed + iteration)
+        hf_model, tokenizer = load_stage_model(recipe, store, model)
+        folder = store.staging_dir()
+        result = train_dpo(hf_model, tokenizer, pair_records, settings, str(folder / "trainer"))
+        metrics = {
+            **_save_trained(folder, result, tokenizer, "dpo"),
+            "dpo_ref_logps_s": result.ref_logps_seconds,
+            **{f"dpo_{k.replace('/', '_')}": float(v) for k, v in result.metrics.items()},
+        }
+        return _publish(store, "dpo", key, folder, metrics, {"log_history": result.log_history})
 
 
 def _save_trained(folder: Path, result: TrainResult, tokenizer: Any, prefix: str) -> dict[str, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from eto_core.locks import file_lock
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
@@ -273,6 +278,23 @@ class ArtifactStore:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
         return removed
+
+    @contextmanager
+    def claim(self, uri: str) -> Iterator[bool]:
+        """Hold this machine's lock on computing ``uri``; yields whether another run held it first.
+
+        Two runs that reach the same stage at once would both compute it, and the later publish
+        would replace the earlier artifact under its readers (with another digest wherever
+        training is not bit-for-bit repeatable). A stage holds the claim from its cache check to
+        its publish, so the second run waits and then reuses the artifact. The lock lives in
+        this store's cache_dir: runs on other machines sharing an S3 root are not held back."""
+        name = hashlib.sha256(uri.encode()).hexdigest()[:32] + ".lock"
+
+        def waiting(holder: str) -> None:
+            log.warning("another run (%s) is computing %s; waiting to reuse it", holder, uri)
+
+        with file_lock(self.cache_dir / "locks" / name, on_wait=waiting) as waited:
+            yield waited
 
     def publish(self, folder: Path, uri: str, meta: dict[str, Any] | None = None) -> ArtifactRef:
         """Move/upload ``folder`` to ``uri``; the manifest goes last so readers never see half."""

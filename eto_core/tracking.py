@@ -6,7 +6,6 @@ because Prefect may run stages on worker threads where that stack is not shared.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import tempfile
 import time
@@ -25,6 +24,7 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from eto_core.locks import file_lock
 from eto_core.records import EvalSummary
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -105,13 +105,8 @@ def sqlite_init_lock(tracking_uri: str) -> Iterator[None]:
         yield
         return
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def flatten(prefix: str, value: Any) -> dict[str, str]:
@@ -261,7 +256,17 @@ class Tracker:
             # neither matters for a record of where the data lives.
             warnings.simplefilter("ignore", UserWarning)
             dataset = from_pandas(light, source=source_uri, name=name)
-            self.client.log_inputs(run_id, datasets=[_dataset_input(dataset, context)])
+            inputs = [_dataset_input(dataset, context)]
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+            except MlflowException as exc:
+                # A SQL store finds or inserts the dataset row without a lock: two runs logging
+                # the same dataset at once collide on its unique key. The row exists now; the
+                # retry links this run to it.
+                message = str(exc).lower()
+                if "unique constraint" not in message and "duplicate entry" not in message:
+                    raise
+                self.client.log_inputs(run_id, datasets=inputs)
 
     def register_model(self, name: str, run_id: str, artifact_path: str, tags: Mapping[str, str]) -> str:
         """A new version of registered model ``name`` whose source is the run's model folder."""

@@ -86,3 +86,28 @@ def test_step_level_pairs_continue_from_the_experts_prefixes(tmp_path: Path) -> 
     assert P.num_pairs(pairs) == len(kinds)
     # Without the step rollout the pairs are another artifact (the key names its inputs).
     assert P.pairs_stage(recipe, store, expert.ref, explored.ref, 1).ref != pairs.ref
+
+
+def test_two_runs_reaching_a_stage_at_once_compute_it_once(tmp_path: Path) -> None:
+    import threading
+
+    recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [f"storage.root={tmp_path / 'artifacts'}"])
+    store = P.make_store(recipe, tmp_path / "state")
+    expert = P.expert_stage(recipe, store, progress=False)
+    base = P.model_init_stage(recipe, store, expert.ref)
+    start = threading.Barrier(2)
+    results: list[P.StageResult] = []
+
+    def run() -> None:
+        other = P.make_store(recipe, tmp_path / "state")  # as a second run would build its own
+        start.wait()
+        results.append(P.sft_stage(recipe, other, base.ref, expert.ref))
+
+    runs = [threading.Thread(target=run) for _ in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join(timeout=300)
+    # One trained, the other waited for it and reused its artifact (not a second copy over it).
+    assert sorted(r.cached for r in results) == [False, True]
+    assert results[0].ref == results[1].ref
