@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from eto_core.storage import MANIFEST
+from eto_core.storage import MANIFEST, ArtifactStore
 from tests.integration.conftest import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +57,15 @@ def manifests(root: Path) -> dict[str, tuple[str, int]]:
         out[f"{path.parent.parent.name}/{path.parent.name}"] = (json.loads(path.read_text())["digest"],
                                                                 path.stat().st_mtime_ns)
     return out
+
+
+def check_complete(root: Path) -> None:
+    """No partial artifact: every folder under a stage has a manifest whose hashes match."""
+    store = ArtifactStore(str(root), cache_dir=root.parent / "verify-cache")
+    for stage in root.iterdir():
+        for folder in stage.iterdir():
+            assert (folder / MANIFEST).is_file(), f"{folder}: an artifact folder without a manifest"
+            store._verify(folder, json.loads((folder / MANIFEST).read_text()), folder.as_uri())
 
 
 def stages_done(root: Path) -> dict[str, int]:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.cli_runs import Run, manifests, run
+from tests.reliability.cli_runs import Run, check_complete, manifests, run
 from tests.reliability.conftest import ROWS
-from tests.reliability.test_kill_resume import check_complete
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +41,8 @@ def test_two_runs_of_the_same_command_at_once_compute_each_stage_once(tmp_path: 
     for name, result in results.items():
         assert result.returncode == 0, f"run {name} failed:\n{result.output[-3000:]}"
     waited = [uri for result in results.values() for uri in WAITED.findall(result.output)]
-    assert waited, "neither run waited for the other: they computed the same stages twice"
+    tails = "\n".join(f"--- run {n}:\n{r.output[-2000:]}" for n, r in results.items())
+    assert waited, f"neither run waited for the other: they computed the same stages twice\n{tails}"
     a, b = (json.loads((tmp_path / f"result-{n}.json").read_text()) for n in ("a", "b"))
     assert a["final_model"] == b["final_model"]  # one artifact (uri and content digest), not two
     root = tmp_path / "artifacts"

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from eto_core.storage import MANIFEST, ArtifactStore
-from tests.reliability.cli_runs import bar_at, manifests, run, stages_done
+from tests.reliability.cli_runs import bar_at, check_complete, manifests, run, stages_done
 from tests.reliability.conftest import ROWS
 
 pytestmark = pytest.mark.slow
@@ -44,15 +43,6 @@ KILLS: list[tuple[str, str, Callable[[str, Path], bool], Callable[[Done], bool]]
     ("evaluate", "the final evaluation, after its first shard", lambda out, root: _evaluated_after_dpo(root),
      lambda d: d.get("evaluate", 0) < 4),
 ]
-
-
-def check_complete(root: Path) -> None:
-    """No partial artifact: every folder under a stage has a manifest whose hashes match."""
-    store = ArtifactStore(str(root), cache_dir=root.parent / "verify-cache")
-    for stage in root.iterdir():
-        for folder in stage.iterdir():
-            assert (folder / MANIFEST).is_file(), f"{folder}: an artifact folder without a manifest"
-            store._verify(folder, json.loads((folder / MANIFEST).read_text()), folder.as_uri())
 
 
 def test_kill_9_in_every_stage_then_rerun_completes_with_the_uninterrupted_results(tmp_path: Path) -> None:
