@@ -25,8 +25,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-# The assistant turn (including its end marker, so the model learns to stop) sits inside
-# {% generation %} so TRL's assistant-only loss and our DPO mask find the agent's tokens.
+# The tiny model's template. The {% generation %} markers are not needed by our masks (they come
+# from rendering prefixes, eto_core/tokenization.py) but keep the template usable with TRL's
+# own assistant-only loss.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -108,18 +109,37 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -
     return LlamaForCausalLM(config)
 
 
+_PROBE: list[dict[str, str]] = [
+    {"role": "user", "content": "Task: probe."},
+    {"role": "assistant", "content": "Thought: one.\nAction: look"},
+    {"role": "user", "content": "Observation: nothing."},
+    {"role": "assistant", "content": "Thought: two.\nAction: stop"},
+]
+
+
 def check_chat_template(tokenizer: PreTrainedTokenizerBase, source: str) -> None:
-    """Assistant-only losses need ``{% generation %}`` markers in the chat template."""
+    """The agent's tokens are found by rendering a conversation prefix by prefix
+    (eto_core/tokenization.py), so the template needs no markers, but each assistant turn must
+    render as "history + generation prompt + the turn", unchanged by the turns that follow."""
     template = tokenizer.chat_template
     if not isinstance(template, str) or not template:
-        raise ModelError(f"{source}: the tokenizer has no chat template; set one with generation markers.")
-    if "{% generation %}" not in template and "{%- generation %}" not in template:
         raise ModelError(
-            f"{source}: the chat template has no {{% generation %}} ... {{% endgeneration %}} markers "
-            "around assistant turns, so agent-only SFT/DPO losses cannot find the agent's tokens. "
-            "Add the markers to the template (see eto_core/modeling.py CHAT_TEMPLATE) or set "
-            "model.chat_template in the recipe."
+            f"{source}: the tokenizer has no chat template; set one (model.chat_template in the recipe, or "
+            "tokenizer.chat_template in the model folder)."
         )
+    renders = [
+        tokenizer.apply_chat_template(_PROBE[:n], tokenize=False, add_generation_prompt=gen)
+        for n, gen in ((1, True), (2, False), (3, True), (4, False))
+    ]
+    for before, after in zip(renders, renders[1:], strict=False):
+        if not (isinstance(before, str) and isinstance(after, str) and after.startswith(before)):
+            raise ModelError(
+                f"{source}: the chat template renders earlier turns differently once later turns follow (or its "
+                "generation prompt does not start the assistant turn), so the agent's own tokens cannot be told "
+                "apart from the rest; set model.chat_template to a template that renders each message on its own."
+            )
+    if _PROBE[1]["content"] not in str(renders[1]):
+        raise ModelError(f"{source}: the chat template drops the assistant's text; set model.chat_template.")
 
 
 def load_model(

@@ -1,15 +1,20 @@
 """Agent-only tokenization: which tokens of a conversation are the agent's own, trainable ones.
 
-ETO trains and scores only the agent's turns after the prompt. The chat template marks every
-assistant turn with ``{% generation %}``; the prompt (instruction, "OK", the in-context example,
-the task) also contains assistant turns, which are context, not the agent's behaviour, so their
-tokens are masked out as well. Observations (user turns) never count.
+ETO trains and scores only the agent's turns after the prompt. The agent's tokens are found from
+the chat template itself, whatever template it is (SmolLM2's, Llama's and Qwen's carry no
+``{% generation %}`` markers): the conversation is rendered prefix by prefix, and an assistant
+turn is the text between "history + the assistant header" and "history + the turn", cut just
+after the tokenizer's end-of-turn token (eos), so the model learns to stop but not the template's
+separator after it. The whole conversation is then tokenized once, and a token belongs to the
+agent when it starts inside such a span. The prompt (instruction, "OK", the in-context example,
+the task) also contains assistant turns, which are context, not the agent's behaviour, so only
+turns after the prompt count. Observations (user turns) never count.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -23,6 +28,10 @@ class EncodingError(ValueError):
     def __init__(self, message: str, reason: Literal["no_agent_tokens", "truncated_away"]) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class TemplateError(ValueError):
+    """A chat template whose rendering of a conversation has no stable turn boundaries."""
 
 
 @dataclass
@@ -43,9 +52,44 @@ class EncodedPair:
     rejected: EncodedConversation
 
 
-def _template_ids(tokenizer: PreTrainedTokenizerBase, messages: list[Message], **kwargs: Any) -> Any:
-    # return_dict=True gives a BatchEncoding whose values are plain lists for a single conversation
-    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+def render(tokenizer: PreTrainedTokenizerBase, messages: list[Message], *, add_generation_prompt: bool = False) -> str:
+    """The chat template's text for ``messages`` (what the model reads, before tokenization)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    if not isinstance(text, str):
+        raise TemplateError(f"the chat template rendered {type(text).__name__}, not text")
+    return text
+
+
+def agent_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: list[Message], first: int
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns from message
+    ``first`` on: each turn's content and end-of-turn token, without the role header before it
+    or the template's separator after it."""
+    full = render(tokenizer, messages)
+    eos = tokenizer.eos_token if isinstance(tokenizer.eos_token, str) else None
+    spans: list[tuple[int, int]] = []
+    for i in range(first, len(messages)):
+        if messages[i]["role"] != "assistant":
+            continue
+        head = render(tokenizer, messages[:i], add_generation_prompt=True)
+        turn = render(tokenizer, messages[: i + 1])
+        if not (turn.startswith(head) and full.startswith(turn)):
+            raise TemplateError(
+                f"the chat template renders message {i} (assistant) differently once later turns follow, or its "
+                "generation prompt is not the start of an assistant turn, so the agent's tokens cannot be told "
+                "apart; use a template that renders each message independently (model.chat_template in the recipe)."
+            )
+        start, end = len(head), len(turn)
+        content = messages[i]["content"]
+        at = turn.find(content, start)
+        after = at + len(content) if at >= 0 else start
+        if eos:
+            stop = turn.find(eos, after)
+            if stop >= 0:
+                end = stop + len(eos)
+        spans.append((start, end))
+    return full, spans
 
 
 def encode_conversation(
@@ -64,34 +108,23 @@ def encode_conversation(
         raise ValueError(f"max_length must be positive (got {max_length}); raise max_length in the settings.")
     check_chat_template(tokenizer, "encode_conversation")
 
-    full = _template_ids(tokenizer, messages, return_assistant_tokens_mask=True)
-    input_ids = [int(t) for t in full["input_ids"]]
-    agent_mask = [int(b) for b in full["assistant_masks"]]
-
-    if num_prompt_messages > 0:
-        # The prompt's rendering must be a prefix of the whole rendering, otherwise "the first n
-        # messages" has no token boundary (some templates rewrite earlier turns given later ones).
-        prompt_text = tokenizer.apply_chat_template(messages[:num_prompt_messages], tokenize=False)
-        full_text = tokenizer.apply_chat_template(messages, tokenize=False)
-        if (
-            not isinstance(prompt_text, str)
-            or not isinstance(full_text, str)
-            or not full_text.startswith(prompt_text)
-        ):
-            raise ValueError(
-                "The chat template renders the prompt messages differently once later turns follow, so the "
-                "prompt/agent boundary cannot be found; use a template that renders each message independently "
-                "(model.chat_template in the recipe)."
-            )
-        prompt_len = len(_template_ids(tokenizer, messages[:num_prompt_messages])["input_ids"])
-        for i in range(min(prompt_len, len(agent_mask))):
-            agent_mask[i] = 0
+    full, spans = agent_spans(tokenizer, messages, num_prompt_messages)
+    # The same call the policy's encoding makes (apply_chat_template tokenizes its rendering without
+    # adding special tokens), with character offsets to place each token.
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = [int(t) for t in enc["input_ids"]]
+    agent_mask = [0] * len(input_ids)
+    j = 0
+    for k, (s, _e) in enumerate(enc["offset_mapping"]):
+        while j < len(spans) and s >= spans[j][1]:
+            j += 1
+        if j < len(spans) and spans[j][0] <= s < spans[j][1]:
+            agent_mask[k] = 1
 
     if sum(agent_mask) == 0:
         raise EncodingError(
             f"No agent tokens after the {num_prompt_messages} prompt message(s): the conversation has no "
-            "assistant turn after the prompt, or the chat template's {% generation %} markers do not cover "
-            "the assistant turns (see eto_core/modeling.py CHAT_TEMPLATE).",
+            "assistant turn after the prompt, or the chat template drops the assistant's text.",
             reason="no_agent_tokens",
         )
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 from transformers import PreTrainedTokenizerFast
 
@@ -76,12 +78,33 @@ def test_no_agent_turn_after_prompt_is_an_error(tiny_tokenizer: PreTrainedTokeni
     assert info.value.reason == "no_agent_tokens"
 
 
-def test_template_without_generation_markers_is_rejected(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
-    plain = PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer.backend_tokenizer)
-    plain.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+def test_masks_need_no_generation_markers(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    """The same template without its {% generation %} markers gives the same ids and mask: the
+    agent's tokens come from rendering prefixes, not from markers."""
+    template = tiny_tokenizer.chat_template
+    assert isinstance(template, str) and "{% generation %}" in template
+    plain = copy.deepcopy(tiny_tokenizer)
+    # Jinja's trim_blocks eats the newline after a block tag, so "{% endgeneration %}\n" renders as nothing.
+    plain.chat_template = template.replace("{% generation %}", "").replace("{% endgeneration %}\n", "")
+    assert plain.apply_chat_template(toy_trajectory("mug", "shelf").messages, tokenize=False) == (
+        tiny_tokenizer.apply_chat_template(toy_trajectory("mug", "shelf").messages, tokenize=False))
     traj = toy_trajectory("mug", "shelf")
-    with pytest.raises(ModelError, match="generation"):
-        encode_conversation(plain, traj.messages, traj.num_prompt_messages, 512)
+    marked = encode_conversation(tiny_tokenizer, traj.messages, traj.num_prompt_messages, 4096)
+    unmarked = encode_conversation(plain, traj.messages, traj.num_prompt_messages, 4096)
+    assert unmarked.input_ids == marked.input_ids
+    assert unmarked.agent_mask == marked.agent_mask
+
+
+def test_template_that_rewrites_earlier_turns_is_rejected(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    # The last message renders differently from the same message with a turn after it, so "the
+    # tokens of turn i" depends on what follows: no stable boundary exists.
+    rewriting = copy.deepcopy(tiny_tokenizer)
+    rewriting.chat_template = (
+        "{% for m in messages %}{% if loop.last %}[last] {% endif %}{{ m['content'] }}\n{% endfor %}"
+    )
+    traj = toy_trajectory("mug", "shelf")
+    with pytest.raises(ModelError, match="renders earlier turns differently"):
+        encode_conversation(rewriting, traj.messages, traj.num_prompt_messages, 512)
 
 
 def test_encode_pair_scores_each_side_on_its_own_turns(tiny_tokenizer: PreTrainedTokenizerFast) -> None:

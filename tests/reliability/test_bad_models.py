@@ -24,14 +24,26 @@ def test_model_folder_without_tokenizer(tmp_path: Path, fault: Fault) -> None:
         load_model(tmp_path)
 
 
-def test_chat_template_without_generation_markers(
+def test_chat_template_that_rewrites_earlier_turns(
     tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast, fault: Fault
 ) -> None:
+    """Masks need no {% generation %} markers, but a template that renders a turn differently
+    once later turns follow has no stable boundary for the agent's tokens."""
     tiny_tokenizer.save_pretrained(tmp_path)
-    plain = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    with fault("models", "chat template without {% generation %} markers", ModelError,
-               r"model '.*': the chat template has no \{% generation %\} .* set model\.chat_template"):
-        load_model(tmp_path, chat_template=plain)
+    rewriting = "{% for m in messages %}{% if loop.last %}[last] {% endif %}{{ m['content'] }}\n{% endfor %}"
+    with fault("models", "chat template that renders earlier turns differently once later turns follow", ModelError,
+               r"model '.*': the chat template renders earlier turns differently .* set model\.chat_template"):
+        load_model(tmp_path, chat_template=rewriting)
+
+
+def test_tokenizer_without_chat_template(tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast, fault: Fault) -> None:
+    tiny_tokenizer.save_pretrained(tmp_path)
+    config = tmp_path / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"chat_template"', '"unused_template"'))
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    with fault("models", "tokenizer without a chat template", ModelError,
+               r"model '.*': the tokenizer has no chat template; set one \(model\.chat_template"):
+        load_model(tmp_path)
 
 
 def test_folder_with_tokenizer_but_no_weights(
@@ -78,3 +90,30 @@ def test_remote_code_is_not_run_unless_the_recipe_allows_it(
                r"model '.*': its config asks to run the model's own Python code.*set model\.trust_remote_code: true"):
         load_model(tmp_path)
     assert not marker.exists()
+
+
+def test_package_model_reference_to_a_package_that_is_not_installed(fault: Fault) -> None:
+    from eto_core.model_source import resolve_model_path
+
+    with fault("models", "model.path package:NAME/FILE naming a package that is not installed", ModelError,
+               r"model 'package:no_such_package_xyz/m\.gguf': the Python package 'no_such_package_xyz' is not installed"):
+        resolve_model_path("package:no_such_package_xyz/m.gguf")
+
+
+def test_package_model_reference_to_a_missing_file(fault: Fault) -> None:
+    from eto_core.model_source import resolve_model_path
+
+    with fault("models", "model.path package:NAME/FILE naming a file the package does not ship", ModelError,
+               r"model 'package:eto_core/missing\.gguf': the package 'eto_core' has no file 'missing\.gguf'"):
+        resolve_model_path("package:eto_core/missing.gguf")
+
+
+def test_gguf_file_that_is_not_a_gguf(tmp_path: Path, fault: Fault) -> None:
+    from eto_core.model_source import convert_gguf
+
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with fault("models", "model.path naming a .gguf file that is not GGUF", ModelError,
+               r"model '.*model\.gguf': cannot read the GGUF file"):
+        convert_gguf(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
