@@ -26,7 +26,8 @@ def make_policy(
     """A policy writing turns with ``gen``'s settings on the chosen backend."""
     if settings.backend == "hf":
         model, tokenizer = load_hf()
-        return LocalHFPolicy(model, tokenizer, gen, model_uri=model_uri, prefix_cache=settings.prefix_cache)
+        return LocalHFPolicy(model, tokenizer, gen, model_uri=model_uri, prefix_cache=settings.prefix_cache,
+                             episode_cache=settings.episode_cache)
     if settings.backend == "vllm":
         from eto_core.vllm_policy import VLLMPolicy
 

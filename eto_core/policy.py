@@ -11,13 +11,13 @@ prompt (a truncated prompt silently loses the instruction and would poison the r
 
 from __future__ import annotations
 
-import copy
 import inspect
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
@@ -132,6 +132,7 @@ class LocalHFPolicy:
         model_uri: str = "",
         name: str = "",
         prefix_cache: bool = False,
+        episode_cache: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -157,7 +158,9 @@ class LocalHFPolicy:
         """New tokens produced so far (for throughput reports)."""
         self.prefilled_tokens = 0
         """Prompt tokens run through the model so far (those served from the prefix cache excluded)."""
-        self.prefix_cache = _PrefixCache(model) if prefix_cache else None
+        self.kv_cache = (_KVCache(model, shared=prefix_cache, episodes=episode_cache,
+                                  row_entries=self.settings.batch_size + 4)
+                         if prefix_cache or episode_cache else None)
 
     def encode(self, conversation: list[Message]) -> list[int]:
         """Token ids of the conversation followed by the agent-turn header."""
@@ -183,24 +186,24 @@ class LocalHFPolicy:
         return out
 
     def _generate_batch(self, batch: list[list[int]]) -> list[str]:
-        prefix: tuple[int, ...] = ()
-        cache: Any = None
-        if self.prefix_cache is not None:
-            prefix, cache = self.prefix_cache.lookup(batch)
-        p = len(prefix)
-        width = p + max(len(ids) - p for ids in batch)
-        # Padding sits between the shared prefix (cached, every row's first p tokens) and each
-        # row's own suffix, which ends in the last column: new tokens line up, and HF derives
-        # positions from the attention mask, so a suffix continues exactly where its prefix ends.
-        # Without a cached prefix (p = 0) this is plain left padding.
+        # Each row may start from cached keys/values: its own episode's cache from the last step,
+        # or a prefix the batch shares. Row i's cached part (c_i tokens) is right-aligned in the
+        # first C columns and its remaining suffix in the last S, so new tokens line up; HF
+        # derives positions from the attention mask, so every token keeps the position it has
+        # in a from-scratch encoding. Without a cache (C = 0) this is plain left padding.
+        starts: list[tuple[int, _LayerKV | None]] = (
+            self.kv_cache.lookup(batch) if self.kv_cache is not None else [(0, None)] * len(batch))
+        cached = max(c for c, _ in starts)
+        suffix = max(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
+        width = cached + suffix
         input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, :p] = torch.tensor(ids[:p], dtype=torch.long)
-            mask[row, :p] = 1
-            input_ids[row, width - len(ids) + p :] = torch.tensor(ids[p:], dtype=torch.long)
-            mask[row, width - len(ids) + p :] = 1
-        self.prefilled_tokens += sum(len(ids) - p for ids in batch)
+        for row, (ids, (c, _)) in enumerate(zip(batch, starts, strict=True)):
+            input_ids[row, cached - c : cached] = torch.tensor(ids[:c], dtype=torch.long)
+            mask[row, cached - c : cached] = 1
+            input_ids[row, width - len(ids) + c :] = torch.tensor(ids[c:], dtype=torch.long)
+            mask[row, width - len(ids) + c :] = 1
+        self.prefilled_tokens += sum(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
         device = self.model.device
         input_ids, mask = input_ids.to(device), mask.to(device)
         if self._stop is None:
@@ -217,6 +220,10 @@ class LocalHFPolicy:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=None)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.kv_cache is not None:
+            kwargs["return_dict_in_generate"] = True
+            if cached:
+                kwargs[self.kv_cache.cache_kwarg] = self.kv_cache.batch_cache(starts, cached, device)
         self._calls += 1
         self.model.eval()
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
@@ -224,83 +231,170 @@ class LocalHFPolicy:
             # sampled rollout reproducible from the settings alone.
             torch.manual_seed(s.seed * 1_000_003 + self._calls)
             generate: Any = self.model.generate  # typed loosely by transformers
-            if cache is not None:
-                kwargs[self.prefix_cache.cache_kwarg] = cache  # type: ignore[union-attr]
-            sequences = generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+            output = generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        sequences = output.sequences if self.kv_cache is not None else output
         new = sequences[:, width:].cpu()
         texts: list[str] = []
+        kept: list[list[int]] = []
         eos = self.tokenizer.eos_token_id
         for row in new.tolist():
             # Cut at the first eos: rows that finished early are filled with pad afterwards.
             if eos in row:
-                row = row[: row.index(eos)]
-                self.generated_tokens += len(row) + 1
+                row = row[: row.index(eos) + 1]
+                self.generated_tokens += len(row)
+                kept.append(row)
+                row = row[:-1]
             else:
                 while row and row[-1] == self.pad_token_id:
                     row.pop()
                 self.generated_tokens += len(row)
+                kept.append(row)
             texts.append(str(self.tokenizer.decode(row, skip_special_tokens=True)).strip())
+        if self.kv_cache is not None and self.kv_cache.episodes:
+            self.kv_cache.keep_rows(batch, starts, kept, output.past_key_values, cached, suffix)
         return texts
 
 
-class _PrefixCache:
-    """KV caches of prompt prefixes that whole batches share (instruction + one-shot example).
+_LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
+"""One sequence's keys and values per layer, each [1, kv_heads, tokens, head_dim]."""
 
-    Every conversation in a rollout starts with the same system instruction and one-shot
-    example, often most of the prompt; without this, each row re-encodes it at every step. A
-    batch reuses the longest cached prefix all its rows start with; a batch of two or more rows
-    with none caches its common prefix (a lone row's "common prefix" is its whole prompt, which
-    is never seen again). Each use copies the cached tensors, since generation appends to them.
+
+class _KVCache:
+    """Keys/values that later ``generate`` calls start from instead of re-encoding tokens.
+
+    Two sources, looked up per row by the longest common token prefix:
+    - ``shared``: prefixes that whole batches share (the instruction + one-shot example), often
+      most of a prompt. A batch of two or more rows without a better start caches its common
+      prefix (a lone row's "common prefix" is its whole prompt, which is never seen again).
+    - ``rows`` (``episodes``): each row's own tokens after a call, its turn included. An
+      episode's next conversation is that plus the observation, so the next step encodes only
+      the new tokens instead of the whole history. An entry is used once (the episode moves
+      on) and the oldest unused ones are dropped, so finished episodes free their memory.
+    The match is on token ids, so whatever the conversation is, the start is exact; a row
+    always keeps at least one token to encode.
     """
 
     MIN_TOKENS = 16
     """Shorter shared prefixes are not worth a cache entry."""
 
-    def __init__(self, model: PreTrainedModel, size: int = 4) -> None:
+    def __init__(self, model: PreTrainedModel, *, shared: bool = True, episodes: bool = True,
+                 size: int = 4, row_entries: int = 64) -> None:
         self.model = model
+        self.use_shared = shared
+        self.episodes = episodes
         self.size = size
-        self.entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self.row_entries = row_entries
+        self.entries: OrderedDict[tuple[int, ...], _LayerKV] = OrderedDict()
+        """The shared prefixes."""
+        self.rows: OrderedDict[tuple[int, ...], tuple[np.ndarray, _LayerKV]] = OrderedDict()
         params = inspect.signature(model.forward).parameters
         # transformers renamed past_key_values to cache during 5.x; use whichever this one takes.
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.hits = 0
+        """Batches that started from a shared prefix."""
         self.misses = 0
+        """Shared prefixes encoded."""
+        self.row_hits = 0
+        """Rows that started from their own episode's cache."""
 
-    def lookup(self, batch: list[list[int]]) -> tuple[tuple[int, ...], Any]:
-        """The prefix to reuse for ``batch`` and a fresh copy of its cache expanded to the batch,
-        or ``((), None)``. A prefix always leaves each row at least one token to encode."""
-        shortest = min(len(ids) for ids in batch)
-        for prefix in sorted(self.entries, key=len, reverse=True):
-            if len(prefix) < shortest and all(tuple(ids[: len(prefix)]) == prefix for ids in batch):
-                self.entries.move_to_end(prefix)
-                self.hits += 1
-                return prefix, self._expanded(self.entries[prefix], len(batch))
-        if len(batch) < 2:
-            return (), None
-        common = _common_prefix(batch)[: shortest - 1]
-        if len(common) < self.MIN_TOKENS:
-            return (), None
-        self.misses += 1
-        self.entries[common] = self._encode(common)
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-        return common, self._expanded(self.entries[common], len(batch))
+    def lookup(self, batch: list[list[int]]) -> list[tuple[int, _LayerKV | None]]:
+        """Per row: how many of its leading tokens come from a cache, and that cache."""
+        starts: list[tuple[int, _LayerKV | None]] = []
+        used_shared = False
+        for ids in batch:
+            best, best_kv, best_key = 0, None, None
+            if self.episodes and self.rows:
+                arr = np.asarray(ids)
+                for key, (tokens, kv) in self.rows.items():
+                    n = _common_length(tokens, arr)
+                    if n > best:
+                        best, best_kv, best_key = n, kv, key
+            own = best_key is not None
+            for prefix, kv in self.entries.items():
+                if len(prefix) > best and len(prefix) < len(ids) and tuple(ids[: len(prefix)]) == prefix:
+                    best, best_kv, own = len(prefix), kv, False
+            best = min(best, len(ids) - 1)
+            if best <= 0:
+                starts.append((0, None))
+                continue
+            if own:
+                self.rows.pop(best_key)  # type: ignore[arg-type]  # the episode moves on: used once
+                self.row_hits += 1
+            else:
+                used_shared = True
+            starts.append((best, best_kv))
+        if used_shared:
+            self.hits += 1
+        if self.use_shared and len(batch) > 1 and sum(c == 0 for c, _ in starts) >= 2:
+            fresh = [ids for ids, (c, _) in zip(batch, starts, strict=True) if c == 0]
+            common = _common_prefix(fresh)[: min(len(ids) for ids in fresh) - 1]
+            if len(common) >= self.MIN_TOKENS:
+                self.misses += 1
+                self.entries[common] = self._encode(common)
+                while len(self.entries) > self.size:
+                    self.entries.popitem(last=False)
+                starts = [(len(common), self.entries[common]) if c == 0 else (c, kv)
+                          for ids, (c, kv) in zip(batch, starts, strict=True)]
+        return starts
 
-    def _encode(self, prefix: tuple[int, ...]) -> Any:
+    def _encode(self, prefix: tuple[int, ...]) -> _LayerKV:
         ids = torch.tensor([prefix], dtype=torch.long, device=self.model.device)
         cache = DynamicCache(config=self.model.config)
         self.model.eval()
         with torch.inference_mode():
             self.model(input_ids=ids, use_cache=True, **{self.cache_kwarg: cache})
-        return cache
+        return _layers(cache)
 
-    @staticmethod
-    def _expanded(cache: Any, rows: int) -> Any:
-        with torch.inference_mode():  # the cached tensors are inference tensors
-            copy_ = copy.deepcopy(cache)
-            if rows > 1:
-                copy_.batch_repeat_interleave(rows)
-        return copy_
+    def batch_cache(self, starts: list[tuple[int, _LayerKV | None]], width: int, device: torch.device) -> Any:
+        """One cache for the batch: row i's first c_i cached tokens right-aligned in ``width``
+        columns, zeros (masked out) before them."""
+        some = next(kv for c, kv in starts if kv is not None)
+        layers = []
+        with torch.inference_mode():
+            for layer, (k0, v0) in enumerate(some):
+                keys = k0.new_zeros((len(starts), k0.shape[1], width, k0.shape[3]), device=device)
+                values = v0.new_zeros((len(starts), v0.shape[1], width, v0.shape[3]), device=device)
+                for row, (c, kv) in enumerate(starts):
+                    if kv is not None and c:
+                        keys[row, :, width - c :] = kv[layer][0][0, :, :c]
+                        values[row, :, width - c :] = kv[layer][1][0, :, :c]
+                layers.append((keys, values))
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+
+    def keep_rows(self, batch: list[list[int]], starts: list[tuple[int, _LayerKV | None]], kept: list[list[int]],
+                  cache: Any, cached: int, suffix: int) -> None:
+        """Store each row's keys/values for its tokens and the turn it wrote. The last token a
+        row generated was never fed back, so it has none and stays out of the entry."""
+        if cache is None:
+            return
+        layers = _layers(cache)
+        total = layers[0][0].shape[2]
+        with torch.inference_mode():
+            for row, (ids, (c, _), new) in enumerate(zip(batch, starts, kept, strict=True)):
+                written = max(len(new) - 1, 0)
+                columns = (list(range(cached - c, cached)) + list(range(cached + suffix - (len(ids) - c),
+                           cached + suffix)) + list(range(cached + suffix, cached + suffix + written)))
+                if not columns or columns[-1] >= total:
+                    continue
+                index = torch.tensor(columns, device=layers[0][0].device)
+                tokens = [*ids, *new[:written]]
+                self.rows[tuple(tokens)] = (np.asarray(tokens), [
+                    (k[row : row + 1].index_select(2, index), v[row : row + 1].index_select(2, index))
+                    for k, v in layers])
+        while len(self.rows) > self.row_entries:
+            self.rows.popitem(last=False)
+
+
+def _layers(cache: Any) -> _LayerKV:
+    """Per layer (keys, values) of a filled DynamicCache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _common_length(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the common prefix of two token arrays (vectorised: entries run to thousands)."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if differ.size else n
 
 
 def _common_prefix(batch: list[list[int]]) -> tuple[int, ...]:

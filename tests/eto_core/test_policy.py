@@ -141,9 +141,9 @@ def test_prefix_cache_writes_the_same_turns_and_skips_the_shared_prefix(tiny_tok
     assert cached.generate(convs) == expected  # first call: builds the prefix entry
     assert cached.generate(convs[1:]) == expected[1:]  # later calls: reuse it
     assert cached.generate(convs[:1]) == expected[:1]  # a lone row reuses it too
-    assert cached.prefix_cache is not None
-    assert cached.prefix_cache.misses == 1 and cached.prefix_cache.hits == 2
-    prefix = next(iter(cached.prefix_cache.entries))
+    assert cached.kv_cache is not None
+    assert cached.kv_cache.misses == 1 and cached.kv_cache.hits == 2
+    prefix = next(iter(cached.kv_cache.entries))
     assert len(prefix) >= 40  # the instruction, in tokens
     # Each call prefilled only what follows the prefix.
     total = 2 * sum(len(plain.encode(c)) for c in convs[1:]) + 2 * len(plain.encode(convs[0]))
@@ -161,4 +161,60 @@ def test_prefix_cache_is_not_used_without_a_shared_prefix(tiny_tokenizer: PreTra
     cached = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True)
     convs = conversations()  # they differ from their first words on
     assert cached.generate(convs) == LocalHFPolicy(model, tiny_tokenizer, settings).generate(convs)
-    assert cached.prefix_cache is not None and not cached.prefix_cache.entries
+    assert cached.kv_cache is not None and not cached.kv_cache.entries
+
+
+def test_episode_cache_starts_where_the_last_step_ended_and_scores_as_from_scratch(
+    tiny_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """After a call, each row's keys/values (its prompt and the turn it wrote) are kept; the
+    next call on the grown conversation encodes only the new tokens, and the next-token
+    log-probs from that cache equal a from-scratch encoding of the whole conversation."""
+    settings = GenerationSettings(max_new_tokens=8, max_context_tokens=512)
+    model = lively_model(tiny_tokenizer)
+    policy = LocalHFPolicy(model, tiny_tokenizer, settings, episode_cache=True)
+    convs = conversations()[:3]
+    turns = policy.generate(convs)
+    cache = policy.kv_cache
+    assert cache is not None and len(cache.rows) == 3
+    grown = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: obs {i}"}]
+             for i, (c, t) in enumerate(zip(convs, turns, strict=True))]
+    batch = [policy.encode(c) for c in grown]
+    starts = cache.lookup(batch)
+    # Each row starts at least past its old prompt: only the observation (and turn end) is new.
+    old = [len(policy.encode(c)) for c in convs]
+    assert all(c >= n for (c, _), n in zip(starts, old, strict=True)) and cache.row_hits == 3
+    assert not cache.rows  # an entry is used once
+    width = max(c for c, _ in starts)
+    past = cache.batch_cache(starts, width, model.device)
+    suffix = max(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
+    ids = torch.full((len(batch), width + suffix), policy.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for row, (row_ids, (c, _)) in enumerate(zip(batch, starts, strict=True)):
+        ids[row, width - c : width] = torch.tensor(row_ids[:c])
+        mask[row, width - c : width] = 1
+        ids[row, width + suffix - (len(row_ids) - c) :] = torch.tensor(row_ids[c:])
+        mask[row, width + suffix - (len(row_ids) - c) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=ids[:, width:], attention_mask=mask, position_ids=positions[:, width:],
+                    use_cache=True, **{cache.cache_kwarg: past})
+        for row, row_ids in enumerate(batch):
+            scratch = model(input_ids=torch.tensor([row_ids])).logits[0, -1]
+            assert torch.allclose(torch.log_softmax(out.logits[row, -1], -1), torch.log_softmax(scratch, -1),
+                                  atol=1e-4)
+
+
+def test_episode_cache_writes_the_same_turns_step_after_step(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    settings = GenerationSettings(max_new_tokens=8, max_context_tokens=512)
+    model = lively_model(tiny_tokenizer)
+    plain = LocalHFPolicy(model, tiny_tokenizer, settings)
+    cached = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True)
+    convs = shared_prefix_conversations()
+    for step in range(3):
+        expected = plain.generate(convs)
+        assert cached.generate(convs) == expected
+        convs = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
+                 for c, t in zip(convs, expected, strict=True)]
+    assert cached.kv_cache is not None and cached.kv_cache.row_hits == 2 * len(convs)
+    assert cached.prefilled_tokens < plain.prefilled_tokens / 3

