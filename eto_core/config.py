@@ -86,7 +86,7 @@ class ModelSettings(_Strict):
         description="Language-model pre-training of the tiny model on the expert corpus (all tokens).",
     )
     chat_template: str | None = Field(
-        None, description="Override the tokenizer's chat template (must carry {% generation %} markers)."
+        None, description="Override the tokenizer's chat template (Jinja; each message must render on its own, unchanged by later turns)."
     )
     trust_remote_code: bool = Field(False, description="Allow model code from the hub (off unless you trust it).")
 
@@ -177,6 +177,11 @@ class PolicySettings(_Strict):
         description="hf backend: encode the prompt prefix every conversation of a batch shares (instruction + "
         "one-shot example) once and reuse its KV cache, instead of re-encoding it for every row at every step.",
     )
+    episode_cache: bool = Field(
+        True,
+        description="hf backend: keep each episode's KV cache from one step to the next, so a step encodes only "
+        "the new observation instead of the whole history (memory: the live episodes' caches).",
+    )
     base_url: str | None = Field(None, description="openai backend: the endpoint, e.g. http://127.0.0.1:8000/v1.")
     model: str | None = Field(None, description="openai backend: the served model's name.")
     api_key_env: str = Field(
@@ -218,6 +223,11 @@ class Recipe(_Strict):
     name: str = Field("default", description="Recipe name; used in run names and the registered model name.")
     seed: int = Field(0, description="Global seed (model init, data order, sampling).")
     iterations: int = Field(2, ge=0, description="ETO iterations after SFT (explore -> pairs -> DPO -> eval).")
+    evaluate_base: bool = Field(
+        False,
+        description="Also evaluate the starting model before SFT on seen/unseen: the zero-shot row of a pretrained "
+        "instruct model (the paper's untrained-model rows). Pointless for the tiny from-scratch model.",
+    )
     env: EnvSettings = Field(default_factory=EnvSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)

@@ -59,7 +59,7 @@ def results_table(summaries: Sequence[EvalSummary]) -> str:
     sep = "|---|" + "---|---|" * len(splits)
     lines = [header, sep]
     for (iteration, stage), by_split in sorted(rows.items()):
-        label = stage if stage != "dpo" else f"ETO iter {iteration}"
+        label = {"dpo": f"ETO iter {iteration}", "base": "base model (zero-shot)"}.get(stage, stage)
         cells = []
         for sp in splits:
             found = by_split.get(sp)

@@ -377,8 +377,9 @@ def _dataset_input(dataset: Any, context: str) -> Any:
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value=context)])
 
 
-def reward_plot(summaries: Sequence[EvalSummary], title: str) -> Any:
-    """Average reward and success per iteration on each split (iteration 0 = SFT)."""
+def reward_plot(summaries: Sequence[EvalSummary], title: str, baseline: Sequence[EvalSummary] = ()) -> Any:
+    """Average reward and success per iteration on each split (iteration 0 = SFT); ``baseline``
+    (the untrained starting model) as a dashed level per split."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -389,7 +390,10 @@ def reward_plot(summaries: Sequence[EvalSummary], title: str) -> Any:
         pts = sorted((s.iteration, s.avg_reward, s.success_rate) for s in summaries if s.split == split)
         xs = [p[0] for p in pts]
         axes[0].plot(xs, [p[1] for p in pts], marker="o", label=split)
-        axes[1].plot(xs, [p[2] for p in pts], marker="o", label=split)
+        lines = axes[1].plot(xs, [p[2] for p in pts], marker="o", label=split)
+        for b in (b for b in baseline if b.split == split):
+            axes[0].axhline(b.avg_reward, ls="--", lw=1, color=lines[0].get_color(), label=f"{split}, {b.stage}")
+            axes[1].axhline(b.success_rate, ls="--", lw=1, color=lines[0].get_color(), label=f"{split}, {b.stage}")
     iterations = sorted({s.iteration for s in summaries})
     for ax, label in zip(axes, ("average reward", "success rate"), strict=True):
         ax.set_xticks(iterations)

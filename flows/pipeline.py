@@ -139,10 +139,17 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
 
         expert = expert_task(recipe, store, tracker=tracker, parent=parent)
         base = model_init_task(recipe, store, expert.ref, tracker=tracker, parent=parent)
+        base_summaries: list[EvalSummary] = []
+        if recipe.evaluate_base:  # the zero-shot row, before SFT changes anything
+            base_summaries = evaluate_policy(recipe, store, base.ref, stage="base", iteration=0, tracker=tracker,
+                                             parent=parent, runner=runner)
         sft = sft_task(recipe, store, base.ref, expert.ref, tracker=tracker, parent=parent, flow_run_id=flow_run_id)
         summaries = evaluate_policy(recipe, store, sft.ref, stage="sft", iteration=0, tracker=tracker, parent=parent,
                               runner=runner)
         stage_metrics: dict[str, float] = {**expert.metrics, **base.metrics, **sft.metrics}
+        for s in base_summaries:  # beside iteration 0 (SFT), not as a step of its own
+            stage_metrics.update({f"base_{s.split}_avg_reward": s.avg_reward,
+                                  f"base_{s.split}_success_rate": s.success_rate})
         versions = {0: sft.info.get("model_version")}
         policy = sft
         sel = recipe.selection
@@ -199,8 +206,8 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
                                           "eto.champion_version": str(champion)})
                 logger.info("champion %s: %s", "moved" if decision.promoted else "kept", decision.reason)
         tracker.log_metrics(parent, stage_metrics)
-        table = results_table(summaries)
-        fig = reward_plot(summaries, f"ETO on {recipe.env.name} ({recipe.name})")
+        table = results_table(base_summaries + summaries)
+        fig = reward_plot(summaries, f"ETO on {recipe.env.name} ({recipe.name})", baseline=base_summaries)
         tracker.log_figure(parent, fig, "reward_per_iteration.png")
         tracker.log_text(parent, table, "results.md")
         create_markdown_artifact(
@@ -214,7 +221,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
         status = "FINISHED"
         return {
             "table": table,
-            "summaries": [asdict(s) for s in summaries],
+            "summaries": [asdict(s) for s in base_summaries + summaries],
             "mlflow_run_id": parent,
             "final_model": policy.ref.to_dict(),
             "model_versions": versions,
