@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
     DynamicCache,
+    StaticCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
@@ -222,8 +223,8 @@ class LocalHFPolicy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if self.kv_cache is not None:
             kwargs["return_dict_in_generate"] = True
-            if cached:
-                kwargs[self.kv_cache.cache_kwarg] = self.kv_cache.batch_cache(starts, cached, device)
+            kwargs[self.kv_cache.cache_kwarg] = self.kv_cache.batch_cache(starts, cached, device,
+                                                                          width + s.max_new_tokens)
         self._calls += 1
         self.model.eval()
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):
@@ -345,11 +346,17 @@ class _KVCache:
             self.model(input_ids=ids, use_cache=True, **{self.cache_kwarg: cache})
         return _layers(cache)
 
-    def batch_cache(self, starts: list[tuple[int, _LayerKV | None]], width: int, device: torch.device) -> Any:
-        """One cache for the batch: row i's first c_i cached tokens right-aligned in ``width``
-        columns, zeros (masked out) before them."""
+    def batch_cache(self, starts: list[tuple[int, _LayerKV | None]], width: int, device: torch.device,
+                    max_len: int) -> Any:
+        """One cache for the batch, room for ``max_len`` tokens: row i's first c_i cached tokens
+        right-aligned in the first ``width`` columns, zeros (masked out) before them.
+
+        A static (preallocated) cache: a dynamic one concatenates every layer's whole cache
+        for each new token, which costs more than the decoding step itself at long contexts."""
+        cache = StaticCache(config=self.model.config, max_cache_len=max_len)
+        if width == 0:
+            return cache
         some = next(kv for c, kv in starts if kv is not None)
-        layers = []
         with torch.inference_mode():
             for layer, (k0, v0) in enumerate(some):
                 keys = k0.new_zeros((len(starts), k0.shape[1], width, k0.shape[3]), device=device)
@@ -358,8 +365,8 @@ class _KVCache:
                     if kv is not None and c:
                         keys[row, :, width - c :] = kv[layer][0][0, :, :c]
                         values[row, :, width - c :] = kv[layer][1][0, :, :c]
-                layers.append((keys, values))
-        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+                cache.layers[layer].update(keys, values)
+        return cache
 
     def keep_rows(self, batch: list[list[int]], starts: list[tuple[int, _LayerKV | None]], kept: list[list[int]],
                   cache: Any, cached: int, suffix: int) -> None:

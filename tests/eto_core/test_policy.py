@@ -186,8 +186,8 @@ def test_episode_cache_starts_where_the_last_step_ended_and_scores_as_from_scrat
     assert all(c >= n for (c, _), n in zip(starts, old, strict=True)) and cache.row_hits == 3
     assert not cache.rows  # an entry is used once
     width = max(c for c, _ in starts)
-    past = cache.batch_cache(starts, width, model.device)
     suffix = max(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
+    past = cache.batch_cache(starts, width, model.device, width + suffix)
     ids = torch.full((len(batch), width + suffix), policy.pad_token_id)
     mask = torch.zeros_like(ids)
     for row, (row_ids, (c, _)) in enumerate(zip(batch, starts, strict=True)):
@@ -196,7 +196,7 @@ def test_episode_cache_starts_where_the_last_step_ended_and_scores_as_from_scrat
         ids[row, width + suffix - (len(row_ids) - c) :] = torch.tensor(row_ids[c:])
         mask[row, width + suffix - (len(row_ids) - c) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
+    with torch.inference_mode():  # as the policy generates: the cached tensors are inference tensors
         out = model(input_ids=ids[:, width:], attention_mask=mask, position_ids=positions[:, width:],
                     use_cache=True, **{cache.cache_kwarg: past})
         for row, row_ids in enumerate(batch):
