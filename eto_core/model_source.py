@@ -101,3 +101,21 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict[str, float]
         "model_parameters": float(sum(p.numel() for p in clean.parameters())),
         "gguf_convert_s": time.perf_counter() - start,
     }
+
+
+def local_model_folder(spec: str, cache_dir: str | Path | None = None) -> str:
+    """A loadable path for ``spec`` outside the pipeline (``eto serve``): a GGUF (or a package's
+    GGUF) is converted once into ``cache_dir/<sha256>`` (default ~/.cache/eto/gguf); anything
+    else is returned as it is."""
+    from eto_core.storage import sha256_file
+
+    cache_dir = Path.home() / ".cache" / "eto" / "gguf" if cache_dir is None else cache_dir
+    source = resolve_model_path(spec)
+    if not is_gguf(source):
+        return source
+    folder = Path(cache_dir) / sha256_file(Path(source))[:16]
+    if not (folder / "config.json").is_file():
+        staging = folder.with_name(folder.name + ".partial")
+        convert_gguf(source, staging)
+        staging.replace(folder)  # a crash mid-conversion leaves only the .partial folder
+    return str(folder)

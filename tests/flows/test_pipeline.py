@@ -85,3 +85,23 @@ def test_stage_flows_share_the_pipeline_cache(tmp_path: Path, prefect_harness: N
     it = eto_iteration_flow(recipe, sft["model"]["uri"], sft["model"]["digest"], iteration=1, state_dir=state)
     assert "ETO iter 1" in it["table"]
     assert (tmp_path / "artifacts" / "dpo").is_dir()
+
+
+def test_evaluate_base_adds_the_zero_shot_row(tmp_path: Path, prefect_harness: None) -> None:
+    """evaluate_base: the starting model is evaluated before SFT, as its own row and metrics."""
+    from flows.pipeline import eto_pipeline
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [
+        f"storage.root={tmp_path / 'artifacts'}", f"tracking.mlflow_uri={uri}", "evaluate_base=true", "iterations=0"])
+    result = eto_pipeline(recipe, state_dir=str(tmp_path / "state"))
+    got = {(s["stage"], s["iteration"], s["split"]) for s in result["summaries"]}
+    assert got == {("base", 0, "seen"), ("base", 0, "unseen"), ("sft", 0, "seen"), ("sft", 0, "unseen")}
+    lines = result["table"].splitlines()
+    assert lines[2].startswith("| base model (zero-shot) |") and lines[3].startswith("| sft |")
+    base = {s["split"]: s for s in result["summaries"] if s["stage"] == "base"}
+    sft = {s["split"]: s for s in result["summaries"] if s["stage"] == "sft"}
+    assert base["seen"]["artifact"]["uri"] != sft["seen"]["artifact"]["uri"]  # another model's rollout
+    parent = MlflowClient(tracking_uri=uri).get_run(result["mlflow_run_id"])
+    assert parent.data.metrics["base_seen_avg_reward"] == pytest.approx(base["seen"]["avg_reward"])
+    assert parent.data.metrics["seen_avg_reward"] == pytest.approx(sft["seen"]["avg_reward"])  # step 0 stays SFT
