@@ -23,3 +23,26 @@ def experts_and_tokenizer(recipe: Recipe, n: int) -> tuple[Callable[[], TextEnv]
     experts, _ = collect_expert(make, tasks, env_name=recipe.env.name, split="train",
                                 one_shot=recipe.env.one_shot, progress=False)
     return make, experts[:n], corpus_tokenizer(recipe, experts)
+
+
+def tidy_experts(n: int, one_shot: bool = True) -> list[Any]:
+    """The first ``n`` tidy training tasks' expert trajectories (15-step cap), for the benchmarks
+    that train the real model outside the pipeline."""
+    make = partial(make_env, "tidy", max_steps=15)
+    env = make()
+    tasks = env.tasks("train")[:n]
+    env.close()
+    experts, _ = collect_expert(make, tasks, env_name="tidy", split="train", one_shot=one_shot, progress=False)
+    return experts
+
+
+def result_in_fresh_process(script: str, mode: str, argv: list[str]) -> dict[str, Any]:
+    """Run ``script --one MODE ARGV`` in a new interpreter (so its peak memory is its own) and
+    parse the JSON it prints after "RESULT "."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, script, "--one", mode, *argv], capture_output=True, text=True,
+                         check=True).stdout
+    return dict(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _experts import result_in_fresh_process, tidy_experts
 
 MODES = {"full": 2e-5, "lora": 2e-4}
 
@@ -41,7 +42,6 @@ def heldout_nll(model, tokenizer, trajs) -> float:  # type: ignore[no-untyped-de
 
 def run_one(mode: str, args: argparse.Namespace) -> dict:
     import torch
-    from train_throughput import _experts
 
     from eto_core.lora import LoraSettings
     from eto_core.modeling import load_model
@@ -50,7 +50,7 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model_dir)
-    experts = _experts(args.train + args.heldout, True)
+    experts = tidy_experts(args.train + args.heldout, True)
     train, heldout = experts[: args.train], experts[args.train :]
     before = heldout_nll(model, tokenizer, heldout)
     settings = SFTSettings(num_train_epochs=1, learning_rate=MODES[mode], per_device_train_batch_size=1,
@@ -84,9 +84,7 @@ def main() -> None:
     start = time.perf_counter()
     rows = []
     for mode in args.modes:
-        out = subprocess.run([sys.executable, __file__, "--one", mode, *sys.argv[1:]], capture_output=True,
-                             text=True, check=True).stdout
-        rows.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
+        rows.append(result_in_fresh_process(__file__, mode, sys.argv[1:]))
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{time.perf_counter() - start:.0f} s in all\n")
     print("| mode | lr | train min | held-out NLL before -> after | NLL drop per min | peak RSS MB |")

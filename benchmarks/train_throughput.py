@@ -16,26 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _experts import result_in_fresh_process, tidy_experts
+
 MODES = ("trl-full-fp32", "full-fp32", "full-bf16", "lora-fp32", "lora-bf16")
-
-
-def _experts(n: int, one_shot: bool) -> list:
-    from functools import partial
-
-    from environments.registry import make_env
-    from eto_core.rollout import collect_expert
-
-    make = partial(make_env, "tidy", max_steps=15)
-    env = make()
-    tasks = env.tasks("train")[:n]
-    env.close()
-    experts, _ = collect_expert(make, tasks, env_name="tidy", split="train", one_shot=one_shot, progress=False)
-    return experts
 
 
 def run_one(mode: str, args: argparse.Namespace) -> dict:
@@ -51,7 +38,7 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tokenizer = load_model(args.model_dir)
-    experts = _experts(args.tasks, args.one_shot)
+    experts = tidy_experts(args.tasks, args.one_shot)
     tokens = agent = 0
     for t in experts:
         enc = encode_conversation(tokenizer, t.messages, t.num_prompt_messages, args.max_length)
@@ -113,9 +100,7 @@ def main() -> None:
     print("matmul GFLOP/s:", json.dumps(matmul_rates(args.threads)), flush=True)
     rows = []
     for mode in args.modes:
-        cmd = [sys.executable, __file__, "--one", mode, *sys.argv[1:]]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        row = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+        row = result_in_fresh_process(__file__, mode, sys.argv[1:])
         rows.append(row)
         print(json.dumps(row), flush=True)
     if not rows:
