@@ -38,6 +38,9 @@ from eto_core.modeling import TinyModelConfig, build_tiny_model, train_tokenizer
 from eto_core.prompts import agent_turn, build_prompt, observation_turn
 from eto_core.records import Message, PreferencePair, Trajectory
 
+# With ETO_FAIL_ON_SKIP=1 (set in .ci/run) any skipped test fails the run; see tests/skip_policy.py.
+from tests.skip_policy import pytest_configure  # noqa: F401
+
 # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two spinning
 # threads per test process make timings swing by 10x.
 torch.set_num_threads(1)

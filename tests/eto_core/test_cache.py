@@ -39,5 +39,5 @@ def test_moves_with_inputs_settings_and_versions(monkeypatch: pytest.MonkeyPatch
 
 
 def test_unknown_stage() -> None:
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="unknown stage 'nope'; add it to STAGE_VERSIONS"):
         cache_key("nope", settings={})

@@ -1,23 +1,28 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast, Trainer
 
 import eto_core.dpo as dpo
 from eto_core.dpo import (
     DPOSettings,
+    MaskedDPOTrainer,
     PairCollator,
+    PairDataset,
     build_pair_rows,
     dpo_sigmoid_loss,
     sequence_logps,
     train_dpo,
 )
-from eto_core.records import PreferencePair
+from eto_core.prompts import agent_turn, observation_turn
+from eto_core.records import Message, PreferencePair
+from tests.conftest import TOY_OBJECTS, TOY_PLACES, toy_pair
 
 VOCAB = 6
 
@@ -291,18 +296,64 @@ def test_reference_modes_train_the_same(
     assert per_step.ref_logps_seconds > 0 and pre.ref_logps_seconds > 0
 
 
+def _pair_of_rounds(index: int, extra_rounds: int) -> PreferencePair:
+    """A toy pair whose chosen side goes on for ``extra_rounds`` more observation/agent rounds."""
+    obj, place = TOY_OBJECTS[index % len(TOY_OBJECTS)], TOY_PLACES[index % len(TOY_PLACES)]
+    pair = toy_pair(obj, place)
+    more: list[Message] = []
+    for _ in range(extra_rounds):
+        more.append({"role": "user", "content": observation_turn(f"On the {place} you see a {obj}.")})
+        more.append({"role": "assistant", "content": agent_turn("There it is.", f"take {obj}")})
+    return replace(pair, pair_id=f"{pair.pair_id}-{index}", chosen=pair.chosen + more)
+
+
+def _drawn_batch_spreads(trainer: Trainer) -> list[int]:
+    """For every batch the trainer's dataloader draws: longest minus shortest pair (a pair's
+    length is its longer side, as the sampler measures it), read from the padded batch's masks."""
+    torch.manual_seed(0)  # the samplers draw from the global generator
+    spreads = []
+    for batch in trainer.get_train_dataloader():
+        lengths = torch.maximum(
+            batch["chosen_attention_mask"].sum(-1), batch["rejected_attention_mask"].sum(-1)
+        )
+        spreads.append(int(lengths.max() - lengths.min()))
+    return spreads
+
+
 def test_group_by_length_batches_pairs_of_similar_length(
-    tiny_model: LlamaForCausalLM,
-    tiny_tokenizer: PreTrainedTokenizerFast,
-    toy_pairs: list[PreferencePair],
-    tmp_path: Any,
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Any
 ) -> None:
-    settings = DPOSettings(num_train_epochs=1, per_device_train_batch_size=2, group_by_length=True)
-    assert settings.to_trl(str(tmp_path)).train_sampling_strategy == "group_by_length"
-    assert DPOSettings().to_trl(str(tmp_path)).train_sampling_strategy == "random"
-    # The Trainer's own length grouping needs an input_ids key our pair rows do not have.
-    result = train_dpo(tiny_model, tiny_tokenizer, toy_pairs, settings, str(tmp_path))
-    assert result.num_steps == 3
+    """The batches MaskedDPOTrainer draws with group_by_length hold pairs of similar length; a
+    plain shuffle of the same pairs does not. (transformers' LengthGroupedSampler sorts random
+    mega-batches of ~n/4 items, so with 64 pairs of 16 lengths a batch's spread drops to ~1/5 of
+    a shuffle's; the bound below leaves a wide margin.)"""
+    assert DPOSettings().group_by_length is False  # plain shuffles unless asked
+    pairs = [_pair_of_rounds(i, extra_rounds=i % 16) for i in range(64)]
+    rows, _ = build_pair_rows(tiny_tokenizer, pairs, max_length=4096)
+    assert len({max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"])) for r in rows}) >= 16
+    pad = tiny_tokenizer.pad_token_id
+    assert pad is not None
+
+    spreads = {}
+    for grouped in (True, False):
+        settings = DPOSettings(per_device_train_batch_size=2, group_by_length=grouped)
+        args = settings.to_trl(str(tmp_path / str(grouped)))
+        assert args.train_sampling_strategy == ("group_by_length" if grouped else "random")
+        trainer = MaskedDPOTrainer(
+            model=tiny_model,
+            args=args,
+            train_dataset=PairDataset(rows),
+            data_collator=PairCollator(pad),
+            processing_class=tiny_tokenizer,
+            beta=settings.beta,
+        )
+        spreads[grouped] = _drawn_batch_spreads(trainer)
+        assert len(spreads[grouped]) == 32  # every pair drawn, in batches of 2
+
+    grouped_mean = sum(spreads[True]) / len(spreads[True])
+    shuffled_mean = sum(spreads[False]) / len(spreads[False])
+    assert shuffled_mean > 0
+    assert grouped_mean < 0.5 * shuffled_mean, (spreads[True], spreads[False])
 
 
 def test_train_dpo_reports_peak_memory(

@@ -12,6 +12,7 @@ import pytest
 from transformers import PreTrainedTokenizerBase
 
 from environments.base import EnvError, Split, StepResult, TextEnv
+from environments.registry import make_env
 from eto_core.pairs import build_step_pairs, prefix_of
 from eto_core.policy import GenerationSettings, LocalHFPolicy
 from eto_core.prompts import INVALID_FORMAT_OBSERVATION, agent_turn, parse_action
@@ -364,8 +365,7 @@ def test_collect_expert_skips_and_retries() -> None:
 
 
 def _tidy() -> TextEnv:
-    registry = pytest.importorskip("environments.registry")
-    return registry.make_env("tidy", train_size=8, seen_size=2, unseen_size=2, dev_size=2)  # type: ignore[no-any-return]
+    return make_env("tidy", train_size=8, seen_size=2, unseen_size=2, dev_size=2)
 
 
 class ExpertReplayPolicy:
@@ -440,32 +440,44 @@ def test_tidy_expert_and_rollout(tiny_tokenizer: PreTrainedTokenizerBase) -> Non
 # --- concurrent environment steps and the prefix cache in real rollouts ----------------------
 
 
+class InFlightGauge:
+    """How many steps are in flight at once, shared by the environments of one rollout."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.lock = threading.Lock()
+
+
 class SlowCounterEnv(CounterEnv):
     """CounterEnv whose step blocks outside the interpreter for a while (sleep releases the GIL,
-    as a JVM or socket call does); it records how many steps were in flight at once."""
+    as a JVM or socket call does); its ``gauge`` records how many steps were in flight at once."""
 
-    in_flight = 0
-    most_in_flight = 0
-    lock = threading.Lock()
+    def __init__(self, gauge: InFlightGauge) -> None:
+        super().__init__()
+        self.gauge = gauge
 
     def step(self, action: str) -> StepResult:
-        cls = SlowCounterEnv
-        with cls.lock:
-            cls.in_flight += 1
-            cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+        gauge = self.gauge
+        with gauge.lock:
+            gauge.in_flight += 1
+            gauge.most_in_flight = max(gauge.most_in_flight, gauge.in_flight)
         time.sleep(0.05)
-        with cls.lock:
-            cls.in_flight -= 1
+        with gauge.lock:
+            gauge.in_flight -= 1
         return super().step(action)
 
 
 def test_concurrent_steps_overlap_and_give_the_same_trajectories() -> None:
     scripts = {f"count-{n}": [act("add")] * n + [act("stop")] for n in range(1, 5)}
     tasks = ["count-1", "count-2", "count-3", "count-4"]
-    sequential = rollout(tasks, ScriptedPolicy(scripts), SlowCounterEnv, batch_size=4)
-    assert SlowCounterEnv.most_in_flight == 1
-    concurrent = rollout(tasks, ScriptedPolicy(scripts), SlowCounterEnv, batch_size=4, concurrent_steps=True)
-    assert SlowCounterEnv.most_in_flight == 4
+    # A fresh gauge per rollout: the counts depend on this rollout only, not on test order.
+    one_at_a_time, overlapping = InFlightGauge(), InFlightGauge()
+    sequential = rollout(tasks, ScriptedPolicy(scripts), lambda: SlowCounterEnv(one_at_a_time), batch_size=4)
+    assert one_at_a_time.most_in_flight == 1 and one_at_a_time.in_flight == 0
+    concurrent = rollout(tasks, ScriptedPolicy(scripts), lambda: SlowCounterEnv(overlapping), batch_size=4,
+                         concurrent_steps=True)
+    assert overlapping.most_in_flight == 4 and overlapping.in_flight == 0
     assert concurrent == sequential
     assert [t.terminate_reason for t in concurrent] == ["success"] * 4
 

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from environments.base import TextEnv
+from environments.registry import make_env
 from eto_core.modeling import load_model, save_model
 from eto_core.policy import GenerationSettings, LocalHFPolicy
 from eto_core.records import Message, Trajectory
@@ -51,8 +52,7 @@ def _free_port() -> int:
 
 
 def _tidy(max_steps: int = 25) -> TextEnv:
-    registry = pytest.importorskip("environments.registry")
-    return registry.make_env(  # type: ignore[no-any-return]
+    return make_env(
         "tidy", train_size=8, seen_size=2, unseen_size=2, dev_size=2, max_steps=max_steps
     )
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,11 @@ from trl import SFTTrainer
 
 from eto_core.lora import LoraSettings
 from eto_core.modeling import load_model, save_model
-from eto_core.records import Trajectory
-from eto_core.sft import SFTSettings, _sft_dataset, train_sft
+from eto_core.prompts import agent_turn, observation_turn
+from eto_core.records import Message, Trajectory
+from eto_core.sft import AgentSFTTrainer, SFTSettings, _sft_dataset, train_sft
 from eto_core.tokenization import encode_conversation
+from tests.conftest import TOY_OBJECTS, TOY_PLACES, toy_trajectory
 
 
 def test_trl_builds_labels_from_our_agent_mask(
@@ -111,15 +114,60 @@ def test_sft_rejects_empty(
         train_sft(tiny_model, tiny_tokenizer, [], SFTSettings(), str(tmp_path))
 
 
-def test_sft_reports_peak_memory_and_groups_by_length(
+def test_sft_reports_peak_memory(
     tiny_model: LlamaForCausalLM,
     tiny_tokenizer: PreTrainedTokenizerFast,
     toy_trajectories: list[Trajectory],
     tmp_path: Path,
 ) -> None:
-    assert SFTSettings().to_trl(str(tmp_path)).train_sampling_strategy == "random"
     settings = SFTSettings(num_train_epochs=1, per_device_train_batch_size=2, group_by_length=True)
-    assert settings.to_trl(str(tmp_path)).train_sampling_strategy == "group_by_length"
     result = train_sft(tiny_model, tiny_tokenizer, toy_trajectories, settings, str(tmp_path))
     assert result.num_steps == 3
     assert 0 < result.peak_memory_mb < 100_000  # MiB, not bytes or KiB
+
+
+def _trajectory_of_rounds(index: int, extra_rounds: int) -> Trajectory:
+    """A toy expert trajectory that goes on for ``extra_rounds`` more observation/agent rounds."""
+    obj, place = TOY_OBJECTS[index % len(TOY_OBJECTS)], TOY_PLACES[index % len(TOY_PLACES)]
+    traj = toy_trajectory(obj, place)
+    more: list[Message] = []
+    for _ in range(extra_rounds):
+        more.append({"role": "user", "content": observation_turn(f"On the {place} you see a {obj}.")})
+        more.append({"role": "assistant", "content": agent_turn("There it is.", f"take {obj}")})
+    return replace(traj, task_id=f"{traj.task_id}-{index}", messages=traj.messages + more)
+
+
+def test_sft_group_by_length_batches_trajectories_of_similar_length(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    """The batches the SFT trainer draws with group_by_length (the Trainer's own length-grouped
+    sampler, via train_sampling_strategy) hold trajectories of similar length; a plain shuffle of
+    the same data does not. (LengthGroupedSampler sorts random mega-batches of ~n/4 items, so with
+    64 trajectories of 16 lengths a batch's spread drops to ~1/5 of a shuffle's.)"""
+    trajectories = [_trajectory_of_rounds(i, extra_rounds=i % 16) for i in range(64)]
+    assert SFTSettings().group_by_length is False  # plain shuffles unless asked
+    settings_by_mode = {
+        grouped: SFTSettings(per_device_train_batch_size=2, max_length=4096, group_by_length=grouped)
+        for grouped in (True, False)
+    }
+    dataset, truncated = _sft_dataset(tiny_tokenizer, trajectories, 4096)
+    assert truncated == 0 and len({len(ids) for ids in dataset["input_ids"]}) >= 16
+
+    spreads: dict[bool, list[int]] = {}
+    for grouped, settings in settings_by_mode.items():
+        args = settings.to_trl(str(tmp_path / str(grouped)))
+        assert args.train_sampling_strategy == ("group_by_length" if grouped else "random")
+        trainer = AgentSFTTrainer(
+            model=tiny_model, args=args, train_dataset=dataset, processing_class=tiny_tokenizer
+        )
+        torch.manual_seed(0)  # the samplers draw from the global generator
+        spreads[grouped] = []
+        for batch in trainer.get_train_dataloader():
+            lengths = batch["attention_mask"].sum(-1)
+            spreads[grouped].append(int(lengths.max() - lengths.min()))
+        assert len(spreads[grouped]) == 32  # every trajectory drawn, in batches of 2
+
+    grouped_mean = sum(spreads[True]) / len(spreads[True])
+    shuffled_mean = sum(spreads[False]) / len(spreads[False])
+    assert shuffled_mean > 0
+    assert grouped_mean < 0.5 * shuffled_mean, (spreads[True], spreads[False])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -13,7 +14,6 @@ from eto_core.config import load_recipe
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +31,31 @@ def _recipe(root: Path, *extra: str):  # type: ignore[no-untyped-def]
         "pairs.samples_per_task=2", "explore.temperature=1.0", *extra])
 
 
+def _stage_artifacts(client: MlflowClient, run_id: str, stage: str) -> list[str]:
+    """Artifact URIs of the ``stage`` runs nested under the method's run: this run's own outputs,
+    not whatever else the shared artifact root holds."""
+    experiment = client.get_run(run_id).info.experiment_id
+    children = client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' and tags.`eto.stage` = '{stage}'"
+    )
+    return [c.data.tags["eto.artifact"] for c in children]
+
+
 @pytest.mark.parametrize("method", ["best-of-n", "rft", "rft-eto", "eto-no-sft"])
-def test_each_baseline_runs_and_is_tracked(method: str, shared: Path, prefect_harness: None) -> None:
+def test_each_baseline_runs_and_is_tracked(
+    method: str, shared: Path, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.baselines import baseline_flow
 
+    # What the pairs stage is given (rollouts run on Prefect's thread runner, in this process).
+    pair_calls: list[dict[str, Any]] = []
+    real_build_pairs = P.build_pairs
+
+    def spy_build_pairs(experts: Any, explored: Any, **kwargs: Any) -> Any:
+        pair_calls.append({"experts": list(experts), "explored": list(explored), **kwargs})
+        return real_build_pairs(experts, explored, **kwargs)
+
+    monkeypatch.setattr(P, "build_pairs", spy_build_pairs)
     recipe = _recipe(shared)
     out = baseline_flow(recipe, method, state_dir=str(shared / "state"))
     assert out["method"] == method and {s["split"] for s in out["summaries"]} == {"seen", "unseen"}
@@ -42,21 +63,44 @@ def test_each_baseline_runs_and_is_tracked(method: str, shared: Path, prefect_ha
     run = client.get_run(out["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["eto.method"] == method
     assert "seen_avg_reward" in run.data.metrics
-    artifacts = shared / "artifacts"
+    store = P.make_store(recipe, str(shared / "state"))
     if method == "best-of-n":
         labels = {s["stage"] for s in out["summaries"]}
         assert labels == {"best-of-3 (oracle)"}
-        for f in (artifacts / "best_of_n").glob("*/trajectories.parquet"):
-            counts = P.read_records(f, "trajectories")["task_id"].value_counts()
-            assert counts.eq(3).all()  # three samples of every evaluation task
+        assert len(out["summaries"]) == 2  # seen and unseen, each from its own rollout artifact
+        for summary in out["summaries"]:
+            ref = store.find(summary["artifact"]["uri"])
+            assert ref is not None and ref.digest == summary["artifact"]["digest"]
+            counts = P.read_records(store.fetch(ref) / P.TRAJ_FILE, "trajectories")["task_id"].value_counts()
+            tasks = {"seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}[summary["split"]]
+            assert len(counts) == tasks and counts.eq(3).all(), counts  # three samples of every task
         assert all(s["extra"]["samples_per_task"] == 3.0 for s in out["summaries"])
     if method in ("rft", "rft-eto"):
-        assert any((artifacts / "rft").glob("*/manifest.json"))
+        rft = _stage_artifacts(client, out["mlflow_run_id"], "rft")
+        assert len(rft) == 1 and store.find(rft[0]) is not None
     if method in ("rft-eto", "eto-no-sft"):
-        # Never trained on expert trajectories: every pair is among the agent's own samples.
-        for f in (artifacts / "pairs").glob("*/pairs.parquet"):
-            kinds = set(P.read_records(f, "pairs")["kind"])
-            assert kinds <= {"self"}
+        # Never trained on expert trajectories: the pairs stage got none, only the agent's samples.
+        assert len(pair_calls) == recipe.iterations == 1
+        call = pair_calls[0]
+        assert call["experts"] == [] and call["self_pairs"] is True
+        explored = call["explored"]
+        assert len(explored) == 2 * recipe.data.train_tasks and {t.source for t in explored} == {"explore"}
+        # This run's own pairs file (not another method's from the shared root) exists and holds
+        # one self pair per task whose two samples differ in reward.
+        uris = _stage_artifacts(client, out["mlflow_run_id"], "pairs")
+        assert len(uris) == 1
+        ref = store.find(uris[0])
+        assert ref is not None
+        kinds = list(P.read_records(store.fetch(ref) / P.PAIRS_FILE, "pairs")["kind"])
+        rewards: dict[str, set[float]] = {}
+        for t in explored:
+            rewards.setdefault(t.task_id, set()).add(t.reward)
+        contrasting = sum(len(r) > 1 for r in rewards.values())
+        assert kinds == ["self"] * contrasting
+        # The mini model never scores, so on this recipe there is no contrast: the method stops
+        # before DPO and says so (the kinds of non-empty self pairs: tests/eto_core/test_pairs.py).
+        assert ("eto.stopped" in run.data.tags) == (contrasting == 0)
+        assert bool(_stage_artifacts(client, out["mlflow_run_id"], "dpo")) == (contrasting > 0)
 
 
 def test_no_expert_methods_need_samples_to_pair(shared: Path, prefect_harness: None) -> None:

@@ -4,6 +4,7 @@ k sampled trajectories per task and pairs among them, on the mini recipe."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -17,10 +18,30 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The selection scores the flow sees, by iteration: SFT, a gain, then a certain decline. (The
+# mini model's real scores are all 0, where a tie with SFT stops after iteration 1 and nothing
+# is ever picked over SFT.) Iteration 3 would be a new best: running it means no stop.
+SCRIPTED_SCORES = {0: 0.5, 1: 0.6, 2: 0.4, 3: 0.9}
 
-def test_selection_picks_the_champion_and_stops_when_it_declines(tmp_path: Path, prefect_harness: None) -> None:
+
+def test_selection_picks_the_champion_and_stops_when_it_declines(
+    tmp_path: Path, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.pipeline as flow_module
     from flows.pipeline import eto_pipeline
 
+    real_select_score = flow_module._select_score
+    scored: list[int] = []
+
+    def scripted_select_score(recipe: Any, store: Any, model: Any, iteration: int, *args: Any) -> float:
+        real_select_score(recipe, store, model, iteration, *args)  # the selection rollout still runs
+        scored.append(iteration)
+        return SCRIPTED_SCORES[iteration]
+
+    # By the selection rule itself: iteration 1 is a gain (go on), iteration 2 a decline (stop).
+    assert not choose_iteration([0.5, 0.6], patience=1).stop
+    assert choose_iteration([0.5, 0.6, 0.4], patience=1).stop
+    monkeypatch.setattr(flow_module, "_select_score", scripted_select_score)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [
         f"storage.root={tmp_path / 'artifacts'}", f"tracking.mlflow_uri={uri}", "iterations=3",
@@ -29,13 +50,15 @@ def test_selection_picks_the_champion_and_stops_when_it_declines(tmp_path: Path,
     out = eto_pipeline(recipe, state_dir=str(tmp_path / "state"))
     sel = out["selection"]
     scores = sel["scores"]
-    ran = len(scores) - 1  # iterations that ran
-    assert 1 <= ran <= 3
-    expected = choose_iteration(scores, patience=1)
-    assert sel["best_iteration"] == expected.best_iteration
-    if ran < 3:  # stopped early: the last iteration did not beat the best
-        assert expected.stop and scores[-1] <= max(scores[:-1])
-    assert {s["iteration"] for s in out["summaries"]} == set(range(ran + 1))
+    # Iteration 1 beats SFT, iteration 2 declines: with patience 1 the loop stops there, before
+    # iteration 3, and iteration 1 is the champion.
+    assert scored == [0, 1, 2]
+    assert scores == [0.5, 0.6, 0.4]
+    ran = len(scores) - 1
+    assert ran == 2
+    assert sel["best_iteration"] == 1 and "stop" in sel["reason"]
+    assert sel["best_model"] != out["final_model"]  # the champion is not the last policy trained
+    assert {s["iteration"] for s in out["summaries"]} == {0, 1, 2}
 
     # The held-out tasks follow the training tasks and are never trained on.
     held_out = P._split_tasks(recipe, "train", "select")
@@ -51,4 +74,5 @@ def test_selection_picks_the_champion_and_stops_when_it_declines(tmp_path: Path,
     assert str(champion.version) == str(out["model_versions"][sel["best_iteration"]])
     assert float(champion.tags["select_avg_reward"]) == pytest.approx(max(scores), abs=1e-4)
     parent = client.get_run(out["mlflow_run_id"])
-    assert parent.data.tags["eto.best_iteration"] == str(sel["best_iteration"])
+    assert parent.data.tags["eto.best_iteration"] == "1"
+    assert parent.data.tags["eto.stopped_early_after"] == "2"

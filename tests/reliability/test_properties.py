@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eto_core.pairs import build_pairs, response_turns
+from eto_core.pairs import build_pairs, cut_rounds, response_turns
 from eto_core.records import (
     TERMINATE_REASONS,
     Message,
@@ -84,10 +84,28 @@ def test_pairs_follow_etos_rules(case: tuple[list[Trajectory], list[Trajectory],
     pairs, stats = build_pairs(experts, explored, iteration=3, cut_extra_rounds=extra)
     by_task = {e.task_id: e for e in experts}
 
-    # Every explored trajectory is accounted for exactly once, as a pair or a counted skip
-    # (duplicates of an identical pair are the only ones neither).
+    # Every explored trajectory is accounted for exactly once: as a pair, a counted skip (tie,
+    # no expert, unusable), or a repeat of a pair already made (the only uncounted case, so it is
+    # derived here from the rules: same task, same chosen and rejected turns).
     assert stats.win + stats.lose == len(pairs)
-    assert len(pairs) + stats.tie + stats.no_expert + stats.unusable <= len(explored)
+    made: set[tuple[str, str, str]] = set()
+    repeats = 0
+    for agent in explored:
+        expert = by_task.get(agent.task_id)
+        if agent.terminate_reason == "env_error" or expert is None:
+            continue
+        agent_turns, expert_turns = response_turns(agent), response_turns(expert)
+        if not agent_turns or not expert_turns or agent.reward == expert.reward:
+            continue
+        limit = _rounds(expert_turns) + extra
+        if agent.reward < expert.reward:
+            key = (agent.task_id, repr(expert_turns), repr(cut_rounds(agent_turns, limit)))
+        else:
+            key = (agent.task_id, repr(agent_turns), repr(cut_rounds(expert_turns, limit)))
+        repeats += key in made
+        made.add(key)
+    assert len(made) == len(pairs)
+    assert len(pairs) + stats.tie + stats.no_expert + stats.unusable + repeats == len(explored)
     assert stats.no_expert == sum(t.task_id not in by_task and t.terminate_reason != "env_error" for t in explored)
     assert len({p.pair_id for p in pairs}) == len(pairs)
 

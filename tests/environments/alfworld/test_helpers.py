@@ -108,37 +108,37 @@ def test_take_without_source_needs_a_unique_source() -> None:
 
 
 def test_expert_thoughts_rule() -> None:
-    actions = [
-        "go to drawer 1",
-        "open drawer 1",
-        "close drawer 1",
-        "go to desk 1",
-        "take mug 1 from desk 1",
-        "go to microwave 1",
-        "heat mug 1 with microwave 1",
-        "go to shelf 1",
-        "put mug 1 in/on shelf 1",
-        "go to desk 1",
-        "take mug 2 from desk 1",
-        "go to desk 2",
-        "use desklamp 1",
+    """Each expected thought is the clause of the rule in environments/alfworld/thoughts.py's
+    module docstring that the action and the state before it select (written down from that
+    docstring, not from the function's output). The one departure: the docstring's example for
+    going somewhere to heat reads "... to heat it with the microwave 1", while the rule writes
+    "Next I go to Y to heat it." (the tool is named in the heat step's own thought)."""
+    task = "heat some mug and put it in shelf."
+    steps = [
+        # (action, expected thought), then the clause that gives it and the state before the action
+        ("go to drawer 1",
+         "My task is to heat some mug and put it in shelf. I need to find a mug. Next I go to drawer 1."),
+        # first action: the task first; go, hands empty, next purpose "take mug 1", no visit yet
+        ("open drawer 1", "The drawer 1 is closed, so I open it."),  # open Y
+        ("close drawer 1", "I close the drawer 1."),  # close Y
+        ("go to desk 1", "No mug there. Next I go to desk 1."),
+        # go, hands empty, the same purpose as the last go: that visit found nothing
+        ("take mug 1 from desk 1", "Here is the mug 1. I take it."),  # take X from Y
+        ("go to microwave 1", "I have the mug 1. Next I go to microwave 1 to heat it."),
+        # go, holding X, next purpose heat
+        ("heat mug 1 with microwave 1", "Now I heat the mug 1 with the microwave 1."),  # heat X with Y
+        ("go to shelf 1", "I have the mug 1. Next I go to shelf 1 to put it there."),
+        # go, holding X, next purpose put
+        ("put mug 1 in/on shelf 1", "Now I put the mug 1 in/on the shelf 1."),  # put X in/on Y
+        ("go to desk 1", "I need to find another mug. Next I go to desk 1."),
+        # go, hands empty, next purpose "take mug 2", a mug already put away: "another"
+        ("take mug 2 from desk 1", "Here is the mug 2. I take it."),  # take X from Y
+        ("go to desk 2", "Now I need light to look at the mug 2: I need to find a desklamp. Next I go to desk 2."),
+        # go, holding X, next purpose use L
+        ("use desklamp 1", "Now I turn on the desklamp 1."),  # use L
     ]
-    thoughts = expert_thoughts(actions, "heat some mug and put it in shelf.")
-    assert thoughts == [
-        "My task is to heat some mug and put it in shelf. I need to find a mug. Next I go to drawer 1.",
-        "The drawer 1 is closed, so I open it.",
-        "I close the drawer 1.",
-        "No mug there. Next I go to desk 1.",
-        "Here is the mug 1. I take it.",
-        "I have the mug 1. Next I go to microwave 1 to heat it.",
-        "Now I heat the mug 1 with the microwave 1.",
-        "I have the mug 1. Next I go to shelf 1 to put it there.",
-        "Now I put the mug 1 in/on the shelf 1.",
-        "I need to find another mug. Next I go to desk 1.",
-        "Here is the mug 2. I take it.",
-        "Now I need light to look at the mug 2: I need to find a desklamp. Next I go to desk 2.",
-        "Now I turn on the desklamp 1.",
-    ]
+    actions = [action for action, _ in steps]
+    assert expert_thoughts(actions, task) == [thought for _, thought in steps]
 
 
 def test_prompt_texts() -> None:

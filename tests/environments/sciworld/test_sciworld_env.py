@@ -12,7 +12,9 @@ from environments.sciworld.splits import parse_task_id
 from eto_core.prompts import agent_turn
 from eto_core.rollout import run_episodes
 
-from .conftest import TASK_TYPES
+from .conftest import TASK_TYPES, needs_simulator
+
+pytestmark = needs_simulator  # every test here plays games on the simulator
 
 
 def test_conformance(sw_env: SciWorldEnv) -> None:
