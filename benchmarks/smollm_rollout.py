@@ -6,15 +6,18 @@ prompt and tidy's 15-step cap, on the first training tasks. Modes, one after ano
 one process on the same model:
 - ``landed``: the batched engine with the shared-prefix cache only (policy.episode_cache off):
   every step re-encodes each episode's history after the shared prefix;
-- ``cached bN``: shared prefix + each episode's cache (policy.episode_cache on), batch N; each
-  step encodes only the new observation.
+- ``episode KV cache, batch N``: shared prefix + each episode's cache (policy.episode_cache on);
+  each step encodes only the new observation;
+- ``+ shared-prefix attention, batch N``: also policy.shared_prefix_attention, so every decoding
+  step reads the shared prefix's keys/values once for the batch instead of once per row.
 Episodes per second are per mode over its own tasks (``--tasks``; batch 1 runs ``--batch1-tasks``
 of them, since one at a time is slow); every zero-shot episode here runs to the step cap, so
 per-episode costs compare across task counts. Generation FLOP/s counts 2 x (non-embedding
 parameters) per token the model ran (prefilled + generated) plus the LM head on generated
 tokens, not attention; the peak is fp32 torch.matmul on square matrices, best of several.
 
-    .venv/bin/python benchmarks/smollm_rollout.py --tasks 32 --batch1-tasks 8 --batches 1 8 16 32
+    .venv/bin/python benchmarks/smollm_rollout.py --tasks 32 --batch1-tasks 4 --batches 1 16 \
+        --shared-batches 8 16 32
 """
 
 from __future__ import annotations
@@ -44,7 +47,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--batch1-tasks", type=int, default=8)
     parser.add_argument("--landed-batch", type=int, default=16, help="batch of the landed-engine mode (0: skip)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32])
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 16],
+                        help="batches of the episode-cache mode without shared-prefix attention")
+    parser.add_argument("--shared-batches", type=int, nargs="*", default=[8, 16, 32],
+                        help="batches of the episode-cache mode with shared-prefix attention")
     parser.add_argument("--max-new-tokens", type=int, default=72)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the rows here")
@@ -63,20 +69,23 @@ def main() -> None:
     all_tasks = env.tasks("train")[: args.tasks]
     env.close()
 
-    modes: list[tuple[str, int, bool, list[str]]] = []
+    modes: list[tuple[str, int, bool, bool, list[str]]] = []
     if args.landed_batch:
-        modes.append((f"landed engine, batch {args.landed_batch}", args.landed_batch, False,
+        modes.append((f"landed engine, batch {args.landed_batch}", args.landed_batch, False, False,
                       all_tasks[: max(args.landed_batch, 1)]))
     for b in args.batches:
         tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
-        modes.append((f"episode KV cache, batch {b}", b, True, tasks))
+        modes.append((f"episode KV cache, batch {b}", b, True, False, tasks))
+    for b in args.shared_batches:
+        modes.append((f"+ shared-prefix attention, batch {b}", b, True, True, all_tasks))
 
     peak, n = matmul_peak([1024, 2048, 3072], repeats=3)
     rows = []
     reference: dict[str, object] = {}
-    for name, batch, episode_cache, tasks in modes:
+    for name, batch, episode_cache, shared_attention, tasks in modes:
         gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=4096)
-        policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache)
+        policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache,
+                               shared_prefix_attention=shared_attention)
         start = time.perf_counter()
         trajs = run_episodes(make, tasks, policy, env_name="tidy", split="train", source="eval", iteration=0,
                              one_shot=True, batch_size=batch, progress=False)

@@ -27,7 +27,8 @@ def make_policy(
     if settings.backend == "hf":
         model, tokenizer = load_hf()
         return LocalHFPolicy(model, tokenizer, gen, model_uri=model_uri, prefix_cache=settings.prefix_cache,
-                             episode_cache=settings.episode_cache)
+                             episode_cache=settings.episode_cache,
+                             shared_prefix_attention=settings.shared_prefix_attention)
     if settings.backend == "vllm":
         from eto_core.vllm_policy import VLLMPolicy
 

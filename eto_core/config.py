@@ -182,6 +182,12 @@ class PolicySettings(_Strict):
         description="hf backend: keep each episode's KV cache from one step to the next, so a step encodes only "
         "the new observation instead of the whole history (memory: the live episodes' caches).",
     )
+    shared_prefix_attention: bool = Field(
+        True,
+        description="hf backend on CPU, with prefix_cache: every decoding step reads the shared prefix's keys/values "
+        "once for the whole batch instead of once per row (exact; models with sliding-window or soft-capped "
+        "attention keep plain attention).",
+    )
     base_url: str | None = Field(None, description="openai backend: the endpoint, e.g. http://127.0.0.1:8000/v1.")
     model: str | None = Field(None, description="openai backend: the served model's name.")
     api_key_env: str = Field(

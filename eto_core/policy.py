@@ -11,10 +11,12 @@ prompt (a truncated prompt silently loses the instruction and would poison the r
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -30,6 +32,7 @@ from transformers import (
 )
 
 from eto_core.records import Message
+from eto_core.shared_prefix_attention import SharedPrefix, shared_prefix, supports
 
 
 @runtime_checkable
@@ -134,6 +137,7 @@ class LocalHFPolicy:
         name: str = "",
         prefix_cache: bool = False,
         episode_cache: bool = False,
+        shared_prefix_attention: bool = False,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -159,9 +163,15 @@ class LocalHFPolicy:
         """New tokens produced so far (for throughput reports)."""
         self.prefilled_tokens = 0
         """Prompt tokens run through the model so far (those served from the prefix cache excluded)."""
+        self.shared_prefix_batches = 0
+        """Batches whose rows attended to their shared prefix once (shared-prefix attention)."""
         self.kv_cache = (_KVCache(model, shared=prefix_cache, episodes=episode_cache,
                                   row_entries=self.settings.batch_size + 4)
                          if prefix_cache or episode_cache else None)
+        # Reading the shared prefix once per batch needs the prefix cache, and attention this
+        # module can split exactly (plain causal softmax on CPU; see shared_prefix_attention).
+        self.shared_prefix_attention = (shared_prefix_attention and prefix_cache and supports(model)
+                                        and model.device.type == "cpu")
 
     def encode(self, conversation: list[Message]) -> list[int]:
         """Token ids of the conversation followed by the agent-turn header."""
@@ -192,16 +202,27 @@ class LocalHFPolicy:
         # first C columns and its remaining suffix in the last S, so new tokens line up; HF
         # derives positions from the attention mask, so every token keeps the position it has
         # in a from-scratch encoding. Without a cache (C = 0) this is plain left padding.
-        starts: list[tuple[int, _LayerKV | None]] = (
-            self.kv_cache.lookup(batch) if self.kv_cache is not None else [(0, None)] * len(batch))
+        # With shared-prefix attention the first P columns hold the prefix every row shares,
+        # read once per batch from the shared entry (the batch cache leaves them empty); row
+        # i's cached tokens P..c_i are then right-aligned in columns P..C.
+        kv = self.kv_cache
+        starts: list[_Start] = kv.lookup(batch) if kv is not None else [(0, None)] * len(batch)
+        shared = kv.common_prefix(batch, starts) if kv is not None and self.shared_prefix_attention else None
+        p = 0
+        if shared is not None:
+            p = len(shared.tokens)
+            self.shared_prefix_batches += 1
+            starts = [(c, e) if c >= p else (p, shared) for c, e in starts]
         cached = max(c for c, _ in starts)
         suffix = max(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
         width = cached + suffix
         input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, (ids, (c, _)) in enumerate(zip(batch, starts, strict=True)):
-            input_ids[row, cached - c : cached] = torch.tensor(ids[:c], dtype=torch.long)
-            mask[row, cached - c : cached] = 1
+            input_ids[row, :p] = torch.tensor(ids[:p], dtype=torch.long)
+            mask[row, :p] = 1
+            input_ids[row, cached - (c - p) : cached] = torch.tensor(ids[p:c], dtype=torch.long)
+            mask[row, cached - (c - p) : cached] = 1
             input_ids[row, width - len(ids) + c :] = torch.tensor(ids[c:], dtype=torch.long)
             mask[row, width - len(ids) + c :] = 1
         self.prefilled_tokens += sum(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
@@ -221,19 +242,20 @@ class LocalHFPolicy:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=None)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if self.kv_cache is not None:
+        if kv is not None:
             kwargs["return_dict_in_generate"] = True
-            kwargs[self.kv_cache.cache_kwarg] = self.kv_cache.batch_cache(starts, cached, device,
-                                                                          width + s.max_new_tokens)
+            kwargs[kv.cache_kwarg] = kv.batch_cache(starts, cached, device, width + s.max_new_tokens, skip=p)
         self._calls += 1
         self.model.eval()
-        with torch.inference_mode(), torch.random.fork_rng(devices=[]):
+        attention = (shared_prefix(self.model, SharedPrefix(p, shared.own)) if shared is not None
+                     else contextlib.nullcontext())
+        with torch.inference_mode(), torch.random.fork_rng(devices=[]), attention:
             # fork_rng keeps the caller's RNG stream as it was; seeding per call makes a
             # sampled rollout reproducible from the settings alone.
             torch.manual_seed(s.seed * 1_000_003 + self._calls)
             generate: Any = self.model.generate  # typed loosely by transformers
             output = generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-        sequences = output.sequences if self.kv_cache is not None else output
+        sequences = output.sequences if kv is not None else output
         new = sequences[:, width:].cpu()
         texts: list[str] = []
         kept: list[list[int]] = []
@@ -251,13 +273,41 @@ class LocalHFPolicy:
                 self.generated_tokens += len(row)
                 kept.append(row)
             texts.append(str(self.tokenizer.decode(row, skip_special_tokens=True)).strip())
-        if self.kv_cache is not None and self.kv_cache.episodes:
-            self.kv_cache.keep_rows(batch, starts, kept, output.past_key_values, cached, suffix)
+        if kv is not None and kv.episodes:
+            kv.keep_rows(batch, starts, kept, output.past_key_values, cached, suffix, shared=shared)
         return texts
 
 
 _LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
 """One sequence's keys and values per layer, each [1, kv_heads, tokens, head_dim]."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """Keys/values of a token sequence: its first ``base_len`` tokens from ``base`` (a shared
+    prefix's tensors, referenced rather than copied), the rest from ``own``."""
+
+    tokens: np.ndarray
+    own: _LayerKV
+    base: _LayerKV | None = None
+    base_len: int = 0
+
+    def copy_into(self, layer: int, keys: torch.Tensor, values: torch.Tensor, row: int, lo: int, hi: int,
+                  column: int) -> None:
+        """Copy tokens [lo, hi)'s keys/values into row ``row`` of the batch tensors from ``column`` on."""
+        if lo < self.base_len and self.base is not None:
+            end = min(hi, self.base_len)
+            keys[row, :, column : column + end - lo] = self.base[layer][0][0, :, lo:end]
+            values[row, :, column : column + end - lo] = self.base[layer][1][0, :, lo:end]
+            column, lo = column + end - lo, end
+        if lo < hi:
+            a, b = lo - self.base_len, hi - self.base_len
+            keys[row, :, column : column + hi - lo] = self.own[layer][0][0, :, a:b]
+            values[row, :, column : column + hi - lo] = self.own[layer][1][0, :, a:b]
+
+
+_Start = tuple[int, _Entry | None]
+"""A row's start: how many of its leading tokens come from a cache entry, and the entry."""
 
 
 class _KVCache:
@@ -270,7 +320,8 @@ class _KVCache:
     - ``rows`` (``episodes``): each row's own tokens after a call, its turn included. An
       episode's next conversation is that plus the observation, so the next step encodes only
       the new tokens instead of the whole history. An entry is used once (the episode moves
-      on) and the oldest unused ones are dropped, so finished episodes free their memory.
+      on) and the oldest unused ones are dropped, so finished episodes free their memory. A row
+      that attended to a shared prefix keeps only its tokens after it and refers to the prefix.
     The match is on token ids, so whatever the conversation is, the start is exact; a row
     always keeps at least one token to encode.
     """
@@ -285,9 +336,9 @@ class _KVCache:
         self.episodes = episodes
         self.size = size
         self.row_entries = row_entries
-        self.entries: OrderedDict[tuple[int, ...], _LayerKV] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
         """The shared prefixes."""
-        self.rows: OrderedDict[tuple[int, ...], tuple[np.ndarray, _LayerKV]] = OrderedDict()
+        self.rows: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()
         params = inspect.signature(model.forward).parameters
         # transformers renamed past_key_values to cache during 5.x; use whichever this one takes.
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -298,22 +349,22 @@ class _KVCache:
         self.row_hits = 0
         """Rows that started from their own episode's cache."""
 
-    def lookup(self, batch: list[list[int]]) -> list[tuple[int, _LayerKV | None]]:
+    def lookup(self, batch: list[list[int]]) -> list[_Start]:
         """Per row: how many of its leading tokens come from a cache, and that cache."""
-        starts: list[tuple[int, _LayerKV | None]] = []
+        starts: list[_Start] = []
         used_shared = False
         for ids in batch:
-            best, best_kv, best_key = 0, None, None
+            best, best_entry, best_key = 0, None, None
             if self.episodes and self.rows:
                 arr = np.asarray(ids)
-                for key, (tokens, kv) in self.rows.items():
-                    n = _common_length(tokens, arr)
+                for key, entry in self.rows.items():
+                    n = _common_length(entry.tokens, arr)
                     if n > best:
-                        best, best_kv, best_key = n, kv, key
+                        best, best_entry, best_key = n, entry, key
             own = best_key is not None
-            for prefix, kv in self.entries.items():
+            for prefix, entry in self.entries.items():
                 if len(prefix) > best and len(prefix) < len(ids) and tuple(ids[: len(prefix)]) == prefix:
-                    best, best_kv, own = len(prefix), kv, False
+                    best, best_entry, own = len(prefix), entry, False
             best = min(best, len(ids) - 1)
             if best <= 0:
                 starts.append((0, None))
@@ -323,7 +374,7 @@ class _KVCache:
                 self.row_hits += 1
             else:
                 used_shared = True
-            starts.append((best, best_kv))
+            starts.append((best, best_entry))
         if used_shared:
             self.hits += 1
         if self.use_shared and len(batch) > 1 and sum(c == 0 for c, _ in starts) >= 2:
@@ -331,12 +382,26 @@ class _KVCache:
             common = _common_prefix(fresh)[: min(len(ids) for ids in fresh) - 1]
             if len(common) >= self.MIN_TOKENS:
                 self.misses += 1
-                self.entries[common] = self._encode(common)
+                self.entries[common] = _Entry(np.asarray(common), self._encode(common))
                 while len(self.entries) > self.size:
                     self.entries.popitem(last=False)
-                starts = [(len(common), self.entries[common]) if c == 0 else (c, kv)
-                          for ids, (c, kv) in zip(batch, starts, strict=True)]
+                starts = [(len(common), self.entries[common]) if c == 0 else (c, e)
+                          for ids, (c, e) in zip(batch, starts, strict=True)]
         return starts
+
+    def common_prefix(self, batch: list[list[int]], starts: list[_Start]) -> _Entry | None:
+        """The longest shared entry that opens every row of a batch of two or more (each row
+        with at least one token after it, and no row's start ending inside it), if any."""
+        if len(batch) < 2:
+            return None
+        best: _Entry | None = None
+        for prefix, entry in self.entries.items():
+            n = len(prefix)
+            if best is not None and n <= len(best.tokens):
+                continue
+            if all(len(ids) > n and tuple(ids[:n]) == prefix for ids in batch):
+                best = entry
+        return best
 
     def _encode(self, prefix: tuple[int, ...]) -> _LayerKV:
         ids = torch.tensor([prefix], dtype=torch.long, device=self.model.device)
@@ -346,48 +411,51 @@ class _KVCache:
             self.model(input_ids=ids, use_cache=True, **{self.cache_kwarg: cache})
         return _layers(cache)
 
-    def batch_cache(self, starts: list[tuple[int, _LayerKV | None]], width: int, device: torch.device,
-                    max_len: int) -> Any:
-        """One cache for the batch, room for ``max_len`` tokens: row i's first c_i cached tokens
-        right-aligned in the first ``width`` columns, zeros (masked out) before them.
+    def batch_cache(self, starts: list[_Start], width: int, device: torch.device, max_len: int,
+                    skip: int = 0) -> Any:
+        """One cache for the batch, room for ``max_len`` tokens: row i's cached tokens skip..c_i
+        right-aligned in columns skip..``width``, zeros (masked out, or for the first ``skip``
+        columns read from the shared prefix instead) elsewhere.
 
         A static (preallocated) cache: a dynamic one concatenates every layer's whole cache
         for each new token, which costs more than the decoding step itself at long contexts."""
         cache = StaticCache(config=self.model.config, max_cache_len=max_len)
         if width == 0:
             return cache
-        some = next(kv for c, kv in starts if kv is not None)
+        some = next(e for c, e in starts if e is not None).own
         with torch.inference_mode():
             for layer, (k0, v0) in enumerate(some):
                 keys = k0.new_zeros((len(starts), k0.shape[1], width, k0.shape[3]), device=device)
                 values = v0.new_zeros((len(starts), v0.shape[1], width, v0.shape[3]), device=device)
-                for row, (c, kv) in enumerate(starts):
-                    if kv is not None and c:
-                        keys[row, :, width - c :] = kv[layer][0][0, :, :c]
-                        values[row, :, width - c :] = kv[layer][1][0, :, :c]
+                for row, (c, entry) in enumerate(starts):
+                    if entry is not None and c > skip:
+                        entry.copy_into(layer, keys, values, row, skip, c, width - (c - skip))
                 cache.layers[layer].update(keys, values)  # type: ignore[union-attr]  # a StaticLayer
         return cache
 
-    def keep_rows(self, batch: list[list[int]], starts: list[tuple[int, _LayerKV | None]], kept: list[list[int]],
-                  cache: Any, cached: int, suffix: int) -> None:
+    def keep_rows(self, batch: list[list[int]], starts: list[_Start], kept: list[list[int]], cache: Any,
+                  cached: int, suffix: int, shared: _Entry | None = None) -> None:
         """Store each row's keys/values for its tokens and the turn it wrote. The last token a
-        row generated was never fed back, so it has none and stays out of the entry."""
+        row generated was never fed back, so it has none and stays out of the entry. With a
+        ``shared`` prefix (its columns empty in the batch cache) the entry refers to it."""
         if cache is None:
             return
         layers = _layers(cache)
         total = layers[0][0].shape[2]
+        p = len(shared.tokens) if shared is not None else 0
         with torch.inference_mode():
             for row, (ids, (c, _), new) in enumerate(zip(batch, starts, kept, strict=True)):
                 written = max(len(new) - 1, 0)
-                columns = (list(range(cached - c, cached)) + list(range(cached + suffix - (len(ids) - c),
-                           cached + suffix)) + list(range(cached + suffix, cached + suffix + written)))
+                columns = (list(range(cached - (c - p), cached))
+                           + list(range(cached + suffix - (len(ids) - c), cached + suffix))
+                           + list(range(cached + suffix, cached + suffix + written)))
                 if not columns or columns[-1] >= total:
                     continue
                 index = torch.tensor(columns, device=layers[0][0].device)
-                tokens = [*ids, *new[:written]]
-                self.rows[tuple(tokens)] = (np.asarray(tokens), [
-                    (k[row : row + 1].index_select(2, index), v[row : row + 1].index_select(2, index))
-                    for k, v in layers])
+                tokens = np.asarray([*ids, *new[:written]])
+                own = [(k[row : row + 1].index_select(2, index), v[row : row + 1].index_select(2, index))
+                       for k, v in layers]
+                self.rows[tuple(tokens.tolist())] = _Entry(tokens, own, shared.own if shared else None, p)
         while len(self.rows) > self.row_entries:
             self.rows.popitem(last=False)
 

@@ -26,9 +26,12 @@ def _not_called(what: str) -> Any:
     return fail
 
 
-@pytest.mark.parametrize(("prefix_cache", "episode_cache"), [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize(("prefix_cache", "episode_cache", "shared_attention"),
+                         [(True, True, True), (True, True, False), (True, False, True), (False, True, True),
+                          (False, False, False)])
 def test_hf_backend_is_the_local_policy_with_the_cache_settings(
-    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, prefix_cache: bool, episode_cache: bool
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, prefix_cache: bool, episode_cache: bool,
+    shared_attention: bool,
 ) -> None:
     loads: list[int] = []
 
@@ -36,12 +39,15 @@ def test_hf_backend_is_the_local_policy_with_the_cache_settings(
         loads.append(1)
         return tiny_model, tiny_tokenizer
 
-    settings = PolicySettings(backend="hf", prefix_cache=prefix_cache, episode_cache=episode_cache)
+    settings = PolicySettings(backend="hf", prefix_cache=prefix_cache, episode_cache=episode_cache,
+                              shared_prefix_attention=shared_attention)
     policy = make_policy(settings, GEN, model_uri="file:///models/sft", load_hf=load_hf,
                          model_path=_not_called("model_path"))
     assert type(policy) is LocalHFPolicy and loads == [1]
     assert policy.model is tiny_model and policy.tokenizer is tiny_tokenizer
     assert policy.settings == GEN and policy.model_uri == "file:///models/sft"
+    # Shared-prefix attention reads the prefix cache's entries, so it needs that cache.
+    assert policy.shared_prefix_attention == (shared_attention and prefix_cache)
     if prefix_cache or episode_cache:
         assert policy.kv_cache is not None
         assert (policy.kv_cache.use_shared, policy.kv_cache.episodes) == (prefix_cache, episode_cache)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from eto_core.modeling import TinyModelConfig, build_tiny_model
 from eto_core.policy import GenerationSettings, LocalHFPolicy, Policy, _ActionLineStop
@@ -218,3 +218,35 @@ def test_episode_cache_writes_the_same_turns_step_after_step(tiny_tokenizer: Pre
                  for c, t in zip(convs, expected, strict=True)]
     assert cached.kv_cache is not None and cached.kv_cache.row_hits == 2 * len(convs)
     assert cached.prefilled_tokens < plain.prefilled_tokens / 3
+
+
+def test_shared_prefix_attention_writes_the_same_turns_step_after_step(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    """The batch cache leaves the shared prefix's columns empty (zeros) and the rows attend to
+    the one shared copy instead; were that copy not read, the turns would differ."""
+    settings = GenerationSettings(max_new_tokens=8, max_context_tokens=512)
+    model = lively_model(tiny_tokenizer)
+    gqa = LlamaForCausalLM(LlamaConfig(**{**model.config.to_dict(), "num_attention_heads": 4,
+                                          "num_key_value_heads": 2, "attn_implementation": "sdpa"}))
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(1)
+        for p in gqa.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3, generator=gen)
+    plain = LocalHFPolicy(gqa, tiny_tokenizer, settings)
+    split = LocalHFPolicy(gqa, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
+                          shared_prefix_attention=True)
+    assert split.shared_prefix_attention
+    convs = shared_prefix_conversations()
+    for step in range(3):
+        expected = plain.generate(convs)
+        assert split.generate(convs) == expected
+        assert split.generate(convs[1:3]) == expected[1:3]  # a smaller batch, rows from the cache
+        convs = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
+                 for c, t in zip(convs, expected, strict=True)]
+    assert split.shared_prefix_batches == 6
+    assert split.kv_cache is not None and split.kv_cache.row_hits > 0
+    # Rows kept after a split batch refer to the prefix instead of copying it.
+    assert all(entry.base_len > 0 for entry in split.kv_cache.rows.values())
+    # A lone row has no one to share with: plain attention.
+    assert split.generate(convs[:1]) == plain.generate(convs[:1])
+    assert split.shared_prefix_batches == 6
