@@ -5,9 +5,15 @@ For every explored trajectory of a training task, compare its final reward with 
 - agent above expert  -> ``win`` pair: chosen = agent, rejected = expert (graded rewards only);
 - equal               -> no pair (a tie carries no preference).
 The failed (rejected) trajectory is cut at the expert's number of rounds plus ``cut_extra_rounds``
-(ETO: 5) so a long failure does not dominate the summed log-probs, and both sides end on an agent
-turn (the final observation is dropped: the DPO loss scores agent turns only). The prompt is the
-shared instruction + in-context example + task.
+(ETO: 5; ``None``: never cut, as ETO's ALFWorld script) so a long failure does not dominate the
+summed log-probs, and both sides end on an agent turn (the final observation is dropped: the DPO
+loss scores agent turns only). The prompt is the shared instruction + in-context example + task;
+the two sides must have the very same prompt (``PairError`` says which message differs).
+
+An episode that says nothing about the policy makes no pair: an environment fault
+(``env_error``) always, and one cut short because the conversation outgrew the context
+(``max_length``) with ``skip_context_overflow`` (ETO: such an episode has no reward and is
+skipped); both count as ``unusable``. docs/pipeline.md compares every rule with ETO's script.
 
 Beyond the paper (``self_pairs``): with several sampled trajectories per task, the best and the
 worst of the agent's own samples also make a pair when their rewards differ (``self``): a
@@ -24,7 +30,7 @@ two continuations only: the credit goes to the steps where they part.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from eto_core.records import Message, PreferencePair, Trajectory
@@ -75,9 +81,17 @@ def _num_rounds(turns: list[Message]) -> int:
     return sum(m["role"] == "assistant" for m in turns)
 
 
-def _usable_expert(agent: Trajectory, by_task: dict[str, Trajectory], stats: PairStats) -> Trajectory | None:
+def _unusable(agent: Trajectory, skip_context_overflow: bool) -> bool:
+    """An episode that says nothing about the policy: an environment fault, or (when skipped) a
+    conversation that outgrew the context before the task ended."""
+    return agent.terminate_reason == "env_error" or (skip_context_overflow and agent.terminate_reason == "max_length")
+
+
+def _usable_expert(
+    agent: Trajectory, by_task: dict[str, Trajectory], stats: PairStats, skip_context_overflow: bool = False
+) -> Trajectory | None:
     """The expert to compare ``agent`` with, or None (counted) when there is no comparison."""
-    if agent.terminate_reason == "env_error":  # an environment fault says nothing about the policy
+    if _unusable(agent, skip_context_overflow):
         stats.unusable += 1
         return None
     expert = by_task.get(agent.task_id)
@@ -88,21 +102,25 @@ def _usable_expert(agent: Trajectory, by_task: dict[str, Trajectory], stats: Pai
 
 def _orient(
     agent: Trajectory, agent_turns: list[Message], expert: Trajectory, expert_turns: list[Message], stats: PairStats,
-    cut_extra_rounds: int,
+    cut_extra_rounds: int | None,
 ) -> tuple[str, list[Message], list[Message], float, float] | None:
     """("lose" | "win", chosen, rejected, chosen reward, rejected reward) by final reward, or None
     (counted as a tie) when the rewards are equal: a tie carries no preference.
 
     The expert's length sets the cut, for whole trajectories and step continuations alike: the
     rejected side keeps at most the expert's rounds + ``cut_extra_rounds`` (so in a win the
-    expert's turns are never cut)."""
+    expert's turns are never cut); ``cut_extra_rounds`` None: never cut."""
     if agent.reward == expert.reward:
         stats.tie += 1
         return None
-    limit = _num_rounds(expert_turns) + cut_extra_rounds
+    def cut(turns: list[Message]) -> list[Message]:
+        if cut_extra_rounds is None:
+            return turns
+        return cut_rounds(turns, _num_rounds(expert_turns) + cut_extra_rounds)
+
     if agent.reward < expert.reward:
-        return "lose", expert_turns, cut_rounds(agent_turns, limit), expert.reward, agent.reward
-    return "win", agent_turns, cut_rounds(expert_turns, limit), agent.reward, expert.reward
+        return "lose", expert_turns, cut(agent_turns), expert.reward, agent.reward
+    return "win", agent_turns, cut(expert_turns), agent.reward, expert.reward
 
 
 def _pair_id(task_id: str, iteration: int, chosen: list[Message], rejected: list[Message]) -> str:
@@ -110,32 +128,62 @@ def _pair_id(task_id: str, iteration: int, chosen: list[Message], rejected: list
     return f"{task_id}-it{iteration}-{h}"
 
 
+def prompt_difference(first: Sequence[Message], second: Sequence[Message], names: tuple[str, str]) -> str | None:
+    """What differs between two prompts, in words (None when they are equal)."""
+    a, b = names
+    for i, (x, y) in enumerate(zip(first, second, strict=False)):
+        if x == y:
+            continue
+        if x["role"] != y["role"]:
+            return f"message {i} is a {x['role']} turn in the {a}'s prompt and a {y['role']} turn in the {b}'s"
+        at = next((k for k, (c, d) in enumerate(zip(x["content"], y["content"], strict=False)) if c != d),
+                  min(len(x["content"]), len(y["content"])))
+        start = max(0, at - 30)
+        return (f"message {i} ({x['role']}) differs from character {at}: the {a}'s has "
+                f"{x['content'][start:at + 50]!r}, the {b}'s {y['content'][start:at + 50]!r}")
+    if len(first) != len(second):
+        return (f"the {a}'s prompt has {len(first)} messages and the {b}'s {len(second)} (one carries the one-shot "
+                "example and the other not?)")
+    return None
+
+
+def strip_example(traj: Trajectory) -> Trajectory:
+    """``traj`` with the one-shot example taken out of its prompt (instruction, "OK", task stay):
+    ETO explores with the example but trains SFT and DPO without it."""
+    n = traj.num_prompt_messages
+    if n <= 3:
+        return traj
+    return replace(traj, messages=[*traj.messages[:2], *traj.messages[n - 1 :]], num_prompt_messages=3)
+
+
 def build_pairs(
     experts: Sequence[Trajectory],
     explored: Sequence[Trajectory],
     *,
     iteration: int,
-    cut_extra_rounds: int = 5,
+    cut_extra_rounds: int | None = 5,
     self_pairs: bool = False,
+    skip_context_overflow: bool = False,
 ) -> tuple[list[PreferencePair], PairStats]:
     """Pairs for one ETO iteration, and counts of win / lose / tie / skipped comparisons.
 
     ``explored`` may hold several samples per task; each is compared with the expert, and
-    identical comparisons give one pair.
+    identical comparisons give one pair. ``cut_extra_rounds`` None: the rejected side is never cut.
     """
     by_task = {t.task_id: t for t in experts}
     stats = PairStats()
     pairs: list[PreferencePair] = []
     seen_ids: set[str] = set()
     for agent in explored:
-        if (expert := _usable_expert(agent, by_task, stats)) is None:
+        if (expert := _usable_expert(agent, by_task, stats, skip_context_overflow)) is None:
             continue
         prompt_e = expert.messages[: expert.num_prompt_messages]
         prompt_a = agent.messages[: agent.num_prompt_messages]
-        if prompt_e != prompt_a:
+        if (diff := prompt_difference(prompt_e, prompt_a, ("expert", "agent"))) is not None:
             raise PairError(
-                f"task {agent.task_id}: the expert's and the agent's prompts differ; explore with the same "
-                "env settings (one_shot, instruction) as the expert data was built with."
+                f"task {agent.task_id}: the expert's and the agent's prompts differ (the agent's explored in "
+                f"iteration {agent.iteration}): {diff}. Chosen and rejected must share one prompt: explore with the "
+                "env settings (one_shot, instruction) the expert data was built with."
             )
         expert_turns = response_turns(expert)
         agent_turns = response_turns(agent)
@@ -167,7 +215,7 @@ def build_pairs(
             )
         )
     if self_pairs:
-        for pair in _self_pairs(explored, iteration, cut_extra_rounds):
+        for pair in _self_pairs(explored, iteration, cut_extra_rounds, skip_context_overflow):
             if pair.pair_id not in seen_ids:
                 seen_ids.add(pair.pair_id)
                 stats.self += 1
@@ -175,11 +223,13 @@ def build_pairs(
     return pairs, stats
 
 
-def _self_pairs(explored: Sequence[Trajectory], iteration: int, cut_extra_rounds: int) -> list[PreferencePair]:
+def _self_pairs(
+    explored: Sequence[Trajectory], iteration: int, cut_extra_rounds: int | None, skip_context_overflow: bool
+) -> list[PreferencePair]:
     """Per task, the agent's best sample (chosen) against its worst (rejected), when they differ."""
     by_task: dict[str, list[Trajectory]] = {}
     for t in explored:
-        if t.terminate_reason != "env_error" and response_turns(t):
+        if not _unusable(t, skip_context_overflow) and response_turns(t):
             by_task.setdefault(t.task_id, []).append(t)
     out: list[PreferencePair] = []
     for task_id, samples in by_task.items():
@@ -188,10 +238,12 @@ def _self_pairs(explored: Sequence[Trajectory], iteration: int, cut_extra_rounds
         if best.reward <= worst.reward:
             continue
         prompt = best.messages[: best.num_prompt_messages]
-        if worst.messages[: worst.num_prompt_messages] != prompt:
-            raise PairError(f"task {task_id}: two samples of the task have different prompts")
+        if (diff := prompt_difference(prompt, worst.messages[: worst.num_prompt_messages], ("best", "worst"))):
+            raise PairError(f"task {task_id}: the best and the worst sample of the task have different prompts: {diff}")
         chosen = response_turns(best)
-        rejected = cut_rounds(response_turns(worst), _num_rounds(chosen) + cut_extra_rounds)
+        rejected = response_turns(worst)
+        if cut_extra_rounds is not None:
+            rejected = cut_rounds(rejected, _num_rounds(chosen) + cut_extra_rounds)
         out.append(PreferencePair(
             pair_id=_pair_id(task_id, iteration, chosen, rejected), task_id=task_id, prompt=prompt,
             chosen=chosen, rejected=rejected, chosen_reward=float(best.reward), rejected_reward=float(worst.reward),
@@ -223,8 +275,9 @@ def build_step_pairs(
     continuations: Sequence[Trajectory],
     *,
     iteration: int,
-    cut_extra_rounds: int = 5,
+    cut_extra_rounds: int | None = 5,
     stats: PairStats | None = None,
+    skip_context_overflow: bool = False,
 ) -> tuple[list[PreferencePair], PairStats]:
     """Step-level pairs: each continuation (rolled out from an expert prefix, the prefix counted
     in its prompt) against the expert's continuation from the same prefix.
@@ -239,7 +292,7 @@ def build_step_pairs(
     pairs: list[PreferencePair] = []
     seen_ids: set[str] = set()
     for agent in continuations:
-        if (expert := _usable_expert(agent, by_task, stats)) is None:
+        if (expert := _usable_expert(agent, by_task, stats, skip_context_overflow)) is None:
             continue
         n = agent.num_prompt_messages
         if n <= expert.num_prompt_messages or agent.messages[:n] != expert.messages[:n]:
@@ -266,3 +319,28 @@ def build_step_pairs(
             chosen_reward=float(chosen_r), rejected_reward=float(rejected_r), kind="step", iteration=iteration,
         ))
     return pairs, stats
+
+
+def no_pairs_message(metrics: Mapping[str, float], iteration: int, *, expert_file: str | None = None) -> str:
+    """Why an iteration has no pairs, from the pairs stage's counts: no explored episode met an
+    expert of its task (ids that do not match) is not the same problem as every one tying with it."""
+    counts = {k: int(metrics.get(f"pairs_{k}", 0)) for k in ("tie", "no_expert", "unusable")}
+    compared = counts["tie"]
+    seen = sum(counts.values())
+    head = f"iteration {iteration}: exploration produced no failure/success pairs"
+    if seen == 0:
+        return f"{head}: there were no explored episodes to pair; check data.train_tasks and data.explore_tasks."
+    tally = (f"of {seen} explored episodes, {counts['no_expert']} had no expert trajectory of their task, {compared} "
+             f"tied with their expert, {counts['unusable']} were unusable (environment error, skipped context "
+             "overflow or no agent turn)")
+    if compared == 0 and counts["no_expert"] > 0:
+        where = (f"the ids of data.expert_file ({expert_file}) name none of the explored tasks: check its id mapping "
+                 "(data.expert_id_file, docs/pipeline.md)" if expert_file else
+                 "the expert trajectories name none of the explored tasks: check data.train_tasks and "
+                 "data.explore_tasks")
+        return f"{head} because no expert matched: {tally}; {where}."
+    if compared == 0:
+        return (f"{head}: {tally}; fix the environment faults (env.max_retries, env.step_timeout_s) or the context "
+                "size (explore.max_context_tokens).")
+    return (f"{head}: every compared episode tied with its expert ({tally}); explore more tasks "
+            "(data.train_tasks) or sample (explore.temperature > 0).")

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from eto_core.pairs import PairError, branch_points, build_pairs, build_step_pairs, cut_rounds, prefix_of
+from eto_core.pairs import (
+    PairError,
+    branch_points,
+    build_pairs,
+    build_step_pairs,
+    cut_rounds,
+    no_pairs_message,
+    prefix_of,
+    prompt_difference,
+    strip_example,
+)
 from eto_core.records import Message, Trajectory, to_frame
 
 PROMPT: list[Message] = [
@@ -84,6 +94,72 @@ def test_mismatched_prompts_raise() -> None:
     other.messages[0] = {"role": "user", "content": "different instruction"}
     with pytest.raises(PairError, match="prompts differ"):
         build_pairs([expert], [other], iteration=1)
+
+
+def test_a_prompt_mismatch_names_the_task_the_message_and_the_text_that_differs() -> None:
+    expert = traj("a", ["e1"], 1.0, source="expert")
+    other = traj("a", ["x"], 0.0)
+    other.messages[2] = {"role": "user", "content": "Your task is to: put the pear in fridge 1"}
+    with pytest.raises(PairError) as err:
+        build_pairs([expert], [other], iteration=1)
+    text = str(err.value)
+    assert text.startswith("task a:") and "message 2 (user) differs from character 25" in text
+    assert "put the apple in fridge 1'" in text and "put the pear in fridge 1'" in text
+    # A prompt with the one-shot example against one without: the message counts say so.
+    longer = traj("a", ["x"], 0.0)
+    longer.messages[2:2] = [{"role": "user", "content": "example task"}, {"role": "assistant", "content": "ex"}]
+    longer.num_prompt_messages += 2
+    with pytest.raises(PairError, match="message 2 \\(user\\) differs"):
+        build_pairs([expert], [longer], iteration=1)
+    assert prompt_difference(PROMPT, PROMPT + PROMPT[2:], ("expert", "agent")) == (
+        "the expert's prompt has 3 messages and the agent's 4 (one carries the one-shot example and the other not?)")
+    assert prompt_difference(PROMPT, list(PROMPT), ("expert", "agent")) is None
+
+
+def test_without_the_cut_the_rejected_side_stays_whole() -> None:
+    """ETO's ALFWorld script keeps the failed trajectory whole (pairs.cut_rejected: false)."""
+    experts = [traj("a", ["e1", "e2"], 1.0, source="expert")]
+    explored = [traj("a", [f"x{i}" for i in range(12)], 0.0)]
+    (p,), _ = build_pairs(experts, explored, iteration=1, cut_extra_rounds=None)
+    assert sum(m["role"] == "assistant" for m in p.rejected) == 12 and p.rejected[-1]["role"] == "assistant"
+    (cut,), _ = build_pairs(experts, explored, iteration=1)
+    assert sum(m["role"] == "assistant" for m in cut.rejected) == 7 and cut.pair_id != p.pair_id
+
+
+def test_context_overflow_episodes_are_skipped_when_asked() -> None:
+    experts = [traj("a", ["e1"], 1.0, source="expert")]
+    overflow = traj("a", ["x"], 0.0)
+    overflow.terminate_reason = "max_length"
+    pairs, stats = build_pairs(experts, [overflow], iteration=1)
+    assert len(pairs) == 1 and stats.lose == 1  # today's default: compared by the reward it reached
+    pairs, stats = build_pairs(experts, [overflow], iteration=1, skip_context_overflow=True)
+    assert pairs == [] and stats.unusable == 1 and stats.lose == 0
+    pairs, stats = build_pairs([], [overflow, traj("a", ["y"], 1.0)], iteration=1, self_pairs=True,
+                               skip_context_overflow=True)
+    assert pairs == []  # nor a self pair
+
+
+def test_strip_example_keeps_instruction_ok_and_task() -> None:
+    t = traj("a", ["x"], 0.0)
+    t.messages[2:2] = [{"role": "user", "content": "example task"}, {"role": "assistant", "content": "ex"}]
+    t.num_prompt_messages += 2
+    bare = strip_example(t)
+    assert bare.num_prompt_messages == 3 and bare.messages[:3] == PROMPT
+    assert bare.messages[3:] == t.messages[5:]
+    assert strip_example(bare) == bare
+    (p,), _ = build_pairs([traj("a", ["e1"], 1.0, source="expert")], [bare], iteration=1)
+    assert p.prompt == PROMPT
+
+
+def test_no_pairs_message_tells_no_matching_expert_from_ties() -> None:
+    unmatched = no_pairs_message({"pairs_no_expert": 12.0, "pairs_tie": 0.0}, 1, expert_file="eto.json")
+    assert "because no expert matched" in unmatched and "12 had no expert trajectory" in unmatched
+    assert "eto.json" in unmatched and "tied with its expert" not in unmatched
+    tied = no_pairs_message({"pairs_no_expert": 0.0, "pairs_tie": 5.0}, 2)
+    assert "every compared episode tied with its expert" in tied and "no expert matched" not in tied
+    broken = no_pairs_message({"pairs_unusable": 3.0}, 1)
+    assert "3 were unusable" in broken and "tied with its expert" not in broken
+    assert "no explored episodes" in no_pairs_message({}, 1)
 
 
 def test_env_error_episodes_make_no_pair() -> None:
