@@ -63,7 +63,23 @@ class DataSettings(_Strict):
     unseen_tasks: int = Field(50, ge=1, description="Evaluation tasks from the 'unseen' split.")
     expert_file: str | None = Field(
         None,
-        description="Optional expert trajectories in ETO's published JSON format instead of the env's expert.",
+        description="Optional expert trajectories in ETO's published JSON format instead of the env's expert. "
+        "Each record's id becomes our task id (WebShop: goal index; ScienceWorld: '<task number>_<variation>' "
+        "through expert_id_file; ALFWorld: the record's game_file, else line <id> of expert_id_file) and its "
+        "prompt is re-rendered as the environment gives that task, so it pairs with the explored episodes "
+        "(docs/pipeline.md).",
+    )
+    expert_id_file: str | None = Field(
+        None,
+        description="ETO's id table for expert_file: ScienceWorld: sciworld_taskname2id.json; ALFWorld: a game "
+        "list, one '<task folder>/<trial>' per line, line n (from 0) for id n (alfworld_gamefile_id.txt's "
+        "format), needed only for records without a game_file. WebShop and records whose ids already are "
+        "our task ids need none.",
+    )
+    one_shot_in_training: bool = Field(
+        True,
+        description="Keep env.one_shot's example in the prompts SFT and DPO train on (expert trajectories, "
+        "pairs). false follows ETO: explore and evaluate with the example, train without it.",
     )
     on_split_overlap: Literal["error", "warn"] = Field(
         "error",
@@ -131,6 +147,17 @@ class PairSettings(_Strict):
     )
     step_points: int = Field(
         2, ge=1, description="Step-level pairs: branch points per expert trajectory, spread evenly over its turns."
+    )
+    cut_rejected: bool = Field(
+        True,
+        description="Cut the rejected trajectory at the expert's rounds + pair_cut_extra_rounds (ETO's WebShop "
+        "and ScienceWorld script). false: keep it whole, as ETO's ALFWorld script does.",
+    )
+    skip_context_overflow: bool = Field(
+        False,
+        description="Make no pair of an explored episode that ended because the conversation outgrew the "
+        "context (terminate_reason max_length), as ETO skips an episode without a reward. false: it is "
+        "compared by the reward it reached, like any other.",
     )
 
 
@@ -281,6 +308,12 @@ class Recipe(_Strict):
             raise ValueError(
                 f"pairs.samples_per_task is {self.pairs.samples_per_task} but explore.temperature is 0: greedy "
                 "samples are identical; set explore.temperature (e.g. 0.7) or samples_per_task: 1."
+            )
+        if not self.data.one_shot_in_training and self.env.one_shot and self.pairs.level != "trajectory":
+            raise ValueError(
+                f"data.one_shot_in_training is false but pairs.level is '{self.pairs.level}': step-level "
+                "continuations replay expert prefixes in the exploration prompt, which has the one-shot example "
+                "the expert data lacks; use pairs.level: trajectory or data.one_shot_in_training: true."
             )
         if self.policy.backend == "openai" and not (self.policy.base_url and self.policy.model):
             raise ValueError("policy.backend is 'openai' but policy.base_url or policy.model is empty; set both.")

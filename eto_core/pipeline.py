@@ -34,12 +34,20 @@ from eto_core.backends import make_policy
 from eto_core.cache import cache_key
 from eto_core.config import Recipe
 from eto_core.dpo import train_dpo
-from eto_core.eto_format import import_eto_file
+from eto_core.eto_format import IMPORT_VERSION, expert_file_task_ids, load_expert_file
 from eto_core.evaluation import summarize, summarize_best_of
 from eto_core.hygiene import check_split_overlap
 from eto_core.model_source import convert_gguf, is_gguf, resolve_model_path
 from eto_core.modeling import build_tiny_model, load_model, save_model, train_tokenizer
-from eto_core.pairs import branch_points, build_pairs, build_step_pairs, expert_rounds, prefix_of
+from eto_core.pairs import (
+    branch_points,
+    build_pairs,
+    build_step_pairs,
+    expert_rounds,
+    no_pairs_message,
+    prefix_of,
+    strip_example,
+)
 from eto_core.policy import GenerationSettings
 from eto_core.pretrain import pretrain_lm
 from eto_core.records import (
@@ -151,7 +159,8 @@ def check_splits(recipe: Recipe) -> dict[str, list[str]]:
     finally:
         env.close()
     if recipe.data.expert_file:  # SFT trains on the file's tasks as well as exploring the env's
-        train = train + [t.task_id for t in import_eto_file(recipe.data.expert_file, env=recipe.env.name)]
+        train = train + expert_file_task_ids(recipe.data.expert_file, env_factory(recipe),
+                                             id_file=recipe.data.expert_id_file)
     return check_split_overlap(
         train, evals, mode=recipe.data.on_split_overlap, source=f"environment '{recipe.env.name}'"
     )
@@ -232,11 +241,28 @@ def _env_version(name: str, kwargs_json: str) -> str:
         env.close()
 
 
+def training_one_shot(recipe: Recipe) -> bool:
+    """Whether the prompts SFT and DPO train on carry the one-shot example (ETO's: never)."""
+    return recipe.env.one_shot and recipe.data.one_shot_in_training
+
+
+def strips_example(recipe: Recipe) -> bool:
+    """Explored with the one-shot example, trained without it: explored records lose it before
+    they are paired or trained on."""
+    return recipe.env.one_shot and not recipe.data.one_shot_in_training
+
+
 def expert_key(recipe: Recipe) -> str:
     settings: dict[str, Any] = {"env": recipe.env, "env_version": env_version(recipe),
                                 "train_tasks": recipe.data.train_tasks}
     if recipe.data.expert_file:
         settings["expert_file_sha256"] = sha256_file(Path(recipe.data.expert_file))
+        # The import rules (ids mapped, prompts re-rendered in ours) and the id table they read.
+        settings["eto_import"] = IMPORT_VERSION
+        if recipe.data.expert_id_file:
+            settings["expert_id_file_sha256"] = sha256_file(Path(recipe.data.expert_id_file))
+    if strips_example(recipe):  # only when set: keys of recipes without the setting stay as they were
+        settings["one_shot_in_training"] = False
     return cache_key("expert", settings=settings)
 
 
@@ -299,7 +325,8 @@ def sampling(recipe: Recipe, stage: str) -> GenerationSettings:
 
 
 def rft_key(recipe: Recipe, base: ArtifactRef, expert: ArtifactRef | None, explored: ArtifactRef) -> str:
-    return cache_key("rft", settings={"sft": recipe.sft, "seed": recipe.seed},
+    return cache_key("rft", settings={"sft": recipe.sft, "seed": recipe.seed,
+                                      **({"one_shot_in_training": False} if strips_example(recipe) else {})},
                      inputs={"base": base, "expert": expert, "explored": explored})
 
 
@@ -334,13 +361,21 @@ def pairs_key(
 ) -> str:
     inputs = {"expert": expert, "explored": explored, **({"step": step} if step is not None else {})}
     # step_rule 2: a step pair's cut follows the expert's continuation, not the chosen side. A
-    # setting rather than a stage-version bump, so trajectory-only pairs keep their cache.
+    # setting rather than a stage-version bump, so trajectory-only pairs keep their cache; the
+    # options after it likewise enter the key only when set away from their default.
     return cache_key(
-        "pairs", settings={"iteration": iteration, "cut_extra_rounds": recipe.pair_cut_extra_rounds,
+        "pairs", settings={"iteration": iteration, "cut_extra_rounds": pair_cut(recipe),
                            **({"self_pairs": True} if recipe.pairs.self_pairs or expert is None else {}),
-                           **({"step_rule": 2} if step is not None else {})},
+                           **({"step_rule": 2} if step is not None else {}),
+                           **({"skip_context_overflow": True} if recipe.pairs.skip_context_overflow else {}),
+                           **({"one_shot_in_training": False} if strips_example(recipe) else {})},
         inputs=inputs,
     )
+
+
+def pair_cut(recipe: Recipe) -> int | None:
+    """Rounds the rejected side may run past the expert's (None: never cut)."""
+    return recipe.pair_cut_extra_rounds if recipe.pairs.cut_rejected else None
 
 
 def dpo_key(recipe: Recipe, model: ArtifactRef, pairs: ArtifactRef, iteration: int) -> str:
@@ -359,12 +394,13 @@ def expert_stage(recipe: Recipe, store: ArtifactStore, *, progress: bool = True)
         if hit is not None:
             return hit
         if recipe.data.expert_file:
-            trajs = import_eto_file(recipe.data.expert_file, env=recipe.env.name)[: recipe.data.train_tasks]
+            trajs = load_expert_file(recipe.data.expert_file, env_factory(recipe), one_shot=training_one_shot(recipe),
+                                     id_file=recipe.data.expert_id_file, limit=recipe.data.train_tasks)
             skipped: list[str] = []
         else:
             trajs, skipped = collect_expert(
                 env_factory(recipe), _split_tasks(recipe, "train", "expert"), env_name=recipe.env.name, split="train",
-                one_shot=recipe.env.one_shot, progress=progress, max_env_retries=recipe.env.max_retries,
+                one_shot=training_one_shot(recipe), progress=progress, max_env_retries=recipe.env.max_retries,
             )
         if not trajs:
             raise ValueError(f"no expert trajectory succeeded on environment '{recipe.env.name}'; check its expert.")
@@ -459,6 +495,8 @@ def rft_stage(
         if hit is not None:
             return hit
         sampled = read_trajectories(store, explored)
+        if strips_example(recipe):
+            sampled = [strip_example(t) for t in sampled]
         own, seen = [], set()
         bar = recipe.baselines.rft_min_reward
         for t in sampled:
@@ -698,14 +736,18 @@ def pairs_stage(
         if hit is not None:
             return hit
         experts = read_trajectories(store, expert) if expert is not None else []
+        agent = read_trajectories(store, explored) if explored is not None else []
+        if strips_example(recipe):  # explored with the example, paired (and trained) without it
+            agent = [strip_example(t) for t in agent]
         pairs, stats = build_pairs(
-            experts, read_trajectories(store, explored) if explored is not None else [],
-            iteration=iteration, cut_extra_rounds=recipe.pair_cut_extra_rounds,
+            experts, agent, iteration=iteration, cut_extra_rounds=pair_cut(recipe),
             self_pairs=recipe.pairs.self_pairs or expert is None,
+            skip_context_overflow=recipe.pairs.skip_context_overflow,
         )
         if step is not None:
             step_pairs, stats = build_step_pairs(experts, read_trajectories(store, step), iteration=iteration,
-                                                 cut_extra_rounds=recipe.pair_cut_extra_rounds, stats=stats)
+                                                 cut_extra_rounds=pair_cut(recipe), stats=stats,
+                                                 skip_context_overflow=recipe.pairs.skip_context_overflow)
             pairs += step_pairs
         folder = store.staging_dir()
         write_records(to_frame(pairs, "pairs"), folder / PAIRS_FILE, "pairs")
@@ -729,10 +771,9 @@ def dpo_stage(recipe: Recipe, store: ArtifactStore, model: ArtifactRef, pairs: A
             return hit
         pair_records = read_pairs(store, pairs)
         if not pair_records:
-            raise ValueError(
-                f"iteration {iteration}: exploration produced no failure/success pairs (every episode tied with "
-                "the expert); explore more tasks (data.train_tasks) or sample (explore.temperature > 0)."
-            )
+            manifest = store.read_manifest(pairs.uri) or {}
+            raise ValueError(no_pairs_message(manifest.get("meta", {}).get("metrics", {}), iteration,
+                                              expert_file=recipe.data.expert_file))
         seed_everything(recipe.seed + iteration)
         hf_model, tokenizer = load_stage_model(recipe, store, model)
         folder = store.staging_dir()

@@ -41,6 +41,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("sft: {num_train_epochs: 0}", "sft.num_train_epochs"),
         ("iterations: 1\ndpo_iterations: [{beta: 0.1}, {beta: 0.2}]", "dpo_iterations has 2 entries"),
         ("data: {train_tasks: 10, explore_tasks: 20}", "explore_tasks"),
+        ("data: {one_shot_in_training: false}\npairs: {level: both}", "use pairs.level: trajectory"),
         ("- a\n- b", "must be a mapping"),
         ("name: [unclosed", "not valid YAML"),
     ],
