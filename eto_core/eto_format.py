@@ -284,9 +284,10 @@ def _words(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
 
-def _short(text: str, limit: int = 160) -> str:
+def _short(text: str, limit: int = 200) -> str:
+    """``text`` on one line, its middle elided: a task turn states the task at its start or end."""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if len(text) <= limit else f"{text[: limit // 3]} ... {text[-(2 * limit) // 3 :]}"
 
 
 def expert_reward(env_name: str, rec: EtoRecord) -> float:

@@ -9,9 +9,15 @@ from typing import Any
 
 import pytest
 
-from eto_core.eto_format import import_eto_file
+from environments.tidy import TidyEnv
+from eto_core import pipeline as P
+from eto_core.config import load_recipe
+from eto_core.eto_format import PromptMismatch, import_eto_file, load_expert_file
 from eto_core.records import RecordError
+from tests.eto_core.eto_files import eto_record, write_eto_file
 from tests.reliability.conftest import Fault
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _record(rid: str, turns: list[tuple[str, str]]) -> dict[str, Any]:
@@ -94,3 +100,58 @@ def test_bad_reward_field(tmp_path: Path, fault: Fault, reward: Any) -> None:
     with fault("ETO files", f"record with reward {reward!r}", RecordError,
                r"eto_sft\.json: record 0 \(id 'a'\): 'reward' is .*; expected a number in \[0, 1\]"):
         import_eto_file(path, env="webshop")
+
+
+# -- the pipeline's import (data.expert_file): ids that name no task, twice, or another task ---------
+def _tidy() -> TidyEnv:
+    return TidyEnv(train_size=6, seen_size=2, unseen_size=2, dev_size=2)
+
+
+def _tidy_records(tasks: list[str], ids: list[str]) -> list[dict[str, Any]]:
+    env = _tidy()
+    return [eto_record(env, task, rid) for task, rid in zip(tasks, ids, strict=True)]
+
+
+def test_unknown_id(tmp_path: Path, fault: Fault) -> None:
+    task = _tidy().tasks("train")[0]
+    path = _write(tmp_path, _tidy_records([task, task], [task, "17"]))
+    with fault("ETO files", "data.expert_file record whose id names no task of the environment", RecordError,
+               r"eto_sft\.json: record 1 \(id '17' -> task '17'\): unknown id: environment 'tidy' has no such task"):
+        load_expert_file(path, _tidy, one_shot=False)
+
+
+def test_duplicate_id(tmp_path: Path, fault: Fault) -> None:
+    task = _tidy().tasks("train")[0]
+    path = _write(tmp_path, _tidy_records([task, task], [task, task]))
+    with fault("ETO files", "two records with the same id", RecordError,
+               rf"eto_sft\.json: record 1 \(id '{task}'\): duplicate id, record 0 has it too"):
+        load_expert_file(path, _tidy, one_shot=False)
+
+
+def test_prompt_mismatch(tmp_path: Path, fault: Fault) -> None:
+    first, second = _tidy().tasks("train")[:2]
+    path = _write(tmp_path, _tidy_records([first], [second]))  # plays the first task, names the second
+    with fault("ETO files", "record whose task turn is another task than its id names (prompt mismatch)",
+               PromptMismatch, rf"eto_sft\.json: record 0 \(id '{second}' -> task '{second}'\): prompt mismatch: "
+               r"the record's task turn does not state the task's instruction\. Record: .*; task "):
+        load_expert_file(path, _tidy, one_shot=False)
+
+
+def test_expert_file_of_other_tasks_reaches_dpo(tmp_path: Path, fault: Fault) -> None:
+    file = tmp_path / "eto_sft.json"
+    recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [f"storage.root={tmp_path / 'artifacts'}",
+                                                          "data.train_tasks=2", f"data.expert_file={file}"])
+    env = P.env_factory(recipe)()
+    others = env.tasks("train")[20:22]  # real tasks, but not the ones exploration plays
+    write_eto_file(file, [eto_record(env, t, t) for t in others])
+    store = P.make_store(recipe, tmp_path / "state")
+    expert = P.expert_stage(recipe, store, progress=False)
+    model = P.model_init_stage(recipe, store, expert.ref)
+    explored = P.rollout_stage(recipe, store, model.ref, stage="explore", split="train", iteration=1,
+                               gen=recipe.explore, progress=False)
+    pairs = P.pairs_stage(recipe, store, expert.ref, explored.ref, 1)
+    with fault("ETO files", "data.expert_file whose tasks are none of the explored ones", ValueError,
+               r"iteration 1: exploration produced no failure/success pairs because no expert matched: of 2 "
+               r"explored episodes, 2 had no expert trajectory",
+               lost="nothing: the finished stages (expert, explore, pairs) are reused by the next run"):
+        P.dpo_stage(recipe, store, model.ref, pairs.ref, 1)
