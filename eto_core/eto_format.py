@@ -327,7 +327,7 @@ def load_expert_file(
                 raise RecordError(f"{where}: unknown id: environment '{env.name}' has no such task ({exc}).") from None
             task_turn = rec.messages[num_prompt_messages - 1]["content"]
             instruction = str(info["instruction"])
-            if _words(instruction) not in _words(task_turn):
+            if f" {_words(instruction)} " not in f" {_words(task_turn)} ":  # whole words: "desk" is not "desk 1"
                 raise PromptMismatch(
                     f"{where}: prompt mismatch: the record's task turn does not state the task's instruction. "
                     f"Record: {_short(task_turn)!r}; task {task}: {_short(instruction)!r}. The id names another "

@@ -23,7 +23,7 @@ from eto_core.eto_format import (
 )
 from eto_core.prompts import build_prompt
 from eto_core.records import RecordError, to_frame
-from tests.environments.sciworld.conftest import needs_package
+from tests.environments.sciworld.conftest import needs_package, needs_simulator
 from tests.eto_core.eto_files import eto_record, write_eto_file
 
 GOOD = {
@@ -173,3 +173,26 @@ def test_sciworld_ids_map_through_etos_task_numbers() -> None:
     # ScienceWorld and ALFWorld experts count 1.0, as ETO's script takes them.
     assert expert_reward("sciworld", EtoRecord(0, "11_0", [], 0.5, None)) == 1.0
     assert expert_reward("webshop", EtoRecord(0, "1", [], 0.5, None)) == 0.5
+
+
+@needs_eto_splits
+@needs_simulator
+def test_sciworld_records_import_through_the_id_file(tmp_path: Path) -> None:
+    """ETO's ScienceWorld task turn is the task description alone; ours adds the room: the import
+    finds the task in it, keeps the record's turns and counts the expert 1.0 whatever it says."""
+    env = SciWorldEnv(splits="eto", eto_splits_dir=str(ETO_SPLITS), task_types=["find-animal"],
+                      cache_dir=str(tmp_path / "sw"))
+    try:
+        task = env.tasks("train")[0]
+        number = json.loads((ETO_SPLITS / "sciworld_taskname2id.json").read_text())["task-3-find-animal"]
+        rid = f"{number}_{task.rsplit('/', 1)[1]}"
+        rec = eto_record(env, task, rid, reward=0.5)
+        path = write_eto_file(tmp_path / "sciworld_sft.json", [rec])
+        (traj,) = load_expert_file(path, lambda: env, one_shot=False, id_file=ETO_SPLITS / "sciworld_taskname2id.json")
+        first, _ = env.reset(task)
+        assert traj.task_id == task and traj.messages[2]["content"] == first != rec["conversations"][2]["value"]
+        assert traj.messages[3:] == [{"role": "assistant" if c["from"] == "gpt" else "user", "content": c["value"]}
+                                     for c in rec["conversations"][3:]]
+        assert traj.reward == 1.0 and traj.success
+    finally:
+        env.close()
