@@ -147,7 +147,7 @@ def alfworld_root() -> Path:
 
 def _alfworld_recipe(tmp_path: Path, root: Path, *overrides: str) -> Recipe:
     return _recipe(tmp_path, "env.name=alfworld", f"env.kwargs={{data_root: {root}, train_size: 40, max_steps: 3}}",
-                   "data.train_tasks=2", *LONG_CONTEXT, *overrides)
+                   "data.train_tasks=3", *LONG_CONTEXT, *overrides)
 
 
 def test_alfworld_ids_map_through_game_files(alfworld_root: Path, tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_alfworld_expert_file_through_game_files_gives_lose_pairs(alfworld_root:
     recipe = _alfworld_recipe(tmp_path, alfworld_root, f"data.expert_file={tmp_path / 'alfworld_sft.json'}")
     from environments.alfworld.env import AlfworldEnv  # after the fixture checked that alfworld is there
 
-    tasks = P.env_factory(recipe)().tasks("train")[:2]
+    tasks = P.env_factory(recipe)().tasks("train")[:3]
     writer = AlfworldEnv(data_root=alfworld_root, train_size=40)  # room for the whole expert
     # ETO's records: a running id and the game file; a reward field ETO ignores for ALFWorld.
     records = {t: alfworld_eto_record(writer, t, str(i), game_file=f"json_2.1.1/{t}", reward=0.5)
