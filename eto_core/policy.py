@@ -106,14 +106,18 @@ class _ActionLineStop(StoppingCriteria):
         newline_ids = [i for i in vocab.values() if "\n" in tokenizer.decode([i])]
         self.newline_ids = torch.tensor(sorted(newline_ids), dtype=torch.long)
 
+    def line_done(self, new_tokens: list[int]) -> bool:
+        """Whether a row's turn so far has completed its action line."""
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return _ACTION_LINE_DONE.search(str(text)) is not None
+
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         if input_ids.shape[1] <= self.prompt_len or self.newline_ids.numel() == 0:
             return done  # type: ignore[return-value]
         last = input_ids[:, -1].cpu()
         for row in torch.nonzero(torch.isin(last, self.newline_ids)).flatten().tolist():
-            text = self.tokenizer.decode(input_ids[row, self.prompt_len :].tolist(), skip_special_tokens=True)
-            if _ACTION_LINE_DONE.search(str(text)):
+            if self.line_done(input_ids[row, self.prompt_len :].tolist()):
                 done[row] = True
         return done  # type: ignore[return-value]
 
@@ -165,6 +169,8 @@ class LocalHFPolicy:
         """Prompt tokens run through the model so far (those served from the prefix cache excluded)."""
         self.shared_prefix_batches = 0
         """Batches whose rows attended to their shared prefix once (shared-prefix attention)."""
+        self.decoded_row_steps = 0
+        """Rows run through a decoding step by the greedy loop (finished rows leave the batch)."""
         self.kv_cache = (_KVCache(model, shared=prefix_cache, episodes=episode_cache,
                                   row_entries=self.settings.batch_size + 4)
                          if prefix_cache or episode_cache else None)
@@ -213,6 +219,8 @@ class LocalHFPolicy:
             p = len(shared.tokens)
             self.shared_prefix_batches += 1
             starts = [(c, e) if c >= p else (p, shared) for c, e in starts]
+        if kv is not None and self.settings.temperature == 0:
+            return self._greedy_from_cache(batch, starts, shared)
         cached = max(c for c, _ in starts)
         suffix = max(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
         width = cached + suffix
@@ -247,7 +255,7 @@ class LocalHFPolicy:
             kwargs[kv.cache_kwarg] = kv.batch_cache(starts, cached, device, width + s.max_new_tokens, skip=p)
         self._calls += 1
         self.model.eval()
-        attention = (shared_prefix(self.model, SharedPrefix(p, shared.own)) if shared is not None
+        attention = (shared_prefix(self.model, SharedPrefix(p, shared.own, columns=p)) if shared is not None
                      else contextlib.nullcontext())
         with torch.inference_mode(), torch.random.fork_rng(devices=[]), attention:
             # fork_rng keeps the caller's RNG stream as it was; seeding per call makes a
@@ -275,6 +283,91 @@ class LocalHFPolicy:
             texts.append(str(self.tokenizer.decode(row, skip_special_tokens=True)).strip())
         if kv is not None and kv.episodes:
             kv.keep_rows(batch, starts, kept, output.past_key_values, cached, suffix, shared=shared)
+        return texts
+
+
+    def _greedy_from_cache(self, batch: list[list[int]], starts: list[_Start], shared: _Entry | None) -> list[str]:
+        """Greedy decoding in our own loop, so that a row leaves the batch once its turn ends.
+
+        ``generate`` decodes every row until the slowest one ends, and turns vary in length
+        (tidy: 33 tokens on average, the longest of a step ~51), so finished rows would cost
+        as much as live ones. Here a finished row's keys/values are stored at once and the batch
+        is compacted once a quarter of its rows are done. The cache holds only the tokens after
+        the shared prefix (positions are given explicitly): row i's cached tokens right-aligned
+        in the first O columns, the rest of its prompt in the next S, then the turn.
+        """
+        kv = self.kv_cache
+        assert kv is not None
+        s = self.settings
+        p = len(shared.tokens) if shared is not None else 0
+        n = len(batch)
+        own = max(c - p for c, _ in starts)
+        suffix = max(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
+        width = own + suffix
+        input_ids = torch.full((n, suffix), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for row, (ids, (c, _)) in enumerate(zip(batch, starts, strict=True)):
+            mask[row, own - (c - p) : own] = 1
+            input_ids[row, suffix - (len(ids) - c) :] = torch.tensor(ids[c:], dtype=torch.long)
+            mask[row, width - (len(ids) - c) :] = 1
+        positions = (p + mask.cumsum(-1) - 1).clamp(min=0)
+        self.prefilled_tokens += sum(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
+        device = self.model.device
+        cache = kv.batch_cache(starts, own, device, width + s.max_new_tokens, skip=p)
+        if self._stop is None:
+            self._stop = _ActionLineStop(self.tokenizer, 0)
+        newlines = set(self._stop.newline_ids.tolist())
+        eos = self.tokenizer.eos_token_id
+        self._calls += 1
+        self.model.eval()
+        attention = (shared_prefix(self.model, SharedPrefix(p, shared.own, columns=0)) if shared is not None
+                     else contextlib.nullcontext())
+        new: list[list[int]] = [[] for _ in range(n)]
+        live = list(range(n))  # batch position -> row
+        done: set[int] = set()  # rows finished but still in the batch
+        layers = _layers(cache)
+        with torch.inference_mode(), attention:
+            out = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                             position_ids=positions[:, own:].to(device), use_cache=True, logits_to_keep=1,
+                             **{kv.cache_kwarg: cache})
+            mask, next_pos = mask.to(device), positions[:, -1:].to(device) + 1
+            for step in range(s.max_new_tokens):
+                self.decoded_row_steps += len(live)
+                tokens = out.logits[:, -1].argmax(-1).tolist()
+                layers = _layers(cache)
+                for i, row in enumerate(live):
+                    if row in done:
+                        continue
+                    token = tokens[i]
+                    new[row].append(token)
+                    if (token == eos or step == s.max_new_tokens - 1
+                            or (token in newlines and self._stop.line_done(new[row]))):
+                        done.add(row)
+                        if kv.episodes:
+                            ids, (c, _) = batch[row], starts[row]
+                            kv.keep_row(ids, c, new[row], layers, i, own, width, shared)
+                if len(done) == len(live):
+                    break
+                if len(done) >= max(1, len(live) // 4):
+                    keep = [i for i, row in enumerate(live) if row not in done]
+                    index = torch.tensor(keep, device=device)
+                    for layer in cache.layers:
+                        layer.keys = layer.keys.index_select(0, index)
+                        layer.values = layer.values.index_select(0, index)
+                        layer.batch_size = len(keep)
+                    mask, next_pos = mask[index], next_pos[index]
+                    tokens = [tokens[i] for i in keep]
+                    live = [live[i] for i in keep]
+                    done.clear()
+                mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+                out = self.model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=mask,
+                                 position_ids=next_pos, use_cache=True, logits_to_keep=1, **{kv.cache_kwarg: cache})
+                next_pos = next_pos + 1
+        texts: list[str] = []
+        for turn in new:
+            self.generated_tokens += len(turn)
+            text = turn[:-1] if turn and turn[-1] == eos else turn
+            texts.append(str(self.tokenizer.decode(text, skip_special_tokens=True)).strip())
         return texts
 
 
@@ -435,27 +528,33 @@ class _KVCache:
 
     def keep_rows(self, batch: list[list[int]], starts: list[_Start], kept: list[list[int]], cache: Any,
                   cached: int, suffix: int, shared: _Entry | None = None) -> None:
-        """Store each row's keys/values for its tokens and the turn it wrote. The last token a
-        row generated was never fed back, so it has none and stays out of the entry. With a
-        ``shared`` prefix (its columns empty in the batch cache) the entry refers to it."""
+        """After an HF ``generate``: store each row's keys/values for its tokens and the turn it
+        wrote (row i's cached tokens end at column ``cached``, its prompt at ``cached + suffix``)."""
         if cache is None:
             return
         layers = _layers(cache)
-        total = layers[0][0].shape[2]
+        for row, (ids, (c, _), new) in enumerate(zip(batch, starts, kept, strict=True)):
+            self.keep_row(ids, c, new, layers, row, cached, cached + suffix, shared)
+
+    def keep_row(self, ids: list[int], c: int, new: list[int], layers: _LayerKV, row: int, cached_end: int,
+                 prompt_end: int, shared: _Entry | None) -> None:
+        """Store one row's keys/values: its cached tokens (after any ``shared`` prefix, whose
+        columns the batch cache does not hold and which the entry refers to) right-aligned to
+        column ``cached_end``, the rest of its prompt to ``prompt_end``, then the turn it wrote.
+        The last token a row generated was never fed back, so it has none and stays out."""
         p = len(shared.tokens) if shared is not None else 0
+        written = max(len(new) - 1, 0)
+        columns = (list(range(cached_end - (c - p), cached_end))
+                   + list(range(prompt_end - (len(ids) - c), prompt_end))
+                   + list(range(prompt_end, prompt_end + written)))
+        if not columns or columns[-1] >= layers[0][0].shape[2]:
+            return
         with torch.inference_mode():
-            for row, (ids, (c, _), new) in enumerate(zip(batch, starts, kept, strict=True)):
-                written = max(len(new) - 1, 0)
-                columns = (list(range(cached - (c - p), cached))
-                           + list(range(cached + suffix - (len(ids) - c), cached + suffix))
-                           + list(range(cached + suffix, cached + suffix + written)))
-                if not columns or columns[-1] >= total:
-                    continue
-                index = torch.tensor(columns, device=layers[0][0].device)
-                tokens = np.asarray([*ids, *new[:written]])
-                own = [(k[row : row + 1].index_select(2, index), v[row : row + 1].index_select(2, index))
-                       for k, v in layers]
-                self.rows[tuple(tokens.tolist())] = _Entry(tokens, own, shared.own if shared else None, p)
+            index = torch.tensor(columns, device=layers[0][0].device)
+            tokens = np.asarray([*ids, *new[:written]])
+            own = [(k[row : row + 1].index_select(2, index), v[row : row + 1].index_select(2, index))
+                   for k, v in layers]
+        self.rows[tuple(tokens.tolist())] = _Entry(tokens, own, shared.own if shared else None, p)
         while len(self.rows) > self.row_entries:
             self.rows.popitem(last=False)
 

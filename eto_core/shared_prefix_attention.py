@@ -36,10 +36,19 @@ NAME = "eto_shared_prefix"
 
 @dataclass(frozen=True)
 class SharedPrefix:
-    """The keys/values of the first ``length`` tokens of every row, per layer [1, kv_heads, length, head_dim]."""
+    """The keys/values of the first ``length`` tokens of every row, per layer [1, kv_heads, length, head_dim].
+
+    ``columns``: how many leading columns of the batch cache (and of the attention mask) stand
+    for the prefix, unused: ``length`` when the positions come from the mask, as in ``generate``;
+    0 when the cache holds only what follows the prefix and positions are given explicitly."""
 
     length: int
     layers: list[tuple[torch.Tensor, torch.Tensor]]
+    columns: int | None = None
+
+    @property
+    def skip(self) -> int:
+        return self.length if self.columns is None else self.columns
 
 
 _ACTIVE: ContextVar[SharedPrefix | None] = ContextVar("eto_shared_prefix", default=None)
@@ -116,7 +125,7 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
         raise RuntimeError("shared-prefix attention runs on CPU in fp32; set policy.shared_prefix_attention: false.")
     if attention_mask is None or attention_mask.dtype != torch.bool:
         raise RuntimeError("shared-prefix attention needs the boolean mask it registers; got another mask.")
-    p = prefix.length
+    p = prefix.skip
     shared_k, shared_v = prefix.layers[module.layer_idx]  # type: ignore[index]
     batch, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]

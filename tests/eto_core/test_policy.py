@@ -250,3 +250,35 @@ def test_shared_prefix_attention_writes_the_same_turns_step_after_step(tiny_toke
     # A lone row has no one to share with: plain attention.
     assert split.generate(convs[:1]) == plain.generate(convs[:1])
     assert split.shared_prefix_batches == 6
+
+
+def test_greedy_loop_drops_finished_rows_and_writes_what_generate_writes(
+    tiny_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """With the cache, greedy turns come from our own decoding loop, where a row leaves the
+    batch once it ends; the turns are those of HF ``generate``, and fewer row-steps are run."""
+    settings = GenerationSettings(max_new_tokens=10, max_context_tokens=512)
+    model = lively_model(tiny_tokenizer)
+    convs = shared_prefix_conversations()
+    plain = LocalHFPolicy(model, tiny_tokenizer, settings)
+    first = plain.generate(convs)
+    # Make the eos the twin of a token row 0 writes early (argmax breaks the tie toward the
+    # lower id, the eos), so that row ends early and the others later or not at all.
+    eos = tiny_tokenizer.eos_token_id
+    twin = tiny_tokenizer.encode(first[0] or "", add_special_tokens=False)[1]
+    assert eos is not None and eos < twin
+    with torch.no_grad():
+        model.get_output_embeddings().weight[eos] = model.get_output_embeddings().weight[twin]
+    expected = plain.generate(convs)
+    fast = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
+                         shared_prefix_attention=True)
+    for step in range(2):
+        assert fast.generate(convs) == expected
+        convs = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
+                 for c, t in zip(convs, expected, strict=True)]
+        expected = plain.generate(convs)
+    # Some rows ended early, and left the batch.
+    assert fast.generated_tokens < 2 * len(convs) * settings.max_new_tokens
+    # In a batch of 4 a quarter is one row: each row left at the step it ended, so every
+    # row-step decoded produced a token of a live turn.
+    assert fast.decoded_row_steps == fast.generated_tokens
