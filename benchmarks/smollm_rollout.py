@@ -9,7 +9,9 @@ one process on the same model:
 - ``episode KV cache, batch N``: shared prefix + each episode's cache (policy.episode_cache on);
   each step encodes only the new observation;
 - ``+ shared-prefix attention, batch N``: also policy.shared_prefix_attention, so every decoding
-  step reads the shared prefix's keys/values once for the batch instead of once per row.
+  step reads the shared prefix's keys/values once for the batch instead of once per row;
+- ``+ finished rows leave, batch N``: also our own greedy loop instead of HF ``generate``, where a
+  row leaves the batch once its turn ends (the pipeline's default: all three on).
 Episodes per second are per mode over its own tasks (``--tasks``; batch 1 runs ``--batch1-tasks``
 of them, since one at a time is slow); every zero-shot episode here runs to the step cap, so
 per-episode costs compare across task counts. Generation FLOP/s counts 2 x (non-embedding
@@ -17,7 +19,7 @@ parameters) per token the model ran (prefilled + generated) plus the LM head on 
 tokens, not attention; the peak is fp32 torch.matmul on square matrices, best of several.
 
     .venv/bin/python benchmarks/smollm_rollout.py --tasks 32 --batch1-tasks 4 --batches 1 16 \
-        --shared-batches 8 16 32
+        --shared-batches 16 --loop-batches 8 16 32
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def main() -> None:
     parser.add_argument("--landed-batch", type=int, default=16, help="batch of the landed-engine mode (0: skip)")
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 16],
                         help="batches of the episode-cache mode without shared-prefix attention")
-    parser.add_argument("--shared-batches", type=int, nargs="*", default=[8, 16, 32],
-                        help="batches of the episode-cache mode with shared-prefix attention")
+    parser.add_argument("--shared-batches", type=int, nargs="*", default=[16],
+                        help="batches of the episode-cache mode with shared-prefix attention (HF generate)")
+    parser.add_argument("--loop-batches", type=int, nargs="*", default=[8, 16, 32],
+                        help="batches of the pipeline's default: shared-prefix attention and our greedy loop")
     parser.add_argument("--max-new-tokens", type=int, default=72)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the rows here")
@@ -69,23 +73,26 @@ def main() -> None:
     all_tasks = env.tasks("train")[: args.tasks]
     env.close()
 
-    modes: list[tuple[str, int, bool, bool, list[str]]] = []
+    # (name, batch, episode cache, shared-prefix attention, greedy loop, tasks)
+    modes: list[tuple[str, int, bool, bool, bool, list[str]]] = []
     if args.landed_batch:
-        modes.append((f"landed engine, batch {args.landed_batch}", args.landed_batch, False, False,
+        modes.append((f"landed engine, batch {args.landed_batch}", args.landed_batch, False, False, False,
                       all_tasks[: max(args.landed_batch, 1)]))
     for b in args.batches:
         tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
-        modes.append((f"episode KV cache, batch {b}", b, True, False, tasks))
+        modes.append((f"episode KV cache, batch {b}", b, True, False, False, tasks))
     for b in args.shared_batches:
-        modes.append((f"+ shared-prefix attention, batch {b}", b, True, True, all_tasks))
+        modes.append((f"+ shared-prefix attention, batch {b}", b, True, True, False, all_tasks))
+    for b in args.loop_batches:
+        modes.append((f"+ finished rows leave, batch {b}", b, True, True, True, all_tasks))
 
     peak, n = matmul_peak([1024, 2048, 3072], repeats=3)
     rows = []
     reference: dict[str, object] = {}
-    for name, batch, episode_cache, shared_attention, tasks in modes:
+    for name, batch, episode_cache, shared_attention, loop, tasks in modes:
         gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=4096)
         policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache,
-                               shared_prefix_attention=shared_attention)
+                               shared_prefix_attention=shared_attention, greedy_loop=loop)
         start = time.perf_counter()
         trajs = run_episodes(make, tasks, policy, env_name="tidy", split="train", source="eval", iteration=0,
                              one_shot=True, batch_size=batch, progress=False)

@@ -142,6 +142,7 @@ class LocalHFPolicy:
         prefix_cache: bool = False,
         episode_cache: bool = False,
         shared_prefix_attention: bool = False,
+        greedy_loop: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -167,6 +168,9 @@ class LocalHFPolicy:
         """New tokens produced so far (for throughput reports)."""
         self.prefilled_tokens = 0
         """Prompt tokens run through the model so far (those served from the prefix cache excluded)."""
+        self.greedy_loop = greedy_loop
+        """With a KV cache and temperature 0: decode in our own loop, finished rows leaving the
+        batch (False: HF ``generate``, which the benchmarks compare against)."""
         self.shared_prefix_batches = 0
         """Batches whose rows attended to their shared prefix once (shared-prefix attention)."""
         self.decoded_row_steps = 0
@@ -219,7 +223,7 @@ class LocalHFPolicy:
             p = len(shared.tokens)
             self.shared_prefix_batches += 1
             starts = [(c, e) if c >= p else (p, shared) for c, e in starts]
-        if kv is not None and self.settings.temperature == 0:
+        if kv is not None and self.settings.temperature == 0 and self.greedy_loop:
             return self._greedy_from_cache(batch, starts, shared)
         cached = max(c for c, _ in starts)
         suffix = max(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))

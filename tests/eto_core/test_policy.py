@@ -205,11 +205,14 @@ def test_episode_cache_starts_where_the_last_step_ended_and_scores_as_from_scrat
                                   atol=1e-4)
 
 
-def test_episode_cache_writes_the_same_turns_step_after_step(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+@pytest.mark.parametrize("greedy_loop", [True, False])
+def test_episode_cache_writes_the_same_turns_step_after_step(tiny_tokenizer: PreTrainedTokenizerBase,
+                                                             greedy_loop: bool) -> None:
     settings = GenerationSettings(max_new_tokens=8, max_context_tokens=512)
     model = lively_model(tiny_tokenizer)
     plain = LocalHFPolicy(model, tiny_tokenizer, settings)
-    cached = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True)
+    cached = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
+                           greedy_loop=greedy_loop)
     convs = shared_prefix_conversations()
     for step in range(3):
         expected = plain.generate(convs)
@@ -220,7 +223,9 @@ def test_episode_cache_writes_the_same_turns_step_after_step(tiny_tokenizer: Pre
     assert cached.prefilled_tokens < plain.prefilled_tokens / 3
 
 
-def test_shared_prefix_attention_writes_the_same_turns_step_after_step(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+@pytest.mark.parametrize("greedy_loop", [True, False])
+def test_shared_prefix_attention_writes_the_same_turns_step_after_step(tiny_tokenizer: PreTrainedTokenizerBase,
+                                                                       greedy_loop: bool) -> None:
     """The batch cache leaves the shared prefix's columns empty (zeros) and the rows attend to
     the one shared copy instead; were that copy not read, the turns would differ."""
     settings = GenerationSettings(max_new_tokens=8, max_context_tokens=512)
@@ -234,7 +239,7 @@ def test_shared_prefix_attention_writes_the_same_turns_step_after_step(tiny_toke
                 p.normal_(0.0, 0.3, generator=gen)
     plain = LocalHFPolicy(gqa, tiny_tokenizer, settings)
     split = LocalHFPolicy(gqa, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
-                          shared_prefix_attention=True)
+                          shared_prefix_attention=True, greedy_loop=greedy_loop)
     assert split.shared_prefix_attention
     convs = shared_prefix_conversations()
     for step in range(3):
