@@ -219,13 +219,17 @@ def build_pair_rows(
 
 
 def _pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected log-probs of a collated batch in a single forward pass."""
-    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
-    attn = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
-    agent = torch.cat([batch["chosen_agent_mask"], batch["rejected_agent_mask"]])
-    logps = sequence_logps(model, ids, attn, agent)
-    n = batch["chosen_input_ids"].shape[0]
-    return logps[:n], logps[n:]
+    """Chosen and rejected log-probs of a collated batch: one forward per side, each cut to its
+    own longest row. One forward over both sides would pad the shorter side to the longer (a
+    failure is often far longer than the success): compute, and activations kept for the
+    backward pass, for tokens that score nothing."""
+    out = []
+    for side in _SIDES:
+        attn = batch[f"{side}_attention_mask"]
+        length = int(attn.sum(-1).max())
+        out.append(sequence_logps(model, batch[f"{side}_input_ids"][:, :length], attn[:, :length],
+                                  batch[f"{side}_agent_mask"][:, :length]))
+    return out[0], out[1]
 
 
 @torch.no_grad()
