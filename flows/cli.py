@@ -203,9 +203,10 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="serve a local model folder over an OpenAI-compatible API (/v1/chat/completions)",
         description="Serve a Hugging Face model folder (e.g. a stage's model/ artifact) at "
         "http://HOST:PORT/v1 with GET /v1/models and POST /v1/chat/completions, for the `openai` policy "
-        "backend or any OpenAI client. Turns are written by the same code as the in-process hf backend "
-        "(greedy at temperature 0, stopping at the completed 'Action: ...' line), and concurrent requests "
-        "with the same settings are generated together in batches. If $" + SERVE_API_KEY_ENV + " is set, "
+        "backend or any OpenAI client. Turns follow the rules of the in-process hf backend "
+        "(greedy at temperature 0, stopping at the completed 'Action: ...' line). Concurrent requests share "
+        "batches token by token, whatever their settings; stream=true answers with server-sent events. Fields "
+        "the server does not honour (tools, response_format, ...) are refused with a 400 naming them. If $" + SERVE_API_KEY_ENV + " is set, "
         "every request must send 'Authorization: Bearer <that key>'. Stop with Ctrl-C.",
     )
     serve.add_argument("--model", required=True, metavar="PATH",
@@ -217,7 +218,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                        "binding a public address)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
     serve.add_argument("--batch-size", type=int, default=32, metavar="N",
-                       help="most requests generated together in one batch (default: %(default)s)")
+                       help="most completions (choices) decoded together in one batch (default: %(default)s)")
     serve.add_argument("--served-model-name", metavar="NAME",
                        help="the model id clients send and /v1/models lists (default: --model as given)")
     serve.add_argument("--max-new-tokens-cap", type=int, default=1024, metavar="N",
