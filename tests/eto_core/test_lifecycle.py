@@ -1,0 +1,96 @@
+"""eto_core.lifecycle on a stand-in command: a Python process that starts the watchdog, then a
+child that would sleep for minutes, and waits. Fast: no Prefect, no model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import psutil
+import pytest
+
+from eto_core.lifecycle import GRACE_SECONDS, Interrupted, stop_reason
+
+ROOT = Path(__file__).resolve().parents[2]
+
+COMMAND = """
+import subprocess, sys, time
+from eto_core.lifecycle import ChildWatchdog, Interrupted, stop_on_signals
+watchdog = ChildWatchdog()
+# A child that ignores SIGTERM: only the watchdog's SIGKILL after the grace period stops it.
+child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                          "print('ready', flush=True); time.sleep(300)"], stdout=subprocess.PIPE, text=True)
+child.stdout.readline()
+if sys.argv[1] == "release":
+    watchdog.release()
+print(child.pid, flush=True)
+try:
+    with stop_on_signals():
+        time.sleep(300)
+except Interrupted as exc:
+    sys.exit(exc.exit_code)
+"""
+
+
+@contextmanager
+def command(mode: str = "watch") -> Iterator[tuple[subprocess.Popen[str], psutil.Process]]:
+    proc = subprocess.Popen([sys.executable, "-c", COMMAND, mode], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    child = psutil.Process(int(proc.stdout.readline()))
+    time.sleep(0.6)  # the watchdog polls every POLL_SECONDS: let it see the child
+    try:
+        yield proc, child
+    finally:
+        proc.kill()  # a no-op once it has been waited for
+        proc.wait()
+        with suppress(psutil.NoSuchProcess):
+            child.kill()  # psutil checks it is still the same process, not a reused pid
+
+
+def _gone(proc: psutil.Process, within: float) -> bool:
+    try:
+        proc.wait(timeout=within)
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_exits_128_plus_signal_and_the_child_is_stopped(sig: int) -> None:
+    with command() as (proc, child):
+        os.kill(proc.pid, sig)
+        assert proc.wait(timeout=10) == 128 + sig
+        assert _gone(child, GRACE_SECONDS + 5)
+
+
+def test_sigkill_of_the_command_stops_its_child_within_seconds() -> None:
+    with command() as (proc, child):
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        started = time.monotonic()
+        assert _gone(child, GRACE_SECONDS + 5)
+        assert time.monotonic() - started < GRACE_SECONDS + 3
+
+
+def test_released_children_outlive_the_command() -> None:
+    with command("release") as (proc, child):
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+        assert not _gone(child, GRACE_SECONDS + 1)
+
+
+def test_stop_reason_names_the_signal_of_every_kind_of_stop() -> None:
+    from prefect.exceptions import TerminationSignal  # what Prefect's own SIGTERM handler raises
+
+    assert stop_reason(Interrupted(signal.SIGTERM)) == signal.SIGTERM
+    assert stop_reason(KeyboardInterrupt()) == signal.SIGINT
+    assert stop_reason(TerminationSignal(signal.SIGTERM)) == signal.SIGTERM
+    assert stop_reason(ValueError("x")) is None
+    assert Interrupted(signal.SIGINT).exit_code == 130
