@@ -8,14 +8,16 @@ Two mechanisms, for two ways a command ends early:
   is ended KILLED, Prefect marks the flow run Crashed) and the command exits with 128 + signal. A
   second signal while that cleanup runs exits at once; the watchdog then stops what is left.
 * **SIGKILL of the command** (or a crash that skips every ``finally``): ``ChildWatchdog`` is a
-  small separate process that remembers the command's descendants (polled every
-  ``POLL_SECONDS``) and, once the command is gone, sends them SIGTERM and, after ``GRACE_SECONDS``,
-  SIGKILL. It is a separate process because nothing inside a SIGKILLed process runs, and it learns
-  of the death at once: it holds the read end of a pipe whose only write end the command holds,
-  and the kernel closes that when the command dies. Processes spawned by libraries (Prefect's
-  temporary server, a ``uvicorn`` child; Dask's worker processes; a simulator's JVM) are covered
-  without changing how those libraries start them; a process started within the last
-  ``POLL_SECONDS`` before a SIGKILL can be missed.
+  small separate process that, once the command is gone, sends SIGTERM and, after
+  ``GRACE_SECONDS``, SIGKILL to every process the command started. It is a separate process
+  because nothing inside a SIGKILLed process runs, and it learns of the death at once: it holds
+  the read end of a pipe whose only write end the command holds, and the kernel closes that when
+  the command dies. It finds the processes two ways: each carries the command's token in its
+  environment (``TREE_ENV``, inherited by every process started with the command's environment,
+  even one that started its own session or was started a moment before the kill), and the
+  command's descendants are polled every ``POLL_SECONDS`` (for a child started with an environment
+  of its own). Processes spawned by libraries (Prefect's temporary server, a ``uvicorn`` child;
+  Dask's worker processes; a simulator's JVM) are covered without changing how they are started.
 
 The watchdog runs in its own session, so a Ctrl-C at the terminal or a SIGKILL of the command's
 process group does not take it down before it has done its job.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -37,6 +40,7 @@ import psutil
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 POLL_SECONDS = 0.25
 GRACE_SECONDS = 3.0
+TREE_ENV = "ETO_PROCESS_TREE"  # the token that marks the processes of one command
 RELEASE = b"r"  # written by the command before it exits: leave its descendants running
 
 
@@ -99,8 +103,11 @@ class ChildWatchdog:
     def __init__(self) -> None:
         read_fd, self._write_fd = os.pipe()  # not inherited: our children never hold the write end
         me = psutil.Process()
+        # Set in our own environment, so every child started from now on inherits it.
+        self.token = os.environ[TREE_ENV] = f"{me.pid}-{secrets.token_hex(8)}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "eto_core.lifecycle", str(me.pid), repr(me.create_time()), str(read_fd)],
+            [sys.executable, "-m", "eto_core.lifecycle", str(me.pid), repr(me.create_time()), str(read_fd),
+             self.token],
             pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
         )
         os.close(read_fd)
@@ -133,7 +140,18 @@ def _same(pid: int, created: float) -> psutil.Process | None:
         return None
 
 
-def _watch(parent_pid: int, parent_created: float, fd: int) -> None:
+def _marked(token: str) -> dict[int, psutil.Process]:
+    """Every process whose environment carries ``token`` (those of other users cannot be read,
+    and are not ours)."""
+    found = {}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(TREE_ENV) == token:
+                found[proc.pid] = proc
+    return found
+
+
+def _watch(parent_pid: int, parent_created: float, fd: int, token: str) -> None:
     parent = _same(parent_pid, parent_created)
     seen: dict[int, float] = {}  # descendants by pid -> create time
     released = False
@@ -151,17 +169,17 @@ def _watch(parent_pid: int, parent_created: float, fd: int) -> None:
                     seen.setdefault(child.pid, child.create_time())
     if released:
         return
-    # Orphans are reparented, but keep their own children: collect those too.
-    left: dict[int, psutil.Process] = {}
+    left = _marked(token)
     for pid, created in seen.items():
         proc = _same(pid, created)
-        if proc is None:
-            continue
-        left[pid] = proc
+        if proc is not None:
+            left[pid] = proc
+    # Orphans are reparented, but keep their own children: collect those too.
+    for proc in list(left.values()):
         with contextlib.suppress(psutil.Error):
             left.update({c.pid: c for c in proc.children(recursive=True)})
     terminate([p for p in left.values() if p.pid != os.getpid()])
 
 
 if __name__ == "__main__":
-    _watch(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]))
+    _watch(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from eto_core.lifecycle import GRACE_SECONDS, Interrupted, stop_reason
+from eto_core.lifecycle import GRACE_SECONDS, TREE_ENV, Interrupted, stop_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,8 @@ from eto_core.lifecycle import ChildWatchdog, Interrupted, stop_on_signals
 watchdog = ChildWatchdog()
 # A child that ignores SIGTERM: only the watchdog's SIGKILL after the grace period stops it.
 child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                          "print('ready', flush=True); time.sleep(300)"], stdout=subprocess.PIPE, text=True)
+                          "print('ready', flush=True); time.sleep(300)"], stdout=subprocess.PIPE, text=True,
+                         start_new_session=sys.argv[1] == "session")
 child.stdout.readline()
 if sys.argv[1] == "release":
     watchdog.release()
@@ -39,12 +40,13 @@ except Interrupted as exc:
 
 
 @contextmanager
-def command(mode: str = "watch") -> Iterator[tuple[subprocess.Popen[str], psutil.Process]]:
+def command(mode: str = "watch", settle: float = 0.6) -> Iterator[tuple[subprocess.Popen[str], psutil.Process]]:
+    """The stand-in command and its child; ``settle``: seconds before the test goes on."""
     proc = subprocess.Popen([sys.executable, "-c", COMMAND, mode], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                             start_new_session=True)
     assert proc.stdout is not None
     child = psutil.Process(int(proc.stdout.readline()))
-    time.sleep(0.6)  # the watchdog polls every POLL_SECONDS: let it see the child
+    time.sleep(settle)
     try:
         yield proc, child
     finally:
@@ -77,6 +79,17 @@ def test_sigkill_of_the_command_stops_its_child_within_seconds() -> None:
         started = time.monotonic()
         assert _gone(child, GRACE_SECONDS + 5)
         assert time.monotonic() - started < GRACE_SECONDS + 3
+
+
+def test_sigkill_right_after_a_child_started_its_own_session_stops_it_too() -> None:
+    """Too soon for the watchdog's polling, and outside the command's process group: found by
+    the token in its environment."""
+    with command("session", settle=0.0) as (proc, child):
+        assert os.getsid(child.pid) != os.getsid(proc.pid)
+        assert child.environ()[TREE_ENV].startswith(f"{proc.pid}-")
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert _gone(child, GRACE_SECONDS + 5)
 
 
 def test_released_children_outlive_the_command() -> None:

@@ -183,13 +183,41 @@ def test_eto_run_stopped_by_sigterm_sigint_and_sigkill_leaves_no_process_and_res
             "lost": "the work in flight in that stage; no partial artifact"})
 
 
-def test_eto_serve_stops_on_sigterm_and_its_watchdog_on_sigkill(tmp_path: Path) -> None:
+def _mlflow_run_started(db_path: Path) -> bool:
+    try:
+        return bool(_mlflow_runs(db_path))
+    except sqlite3.Error:  # not created yet, or being migrated
+        return False
+
+
+def _mini_model(work: Path) -> Path:
+    """The mini recipe's initial model folder (seconds: a tiny random model)."""
     from eto_core import pipeline as P
     from eto_core.config import load_recipe
 
-    recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [f"storage.root={tmp_path / 'artifacts'}"])
-    store = P.make_store(recipe, tmp_path / "state")
-    model = P.model_folder(store, P.model_init_stage(recipe, store, P.expert_stage(recipe, store, progress=False).ref).ref)
+    recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [f"storage.root={work / 'model-artifacts'}"])
+    store = P.make_store(recipe, work / "model-state")
+    return Path(P.model_folder(store, P.model_init_stage(recipe, store, P.expert_stage(recipe, store, progress=False).ref).ref))
+
+
+@pytest.mark.parametrize("command", ["baseline", "evaluate"])
+def test_eto_baseline_and_evaluate_stopped_mid_flow_leave_no_process(command: str, tmp_path: Path) -> None:
+    """Lighter than `eto run`'s: one signal each, once the flow run has its MLflow run."""
+    sig = signal.SIGTERM if command == "baseline" else signal.SIGINT
+    what = ["baseline", "rft"] if command == "baseline" else ["evaluate", "--model", str(_mini_model(tmp_path))]
+    argv = [*what, "--config", "recipes/mini.yaml", "--artifact-root", str(tmp_path / "artifacts"),
+            "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--state-dir", str(tmp_path / "state")]
+    done = stop(argv, sig, lambda out: _mlflow_run_started(tmp_path / "mlflow.db"))
+    assert done.returncode == 128 + sig, done.output[-3000:]
+    assert _has(done.tree, "uvicorn", "prefect.server")
+    assert _flow_run_states(tmp_path / "state") in (["CRASHED"], ["CANCELLED"])
+    assert list(_mlflow_runs(tmp_path / "mlflow.db").values()) == ["KILLED"]
+    if (tmp_path / "artifacts").is_dir():  # a stop this early may come before the first artifact
+        check_complete(tmp_path / "artifacts")
+
+
+def test_eto_serve_stops_on_sigterm_and_its_watchdog_on_sigkill(tmp_path: Path) -> None:
+    model = _mini_model(tmp_path)
     with socket_port() as port:
         argv = ["serve", "--model", str(model), "--port", str(port)]
 
@@ -215,3 +243,25 @@ def socket_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     yield port
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_eto_stack_up_stopped_while_starting_leaves_no_service(sig: int, tmp_path: Path) -> None:
+    """Stopped while it waits for MLflow (S3 already healthy), `eto stack up` stops the services it
+    started: on SIGTERM itself, on SIGKILL through its watchdog. Done, it leaves them running
+    (the stack tests in tests/integration start the stack through the CLI)."""
+    from eto_core import stack as S
+    from tests.integration.conftest import clean_env, free_port, free_weed_base
+
+    state = tmp_path / "stack"
+    argv = ["stack", "up", "--state-dir", str(state), "--s3-port", str(free_port()), "--mlflow-port",
+            str(free_port()), "--prefect-port", str(free_port()), "--weed-port-base", str(free_weed_base())]
+    done = stop(argv, sig, lambda out: (state / "run" / "mlflow.json").is_file(), env=clean_env())
+    assert done.returncode == (128 + sig if sig != signal.SIGKILL else -sig), done.output[-3000:]
+    assert _has(done.tree, "weed", "mini") and _has(done.tree, "mlflow", "server")
+    config = S.load_config(state)
+    assert config is not None
+    if sig == signal.SIGTERM:
+        assert [st.state for st in S.status(config)] == ["stopped"] * 3
+    else:  # no chance to clean up: pid files of dead processes, which `up` and `down` handle
+        assert {st.state for st in S.status(config)} <= {"stopped", "dead"}
