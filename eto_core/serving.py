@@ -837,19 +837,21 @@ def serve(
     device: str | None = None,
     batch_wait_s: float = 0.005,
     log_level: str = "info",
+    tracking_uri: str | None = None,
 ) -> None:
-    """Load the model (a folder, Hub id, .gguf file or package:NAME/FILE) and serve it until interrupted.
+    """Load the model (a folder, Hub id, .gguf file, package:NAME/FILE, or a registered version
+    models:/NAME@ALIAS or models:/NAME/VERSION at ``tracking_uri``) and serve it until interrupted.
 
     The model is served under ``model_name`` (default: ``model_path`` as given, as vLLM does)
     on ``device`` (default: cuda when available, else cpu).
     """
-    import torch
     import uvicorn
 
     from eto_core.model_source import local_model_folder
     from eto_core.modeling import load_model
 
-    model, tokenizer = load_model(local_model_folder(model_path), trust_remote_code=False, chat_template=None)
+    folder = local_model_folder(model_path, tracking_uri=tracking_uri)
+    model, tokenizer = load_model(folder, trust_remote_code=False, chat_template=None)
     move: Any = model.to  # typed loosely by transformers
     move(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     app = create_app(model, tokenizer, model_name=model_name or model_path, batch_size=batch_size,
@@ -858,7 +860,7 @@ def serve(
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level)  # sets up uvicorn's loggers
     logging.getLogger("uvicorn.error").info(
         "serving %s as '%s' on %s: context %d tokens, batches of up to %d, max_tokens up to %d%s",
-        model_path, model_name or model_path, model.device, app.state.engine.max_context_tokens, batch_size,
+        model_path if folder == model_path else f"{model_path} ({folder})", model_name or model_path, model.device, app.state.engine.max_context_tokens, batch_size,
         max_new_tokens_cap, ", API key required" if api_key else "",
     )
     uvicorn.Server(config).run()

@@ -7,12 +7,17 @@ the engine's counters can be read; references are computed with the same model i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,11 +26,16 @@ import pytest
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from eto_core.model_source import local_model_folder
+from eto_core.modeling import ModelError, build_tiny_model, save_model
 from eto_core.policy import GenerationSettings, LocalHFPolicy
 from eto_core.records import Message
 from eto_core.serving import create_app
+from eto_core.tracking import Tracker
+from flows.cli import SERVE_API_KEY_ENV
+from tests.conftest import TINY_CFG
 from tests.eto_core.test_policy import lively_model
-from tests.eto_core.test_serving import _start
+from tests.eto_core.test_serving import REPO, _free_port, _start
 
 CONTEXT = 1024
 CAP = 900
@@ -317,3 +327,54 @@ def test_values_that_ask_for_nothing_are_accepted(client: openai.OpenAI) -> None
         extra_body={"parallel_tool_calls": False, "service_tier": "auto"},
     )
     assert reply.choices[0].message.content is not None
+
+
+# --- a registered model version, served by its alias ----------------------------------------------
+
+
+def test_eto_serve_serves_a_registered_version_by_its_alias(
+    tiny_tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+) -> None:
+    """``eto serve --model models:/NAME@champion`` downloads the version the alias names and serves it."""
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(tracking, "serve-test")
+    models = [lively_model(tiny_tokenizer, max_positions=CONTEXT), build_tiny_model(TINY_CFG, tiny_tokenizer)]
+    for i, model in enumerate(models):
+        save_model(model, tiny_tokenizer, tmp_path / f"model{i}")
+        run = tracker.start_run("dpo")
+        tracker.log_artifacts(run, tmp_path / f"model{i}", "model")
+        tracker.end_run(run)
+        tracker.register_model("eto-serve-test", run, "model", tags={})
+    tracker.set_alias("eto-serve-test", "champion", "1")
+    texts = [_local((m, tiny_tokenizer), 12).generate([CONV])[0] for m in models]
+    assert texts[0] != texts[1]
+
+    port = _free_port()
+    spec = "models:/eto-serve-test@champion"
+    env = {**os.environ, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}  # the download goes under HOME
+    env.pop(SERVE_API_KEY_ENV, None)
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--model", spec, "--mlflow-uri", tracking,
+                                 "--port", str(port), "--max-new-tokens-cap", "64"],
+                                cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/models").status_code == 200:
+                    break
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        with openai.OpenAI(base_url=base, api_key="unused", max_retries=0) as client:
+            assert [m.id for m in client.models.list()] == [spec]
+            reply = client.chat.completions.create(model=spec, messages=CONV, max_tokens=12, temperature=0)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content == texts[0]  # version 1, the champion
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert list((tmp_path / ".cache" / "eto" / "registry").iterdir())[0].name.endswith("-v1")
+    with pytest.raises(ModelError, match="alias nobody not found.*eto models compare eto-serve-test"):
+        local_model_folder("models:/eto-serve-test@nobody", cache_dir=tmp_path / "c", tracking_uri=tracking)
