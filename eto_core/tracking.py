@@ -205,6 +205,14 @@ class Tracker:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def end_open_children(self, parent: str, status: str) -> None:
+        """End with ``status`` the nested runs of ``parent`` still RUNNING: a stage that was being
+        logged when its flow failed or was stopped."""
+        found = self.client.search_runs([self.experiment_id], filter_string=(
+            f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'"))
+        for run in found:
+            self.client.set_terminated(run.info.run_id, status=status)
+
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         flat = flatten("", dict(params))
         items = [Param(k, v) for k, v in flat.items()]

@@ -241,6 +241,8 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     finally:
         shard_workers.close()
         try:
+            if status != "FINISHED":
+                tracker.end_open_children(parent, status)
             tracker.end_run(parent, status=status)
         except Exception as exc:  # the server may be the thing that failed: keep the first error
             if not is_unreachable(exc):
@@ -348,4 +350,6 @@ def evaluate_flow(recipe: Recipe, model: str | None = None, state_dir: str = ".e
         status = ended_status(exc)
         raise
     finally:
+        if status != "FINISHED":
+            tracker.end_open_children(parent, status)
         tracker.end_run(parent, status=status)

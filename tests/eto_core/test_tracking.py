@@ -1,4 +1,4 @@
-"""eto_core.tracking: runs that start side by side on one fresh local MLflow store."""
+"""eto_core.tracking: runs that start side by side on one fresh local MLflow store; a stopped run's open nested runs."""
 
 from __future__ import annotations
 
@@ -30,3 +30,14 @@ def test_processes_opening_a_fresh_sqlite_store_at_once_all_succeed(tmp_path: Pa
     for p in procs:
         p.join(timeout=60)
     assert len(set(got)) == 1 and str(got[0]).isdigit(), got
+
+
+def test_end_open_children_ends_only_the_running_nested_runs(tmp_path: Path) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "eto-stop")
+    parent = tracker.start_run("parent")
+    done, open_ = tracker.start_run("done", parent=parent), tracker.start_run("open", parent=parent)
+    tracker.end_run(done)
+    other = tracker.start_run("another parent's")
+    tracker.end_open_children(parent, "KILLED")
+    status = {r: tracker.client.get_run(r).info.status for r in (parent, done, open_, other)}
+    assert status == {parent: "RUNNING", done: "FINISHED", open_: "KILLED", other: "RUNNING"}

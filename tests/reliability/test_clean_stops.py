@@ -126,6 +126,12 @@ def _mlflow_runs(db_path: Path) -> dict[str, str]:
         return {f"{i}:{name}": status for i, (name, status) in enumerate(rows)}
 
 
+def _running_runs(db_path: Path) -> int:
+    """MLflow runs, nested ones included, still RUNNING."""
+    with sqlite3.connect(db_path) as db:
+        return int(db.execute("SELECT count(*) FROM runs WHERE status = 'RUNNING'").fetchone()[0])
+
+
 def _run_argv(work: Path) -> list[str]:
     # Stages long enough to be stopped in the middle; rollouts in shards; a local Dask cluster
     # (started at the first rollout) so its worker processes are part of the tree.
@@ -146,6 +152,7 @@ def test_eto_run_stopped_by_sigterm_sigint_and_sigkill_leaves_no_process_and_res
     assert "stopped by SIGTERM" in term.output
     assert _flow_run_states(tmp_path / "state") == ["CRASHED"]
     assert list(_mlflow_runs(tmp_path / "mlflow.db").values()) == ["KILLED"]
+    assert _running_runs(tmp_path / "mlflow.db") == 0
     check_complete(root)
     assert stages_done(root).get("sft", 0) == 0, "the stop came after SFT"
     after_term = manifests(root)
@@ -157,6 +164,7 @@ def test_eto_run_stopped_by_sigterm_sigint_and_sigkill_leaves_no_process_and_res
     assert _has(interrupted.tree, "multiprocessing"), f"no Dask worker in {interrupted.tree}"
     assert _flow_run_states(tmp_path / "state")[-1] in ("CRASHED", "CANCELLED")
     assert list(_mlflow_runs(tmp_path / "mlflow.db").values())[-1] == "KILLED"
+    assert _running_runs(tmp_path / "mlflow.db") == 0
     check_complete(root)
     after_int = manifests(root)
     assert all(after_int[n] == after_term[n] for n in after_term), "a stage finished before was redone"
@@ -212,6 +220,7 @@ def test_eto_baseline_and_evaluate_stopped_mid_flow_leave_no_process(command: st
     assert _has(done.tree, "uvicorn", "prefect.server")
     assert _flow_run_states(tmp_path / "state") in (["CRASHED"], ["CANCELLED"])
     assert list(_mlflow_runs(tmp_path / "mlflow.db").values()) == ["KILLED"]
+    assert _running_runs(tmp_path / "mlflow.db") == 0
     if (tmp_path / "artifacts").is_dir():  # a stop this early may come before the first artifact
         check_complete(tmp_path / "artifacts")
 
