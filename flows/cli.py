@@ -557,6 +557,8 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
 
     # Started first, so it sees every child from the first one on.
     watchdog = ChildWatchdog()
+    if args.command in PIPELINE_COMMANDS and not os.environ.get("PREFECT_API_URL"):
+        _temporary_server_in_own_session()
     try:
         with stop_on_signals():
             return _dispatch(args, watchdog)
@@ -564,6 +566,38 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
         resume = " Finished stages are kept: the same command resumes from them." if args.command in PIPELINE_COMMANDS else ""
         print(f"eto {args.command}: {exc}.{resume}", file=sys.stderr)
         return exc.exit_code
+
+
+def _temporary_server_in_own_session() -> None:
+    """Prefect's temporary server (started on the first API call when no PREFECT_API_URL is set)
+    in a session of its own.
+
+    In the command's process group it got a terminal's Ctrl-C, or a signal to the whole group,
+    at the same moment as the command, and was gone before the flow run could be marked Crashed:
+    the command then hung in the client's retries and the run stayed Running. It still stops with
+    the command: Prefect stops it at exit, and the watchdog finds it by the command's token."""
+    import subprocess
+
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    class OwnSessionServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            # As SubprocessASGIServer._run_uvicorn_command (Prefect 3.8), in a new session;
+            # tests/reliability/test_clean_stops.py checks that the server runs in one.
+            server_env = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+            return subprocess.Popen(
+                args=[sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                      "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                      "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, **server_env, **get_current_settings().to_environment_variables(exclude_unset=True)},
+                start_new_session=True,
+            )
+
+    # SubprocessASGIServer is one instance per port, kept in a class-level dict that subclasses
+    # share: this one is what Prefect's client gets when it asks for the temporary server.
+    OwnSessionServer()
 
 
 LONG_RUNNING = ("run", "evaluate", "baseline", "serve")

@@ -42,6 +42,8 @@ class Stopped:
     returncode: int
     output: str
     tree: dict[int, str]  # pid -> command line of every process of the tree at the signal
+    sids: dict[int, int]  # pid -> session id
+    pid: int
     seconds: float  # from the signal until the command ended
 
 
@@ -53,13 +55,14 @@ def _alive(pid: int, created: float) -> bool:
         return False
 
 
-def _tree(pid: int) -> dict[int, tuple[float, str]]:
+def _tree(pid: int) -> dict[int, tuple[float, str, int]]:
+    """pid -> (create time, command line, session id) of ``pid`` and its descendants."""
     procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     out = {}
     for p in procs:
         try:
-            out[p.pid] = (p.create_time(), " ".join(p.cmdline()))
-        except psutil.Error:
+            out[p.pid] = (p.create_time(), " ".join(p.cmdline()), os.getsid(p.pid))
+        except (psutil.Error, ProcessLookupError):
             continue
     return out
 
@@ -83,9 +86,11 @@ def _started(argv: list[str], env: dict[str, str] | None = None) -> Iterator[tup
         reader.join(timeout=10)
 
 
-def stop(argv: list[str], sig: int, when: Callable[[str], bool], *, env: dict[str, str] | None = None) -> Stopped:
-    """Run ``eto ARGV``; once ``when(output)`` holds, send ``sig`` to its pid; wait for it and for
-    every process of its tree (recorded at the signal) to be gone."""
+def stop(argv: list[str], sig: int, when: Callable[[str], bool], *, env: dict[str, str] | None = None,
+         group: bool = False) -> Stopped:
+    """Run ``eto ARGV``; once ``when(output)`` holds, send ``sig`` to its pid (``group``: to its
+    process group, as a terminal's Ctrl-C does); wait for it and for every process of its tree
+    (recorded at the signal) to be gone."""
     with _started(argv, env) as (proc, chunks):
         deadline = time.monotonic() + START_TIMEOUT
         while not when(b"".join(chunks).decode(errors="replace")):
@@ -94,7 +99,10 @@ def stop(argv: list[str], sig: int, when: Callable[[str], bool], *, env: dict[st
             time.sleep(0.05)
         tree = _tree(proc.pid)
         signalled = time.monotonic()
-        os.kill(proc.pid, sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
         returncode = proc.wait(timeout=120)
         seconds = time.monotonic() - signalled
         ended = time.monotonic()
@@ -106,7 +114,8 @@ def stop(argv: list[str], sig: int, when: Callable[[str], bool], *, env: dict[st
         output = b"".join(chunks).decode(errors="replace")
         assert not left, (f"{signal.Signals(sig).name}: processes left {GONE_WITHIN} s after the command ended: "
                           f"{[v[1][:120] for v in left.values()]}\n{output[-3000:]}")
-    return Stopped(returncode, output, {pid: v[1] for pid, v in tree.items()}, seconds)
+    return Stopped(returncode, output, {pid: v[1] for pid, v in tree.items()}, {pid: v[2] for pid, v in tree.items()},
+                   proc.pid, seconds)
 
 
 def _has(tree: dict[int, str], *words: str) -> bool:
@@ -149,6 +158,9 @@ def test_eto_run_stopped_by_sigterm_sigint_and_sigkill_leaves_no_process_and_res
     term = stop(argv, signal.SIGTERM, lambda out: bar_at(out, "SFT", 1))
     assert term.returncode == 128 + signal.SIGTERM, term.output[-3000:]
     assert _has(term.tree, "uvicorn", "prefect.server") and _has(term.tree, "eto_core.lifecycle")
+    # In the command's session, the server died of the group's signals before the flow run was marked.
+    assert all(sid != term.sids[term.pid] for pid, sid in term.sids.items()
+               if "uvicorn" in term.tree[pid]), "Prefect's temporary server is in the command's session"
     assert "stopped by SIGTERM" in term.output
     assert _flow_run_states(tmp_path / "state") == ["CRASHED"]
     assert list(_mlflow_runs(tmp_path / "mlflow.db").values()) == ["KILLED"]
@@ -158,8 +170,9 @@ def test_eto_run_stopped_by_sigterm_sigint_and_sigkill_leaves_no_process_and_res
     after_term = manifests(root)
     assert {"expert", "model_init"} <= {n.split("/")[0] for n in after_term}
 
-    # SIGINT (Ctrl-C) during the SFT policy's evaluation: Dask's worker process is running too.
-    interrupted = stop(argv, signal.SIGINT, lambda out: stages_done(root).get("evaluate_shard", 0) >= 1)
+    # SIGINT to the process group, as a terminal's Ctrl-C, during the SFT policy's evaluation:
+    # Dask's worker process gets it too, Prefect's temporary server (in a session of its own) not.
+    interrupted = stop(argv, signal.SIGINT, lambda out: stages_done(root).get("evaluate_shard", 0) >= 1, group=True)
     assert interrupted.returncode == 128 + signal.SIGINT, interrupted.output[-3000:]
     assert _has(interrupted.tree, "multiprocessing"), f"no Dask worker in {interrupted.tree}"
     assert _flow_run_states(tmp_path / "state")[-1] in ("CRASHED", "CANCELLED")
@@ -215,7 +228,8 @@ def test_eto_baseline_and_evaluate_stopped_mid_flow_leave_no_process(command: st
     what = ["baseline", "rft"] if command == "baseline" else ["evaluate", "--model", str(_mini_model(tmp_path))]
     argv = [*what, "--config", "recipes/mini.yaml", "--artifact-root", str(tmp_path / "artifacts"),
             "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--state-dir", str(tmp_path / "state")]
-    done = stop(argv, sig, lambda out: _mlflow_run_started(tmp_path / "mlflow.db"))
+    # SIGINT as a terminal's Ctrl-C sends it, to the whole process group.
+    done = stop(argv, sig, lambda out: _mlflow_run_started(tmp_path / "mlflow.db"), group=sig == signal.SIGINT)
     assert done.returncode == 128 + sig, done.output[-3000:]
     assert _has(done.tree, "uvicorn", "prefect.server")
     assert _flow_run_states(tmp_path / "state") in (["CRASHED"], ["CANCELLED"])
