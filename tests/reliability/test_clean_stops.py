@@ -175,7 +175,7 @@ def test_eto_run_stopped_by_sigterm_sigint_and_sigkill_leaves_no_process_and_res
     interrupted = stop(argv, signal.SIGINT, lambda out: stages_done(root).get("evaluate_shard", 0) >= 1, group=True)
     assert interrupted.returncode == 128 + signal.SIGINT, interrupted.output[-3000:]
     assert _has(interrupted.tree, "multiprocessing"), f"no Dask worker in {interrupted.tree}"
-    assert _flow_run_states(tmp_path / "state")[-1] in ("CRASHED", "CANCELLED")
+    assert _flow_run_states(tmp_path / "state")[-1] == "CRASHED"
     assert list(_mlflow_runs(tmp_path / "mlflow.db").values())[-1] == "KILLED"
     assert _running_runs(tmp_path / "mlflow.db") == 0
     check_complete(root)
@@ -194,13 +194,16 @@ def test_eto_run_stopped_by_sigterm_sigint_and_sigkill_leaves_no_process_and_res
 
     for sig, run in (("SIGTERM", term), ("SIGINT", interrupted), ("SIGKILL", killed)):
         where = {"SIGTERM": "SFT", "SIGINT": "the SFT policy's evaluation", "SIGKILL": "exploration"}[sig]
+        to = "its process group, as Ctrl-C" if sig == "SIGINT" else "its pid only"
+        kinds = [name for name, word in (("the watchdog", "eto_core.lifecycle"), ("Prefect's temporary server", "uvicorn"),
+                                         ("a Dask worker", "multiprocessing")) if _has(run.tree, word)]
         ROWS.append({
             "area": "stop signals", "test": f"{sig} during {where}",
-            "fault": f"{sig} to `eto run` (its pid only, not its group) during {where}",
+            "fault": f"{sig} to `eto run` ({to}) during {where}",
             "error": (f"exit code {run.returncode} after {run.seconds:.1f} s; all {len(run.tree)} processes of its tree "
-                      "(the command, the watchdog, Prefect's temporary server, Dask workers) gone within "
-                      f"{GONE_WITHIN:.0f} s" + ("; flow run Crashed, MLflow run KILLED" if sig != "SIGKILL" else "")
-                      + "; the next run reused every finished stage"),
+                      f"(the command, {', '.join(kinds)}) gone within {GONE_WITHIN:.0f} s"
+                      + ("; flow run Crashed, MLflow run KILLED; the next run reused every finished stage"
+                         if sig != "SIGKILL" else "")),
             "lost": "the work in flight in that stage; no partial artifact"})
 
 
