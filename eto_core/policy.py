@@ -329,7 +329,6 @@ class LocalHFPolicy:
         new: list[list[int]] = [[] for _ in range(n)]
         live = list(range(n))  # batch position -> row
         done: set[int] = set()  # rows finished but still in the batch
-        layers = _layers(cache)
         with torch.inference_mode(), attention:
             out = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                              position_ids=positions[:, own:].to(device), use_cache=True, logits_to_keep=1,
@@ -338,7 +337,6 @@ class LocalHFPolicy:
             for step in range(s.max_new_tokens):
                 self.decoded_row_steps += len(live)
                 tokens = out.logits[:, -1].argmax(-1).tolist()
-                layers = _layers(cache)
                 for i, row in enumerate(live):
                     if row in done:
                         continue
@@ -349,7 +347,8 @@ class LocalHFPolicy:
                         done.add(row)
                         if kv.episodes:
                             ids, (c, _) = batch[row], starts[row]
-                            kv.keep_row(ids, c, new[row], layers, i, own, width, shared)
+                            # The layers' tensors are replaced when the batch is compacted: read them now.
+                            kv.keep_row(ids, c, new[row], _layers(cache), i, own, width, shared)
                 if len(done) == len(live):
                     break
                 if len(done) >= max(1, len(live) // 4):
