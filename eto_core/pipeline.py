@@ -302,7 +302,8 @@ def model_init_key(recipe: Recipe, expert: ArtifactRef | None) -> str:
 
 
 def sft_key(recipe: Recipe, base: ArtifactRef, expert: ArtifactRef) -> str:
-    return cache_key("sft", settings={"sft": recipe.sft, "seed": recipe.seed}, inputs={"base": base, "expert": expert})
+    return cache_key("sft", settings={"sft": recipe.sft.key_fields(), "seed": recipe.seed},
+                     inputs={"base": base, "expert": expert})
 
 
 ROLLOUT_STAGES = ("explore", "evaluate", "select", "best_of_n", "rft_explore")
@@ -325,7 +326,7 @@ def sampling(recipe: Recipe, stage: str) -> GenerationSettings:
 
 
 def rft_key(recipe: Recipe, base: ArtifactRef, expert: ArtifactRef | None, explored: ArtifactRef) -> str:
-    return cache_key("rft", settings={"sft": recipe.sft, "seed": recipe.seed,
+    return cache_key("rft", settings={"sft": recipe.sft.key_fields(), "seed": recipe.seed,
                                       **({"one_shot_in_training": False} if strips_example(recipe) else {})},
                      inputs={"base": base, "expert": expert, "explored": explored})
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from datasets import Dataset
@@ -72,6 +72,13 @@ class SFTSettings(BaseModel):
         description="Batch trajectories of similar length (less padding, faster steps) at the cost of a "
         "less random data order; off so batches are plain shuffles as in the paper",
     )
+    padding_free: bool = Field(
+        False,
+        description="Concatenate a batch's trajectories into one row (positions restart per trajectory, "
+        "attention stays within each) instead of padding them to the longest: no padding tokens, the same "
+        "loss. For varlen attention kernels (a GPU's flash attention); on a CPU the masked attention over "
+        "the joined row costs more than the padding it saves (docs/benchmarks.md). Not a cache-key field",
+    )
     lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights")
     bf16: bool | None = Field(
         None,
@@ -79,6 +86,13 @@ class SFTSettings(BaseModel):
         "Empty: on with a bf16-capable GPU, off on CPU; true also on CPU, where it roughly doubles a real "
         "model's step rate",
     )
+
+    SPEED_ONLY: ClassVar[frozenset[str]] = frozenset({"padding_free"})
+    """Fields that change how the loss is computed, not its value: left out of cache keys."""
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that decide the trained model (a stage's cache key)."""
+        return self.model_dump(mode="json", exclude=set(self.SPEED_ONLY))
 
     def to_trl(self, output_dir: str) -> SFTConfig:
         """TRL's config for these settings, with CPU-safe, no-checkpoint, no-tracker defaults."""
@@ -89,7 +103,9 @@ class SFTSettings(BaseModel):
             learning_rate=self.learning_rate,
             per_device_train_batch_size=self.per_device_train_batch_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
-            max_length=self.max_length,
+            # Rows come truncated to max_length (_sft_dataset); TRL refuses a max_length it would
+            # not enforce in padding-free mode.
+            max_length=None if self.padding_free else self.max_length,
             # transformers 5 folded warmup_ratio into warmup_steps (a float < 1 is a ratio)
             warmup_steps=self.warmup_ratio,
             weight_decay=self.weight_decay,
@@ -102,6 +118,9 @@ class SFTSettings(BaseModel):
             assistant_only_loss=False,
             completion_only_loss=False,
             packing=False,
+            # One joined row per batch, positions restarting per trajectory; transformers builds
+            # the block-diagonal causal mask from the positions.
+            padding_free=self.padding_free,
             bf16=use_bf16(self.bf16),
             fp16=False,
             use_cpu=not cuda,

@@ -12,7 +12,7 @@ from eto_core.lora import LoraSettings
 from eto_core.modeling import load_model, save_model
 from eto_core.prompts import agent_turn, observation_turn
 from eto_core.records import Message, Trajectory
-from eto_core.sft import AgentSFTTrainer, SFTSettings, _sft_dataset, train_sft
+from eto_core.sft import AgentSFTTrainer, SFTSettings, TrainResult, _sft_dataset, train_sft
 from eto_core.tokenization import encode_conversation
 from tests.conftest import TOY_OBJECTS, TOY_PLACES, toy_trajectory
 
@@ -171,3 +171,57 @@ def test_sft_group_by_length_batches_trajectories_of_similar_length(
     shuffled_mean = sum(spreads[False]) / len(spreads[False])
     assert shuffled_mean > 0
     assert grouped_mean < 0.5 * shuffled_mean, (spreads[True], spreads[False])
+
+
+def test_padding_free_batches_give_the_padded_loss_and_model(
+    tiny_model: LlamaForCausalLM,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    toy_trajectories: list[Trajectory],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sft.padding_free joins a batch into one row (positions restarting per trajectory) and gives
+    the padded batch's losses and trained weights; the rows the trainer saw prove which ran."""
+    # Every other trajectory loses its last exchange, so the padded batch has padding to drop.
+    toy_trajectories = [replace(t, messages=t.messages[: len(t.messages) - 2 * (i % 2)])
+                        for i, t in enumerate(toy_trajectories)]
+    assert len({len(encode_conversation(tiny_tokenizer, t.messages, t.num_prompt_messages, 1024).input_ids)
+                for t in toy_trajectories}) > 1, "trajectories of one length would need no padding"
+    seen: list[dict[str, torch.Tensor]] = []
+    compute = AgentSFTTrainer.compute_loss
+
+    def spy(self: AgentSFTTrainer, model: torch.nn.Module, inputs: dict[str, torch.Tensor], *args: object,
+            **kwargs: object) -> object:
+        seen.append({k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)})
+        return compute(self, model, inputs, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AgentSFTTrainer, "compute_loss", spy)
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    results: dict[bool, tuple[TrainResult, dict[str, torch.Tensor]]] = {}
+    rows: dict[bool, dict[str, torch.Tensor]] = {}
+    for free in (False, True):
+        tiny_model.load_state_dict(state)
+        seen.clear()
+        settings = SFTSettings(num_train_epochs=2, learning_rate=1e-2, per_device_train_batch_size=len(toy_trajectories),
+                               warmup_ratio=0.0, lr_scheduler_type="constant", padding_free=free)
+        result = train_sft(tiny_model, tiny_tokenizer, toy_trajectories, settings, str(tmp_path / str(free)))
+        rows[free] = seen[0]
+        results[free] = (result, {k: v.clone() for k, v in result.model.state_dict().items()})
+    padded, joined = rows[False], rows[True]
+    assert padded["input_ids"].shape[0] == len(toy_trajectories) and "position_ids" not in padded
+    assert joined["input_ids"].shape[0] == 1 and "attention_mask" not in joined
+    assert int((joined["position_ids"][0] == 0).sum()) == len(toy_trajectories)  # one restart per trajectory
+    assert joined["input_ids"].shape[1] == int(padded["attention_mask"].sum())  # no padding token left
+    (plain, plain_weights), (free_result, free_weights) = results[False], results[True]
+    assert [h["loss"] for h in free_result.log_history if "loss" in h] == pytest.approx(
+        [h["loss"] for h in plain.log_history if "loss" in h], rel=1e-4)
+    for name, value in plain_weights.items():
+        torch.testing.assert_close(free_weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    # The same test with attention leaking across the joined trajectories would fail: the second
+    # epoch's loss depends on the first step's gradients, which the leak changes.
+
+
+def test_padding_free_is_not_a_cache_key_field() -> None:
+    plain, free = SFTSettings(), SFTSettings(padding_free=True)
+    assert plain.key_fields() == free.key_fields()
+    assert SFTSettings(learning_rate=0.5).key_fields() != plain.key_fields()
