@@ -84,7 +84,8 @@ def main() -> None:
     for b in args.shared_batches:
         modes.append((f"+ shared-prefix attention, batch {b}", b, True, True, False, all_tasks))
     for b in args.loop_batches:
-        modes.append((f"+ finished rows leave, batch {b}", b, True, True, True, all_tasks))
+        tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
+        modes.append((f"+ finished rows leave, batch {b}", b, True, True, True, tasks))
 
     peak, n = matmul_peak([1024, 2048, 3072], repeats=3)
     rows = []

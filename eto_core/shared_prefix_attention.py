@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -45,6 +45,22 @@ class SharedPrefix:
     length: int
     layers: list[tuple[torch.Tensor, torch.Tensor]]
     columns: int | None = None
+    _masks: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False, compare=False)
+    """The last (boolean mask, additive mask over the own columns): every layer of one forward
+    gets the same mask object, so the additive form is built once per forward, not per layer."""
+
+    def own_mask(self, mask: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
+        """The additive mask of each row's queries (``group`` query heads folded in) over its own columns."""
+        if self._masks and self._masks[0][0] is mask and self._masks[0][1].dtype == dtype:
+            return self._masks[0][1]
+        row_mask = mask[:, :, :, self.skip :]
+        batch, _, q_len, width = row_mask.shape
+        if group > 1:
+            row_mask = row_mask.unsqueeze(2).expand(batch, 1, group, q_len, width).reshape(batch, 1, group * q_len, width)
+        additive = torch.zeros(row_mask.shape, dtype=dtype).masked_fill_(~row_mask, float("-inf"))
+        # Holding the mask keeps its id from being reused by a later forward's mask.
+        self._masks[:] = [(mask, additive)]
+        return additive
 
     @property
     def skip(self) -> int:
@@ -134,11 +150,7 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     folded = query.reshape(batch, kv_heads, group * q_len, dim)
 
     # Each row against its own keys after the prefix.
-    row_mask = attention_mask[:, :, :, p:]
-    if group > 1:
-        row_mask = row_mask.unsqueeze(2).expand(batch, 1, group, q_len, row_mask.shape[-1])
-        row_mask = row_mask.reshape(batch, 1, group * q_len, -1)
-    additive = torch.zeros(row_mask.shape, dtype=query.dtype).masked_fill_(~row_mask, float("-inf"))
+    additive = prefix.own_mask(attention_mask, group, query.dtype)
     # Every real query sees at least itself here. A padding query may see nothing (the kernel
     # then gives output 0, lse 0); its output is never read, as its key is masked for all.
     own_out, own_lse = _flash(folded, key[:, :, p:], value[:, :, p:], additive, scaling)
@@ -149,8 +161,9 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     pre_out = pre_out.reshape(kv_heads, batch, group * q_len, dim).transpose(0, 1)
     pre_lse = pre_lse.reshape(kv_heads, batch, group * q_len).transpose(0, 1)
 
-    total = torch.logaddexp(pre_lse, own_lse)
-    out = (pre_out * (pre_lse - total).exp().unsqueeze(-1)
-           + own_out * (own_lse - total).exp().unsqueeze(-1))
+    # softmax over both halves: the prefix's share is exp(pre) / (exp(pre) + exp(own)) =
+    # sigmoid(pre - own), so one sigmoid and one lerp instead of logaddexp and two exps.
+    weight = torch.sigmoid(pre_lse - own_lse).unsqueeze(-1)
+    out = torch.lerp(own_out, pre_out, weight)
     out = out.reshape(batch, heads, q_len, dim).transpose(1, 2).contiguous()
     return out, None
