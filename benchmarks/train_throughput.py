@@ -8,7 +8,9 @@ sequences) and the peak resident memory. Modes:
 - ``lora-fp32`` / ``lora-bf16``: the same with a LoRA adapter (r 16, all linear layers);
 - ``lora-fp32-padded`` / ``lora-fp32-padfree``: LoRA fp32 with ``--accumulation`` trajectories in
   one forward instead of one at a time: padded to the longest, or joined into one row
-  (``sft.padding_free``). The same optimizer steps and loss as ``lora-fp32``.
+  (``sft.padding_free``). The same optimizer steps and loss as ``lora-fp32``;
+- ``lora-fp32-shared`` / ``full-fp32-shared``: the same batch with ``sft.shared_prefix``: the prompt prefix the batch
+  shares (instruction + one-shot example) runs once per batch, each trajectory's rest after it.
 
     .venv/bin/python benchmarks/train_throughput.py --tasks 8 --threads 2
 
@@ -25,7 +27,8 @@ from pathlib import Path
 
 from _experts import result_in_fresh_process, tidy_experts
 
-MODES = ("trl-full-fp32", "full-fp32", "full-bf16", "lora-fp32", "lora-bf16", "lora-fp32-padded", "lora-fp32-padfree")
+MODES = ("trl-full-fp32", "full-fp32", "full-bf16", "lora-fp32", "lora-bf16", "lora-fp32-padded", "lora-fp32-padfree",
+         "lora-fp32-shared", "full-fp32-shared")
 
 
 def run_one(mode: str, args: argparse.Namespace) -> dict:
@@ -47,11 +50,12 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
         enc = encode_conversation(tokenizer, t.messages, t.num_prompt_messages, args.max_length)
         tokens += len(enc.input_ids)
         agent += enc.num_agent_tokens
-    joined = mode.endswith(("-padded", "-padfree"))  # the accumulated trajectories in one forward
+    joined = mode.endswith(("-padded", "-padfree", "-shared"))  # the accumulated trajectories in one batch
     settings = SFTSettings(
         num_train_epochs=1, learning_rate=1e-5, per_device_train_batch_size=args.accumulation if joined else 1,
         gradient_accumulation_steps=1 if joined else args.accumulation, max_length=args.max_length,
         logging_steps=1, bf16=mode.endswith("bf16"), padding_free=mode.endswith("-padfree"),
+        shared_prefix=mode.endswith("-shared"),
         lora=LoraSettings(r=16, alpha=32) if mode.startswith("lora") else None,
     )
     if mode.startswith("trl-"):

@@ -10,6 +10,7 @@ agent token.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ def agent_token_logps(
     attention_mask: torch.Tensor | None,
     agent_mask: torch.Tensor,
     position_ids: torch.Tensor | None = None,
+    past_key_values: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(input_ids[b, t] | input_ids[b, <t]) at every (b, t) where agent_mask[b, t] is 1.
 
@@ -48,6 +50,8 @@ def agent_token_logps(
     logits at position t-1 predict token t, so the mask is read at the predicted token: an agent
     token is scored from the history before it; a mask on position 0 (nothing predicts it) is
     ignored. The LM head runs in float32 outside autocast, so bf16 training scores in fp32.
+    With ``past_key_values``, ``input_ids`` continue the cached tokens (give their positions);
+    the first token is still not scored, as the cache holds no hidden state to predict it.
     """
     predicts = agent_mask[:, 1:].bool()
     rows = torch.nonzero(predicts, as_tuple=True)[0]
@@ -56,6 +60,11 @@ def agent_token_logps(
     inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     if position_ids is not None:  # packed rows restart their positions
         inputs["position_ids"] = position_ids
+    if past_key_values is not None:  # input_ids continue the cached tokens (a shared prompt prefix)
+        target = model if split is None else split[0]
+        # transformers renamed past_key_values to cache during 5.x; use whichever this one takes.
+        inputs["cache" if "cache" in inspect.signature(target.forward).parameters else "past_key_values"] = past_key_values
+        inputs["use_cache"] = True
     if split is None:  # the model's own forward, all positions
         logits = model(**inputs).logits
         picked = logits[:, :-1][predicts].float()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -225,3 +226,69 @@ def test_padding_free_is_not_a_cache_key_field() -> None:
     plain, free = SFTSettings(), SFTSettings(padding_free=True)
     assert plain.key_fields() == free.key_fields()
     assert SFTSettings(learning_rate=0.5).key_fields() != plain.key_fields()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prefix_gives_the_plain_batch_loss_and_gradients(
+    tiny_model: LlamaForCausalLM,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    toy_trajectories: list[Trajectory],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lora: bool,
+) -> None:
+    """sft.shared_prefix runs the prompt prefix the batch shares once, its gradient summed over
+    the rows: the losses and trained weights equal the plain padded batch's (with gradient
+    accumulation, so the loss scaling is exercised too)."""
+    import eto_core.sft as sft_module
+
+    toy_trajectories = [replace(t, messages=t.messages[: len(t.messages) - 2 * (i % 2)])
+                        for i, t in enumerate(toy_trajectories)]
+    shared: list[int] = []
+    measure = sft_module._shared_length
+
+    def spy(*args: object) -> int:
+        shared.append(measure(*args))  # type: ignore[arg-type]
+        return shared[-1]
+
+    monkeypatch.setattr(sft_module, "_shared_length", spy)
+    monkeypatch.setattr(AgentSFTTrainer, "MIN_SHARED", 4)
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    results: dict[bool, tuple[TrainResult, dict[str, torch.Tensor]]] = {}
+    for on in (False, True):
+        model = copy.deepcopy(tiny_model)  # LoRA wraps the model it is given
+        torch.manual_seed(0)  # the same LoRA initialisation in both runs
+        settings = SFTSettings(num_train_epochs=2, learning_rate=1e-2, per_device_train_batch_size=3,
+                               gradient_accumulation_steps=2, warmup_ratio=0.0, lr_scheduler_type="constant",
+                               shared_prefix=on, lora=LoraSettings(r=4, alpha=8) if lora else None)
+        result = train_sft(model, tiny_tokenizer, toy_trajectories, settings, str(tmp_path / str(on)))
+        results[on] = (result, {k: v.clone() for k, v in result.model.state_dict().items()})
+    assert shared and min(shared) >= 4, "the shared-prefix step never ran"
+    (plain, plain_weights), (fast, fast_weights) = results[False], results[True]
+    losses = [h["loss"] for h in plain.log_history if "loss" in h]
+    assert len(losses) >= 2
+    assert [h["loss"] for h in fast.log_history if "loss" in h] == pytest.approx(losses, rel=1e-4)
+    if lora:  # the adapter trained (B starts at zero)
+        assert any(v.abs().sum() > 0 for k, v in plain_weights.items() if "lora_B" in k)
+    else:
+        assert any(not torch.equal(plain_weights[k], state[k]) for k in state)
+    for name, value in plain_weights.items():
+        torch.testing.assert_close(fast_weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_shared_prefix_stops_before_the_first_agent_token() -> None:
+    from eto_core.sft import _shared_length
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9, 9]])
+    none = torch.full_like(ids, -100)
+    assert _shared_length(ids, none, [6, 6]) == 4  # where the rows part
+    labels = none.clone()
+    labels[1, 3] = 4  # row 1's agent turn starts at token 3: token 3 must follow the prefix
+    assert _shared_length(ids, labels, [6, 6]) == 2
+    assert _shared_length(ids, none, [6, 3]) == 2  # every row keeps a token after the prefix
+
+
+def test_shared_prefix_and_padding_free_exclude_each_other() -> None:
+    with pytest.raises(ValueError, match="padding_free and sft.shared_prefix"):
+        SFTSettings(padding_free=True, shared_prefix=True)
+    assert SFTSettings(shared_prefix=True).key_fields() == SFTSettings().key_fields()
