@@ -368,7 +368,8 @@ class AgentSFTTrainer(SFTTrainer):
             # keys/values, so each row's backward stops there and adds to their .grad; one
             # backward through the prefix then carries the summed gradient: exactly the
             # gradient of running the prefix in every row.
-            prefix = model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1).past_key_values
+            out = model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1)
+            prefix = out["cache"] if "cache" in out else out["past_key_values"]  # renamed during transformers 5.x
             graph = [t for layer in prefix.layers for t in (layer.keys, layer.values)]
             leaves = [t.detach().requires_grad_() for t in graph]
             total = torch.zeros((), device=ids.device)
