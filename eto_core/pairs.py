@@ -88,7 +88,7 @@ def _unusable(agent: Trajectory, skip_context_overflow: bool) -> bool:
 
 
 def _usable_expert(
-    agent: Trajectory, by_task: dict[str, Trajectory], stats: PairStats, skip_context_overflow: bool = False
+    agent: Trajectory, by_task: dict[str, Trajectory], stats: PairStats, skip_context_overflow: bool
 ) -> Trajectory | None:
     """The expert to compare ``agent`` with, or None (counted) when there is no comparison."""
     if _unusable(agent, skip_context_overflow):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from eto_core.pairs import (
     PairError,
+    PairStats,
     branch_points,
     build_pairs,
     build_step_pairs,
     cut_rounds,
+    expert_rounds,
     no_pairs_message,
     prefix_of,
     prompt_difference,
@@ -105,6 +109,9 @@ def test_a_prompt_mismatch_names_the_task_the_message_and_the_text_that_differs(
     text = str(err.value)
     assert text.startswith("task a:") and "message 2 (user) differs from character 25" in text
     assert "put the apple in fridge 1'" in text and "put the pear in fridge 1'" in text
+    # Which side is which, and what to do about it.
+    assert "the expert's has 'Your task is to: put the apple" in text and "the agent's 'Your task is to: put the pear" in text
+    assert text.endswith("explore with the env settings (one_shot, instruction) the expert data was built with.")
     # A prompt with the one-shot example against one without: the message counts say so.
     longer = traj("a", ["x"], 0.0)
     longer.messages[2:2] = [{"role": "user", "content": "example task"}, {"role": "assistant", "content": "ex"}]
@@ -243,3 +250,156 @@ def test_step_continuation_from_a_different_state_is_unusable() -> None:
     pairs, stats = build_step_pairs([expert], [drifted, continuation(traj("zz", ["e"], 1.0), 0, ["x"], 0.0)],
                                     iteration=1)
     assert pairs == [] and stats.unusable == 1 and stats.no_expert == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Counts, ids and the rarer branches (each pinned by a mutant that survived without it: make mutation)
+
+PAIR_ID = r"-it{}-[0-9a-f]{{16}}"
+
+
+def test_pair_stats_become_metrics_and_expert_rounds_count_agent_turns() -> None:
+    stats = PairStats(win=2, lose=1, tie=3, no_expert=0, unusable=4, self=5, step=6)
+    assert stats.as_metrics() == {"pairs_win": 2.0, "pairs_lose": 1.0, "pairs_tie": 3.0, "pairs_no_expert": 0.0,
+                                  "pairs_unusable": 4.0, "pairs_self": 5.0, "pairs_step": 6.0}
+    assert expert_rounds(traj("a", ["e1", "e2", "e3"], 1.0, source="expert")) == 3
+    assert expert_rounds(traj("a", ["e1", "e2"], 1.0, source="expert", final_obs=False)) == 2
+
+
+def test_every_episode_is_counted_and_none_stops_the_others() -> None:
+    """Ties, episodes without an agent turn, wins and losses in one batch: each counted once, in
+    any order (a skipped episode never ends the loop), and two different wins are two pairs."""
+    experts = [traj(t, ["e1"], 0.5, source="expert") for t in "abcd"]
+    explored = [
+        traj("a", ["t1"], 0.5), traj("a", ["t2"], 0.5),  # ties
+        traj("c", [], 0.0), traj("c", [], 1.0),  # the prompt only: no agent turn to pair
+        traj("b", ["w1"], 1.0), traj("b", ["w2"], 1.0),  # two different wins over one expert
+        traj("d", ["l1"], 0.0),
+    ]
+    pairs, stats = build_pairs(experts, explored, iteration=7)
+    assert (stats.tie, stats.unusable, stats.win, stats.lose, stats.no_expert) == (2, 2, 2, 1, 0)
+    assert [(p.task_id, p.kind) for p in pairs] == [("b", "win"), ("b", "win"), ("d", "lose")]
+    for p in pairs:  # the id names the task and the iteration, and 16 hex digits tell pairs apart
+        assert re.fullmatch(re.escape(p.task_id) + PAIR_ID.format(7), p.pair_id), p.pair_id
+    assert len({p.pair_id for p in pairs}) == 3
+
+
+def test_an_agent_without_turns_is_unusable_even_when_the_expert_has_some() -> None:
+    pairs, stats = build_pairs([traj("a", ["e1"], 1.0, source="expert")], [traj("a", [], 0.0)], iteration=1)
+    assert pairs == [] and stats.unusable == 1 and stats.lose == 0
+
+
+def test_self_pairs_are_cut_counted_per_task_and_not_repeated() -> None:
+    samples = [
+        traj("b", ["x1"], 0.5), traj("b", ["y1"], 0.5),  # equal: no self pair, the others still come
+        traj("a", ["y1"], 1.0), traj("a", [f"x{i}" for i in range(12)], 0.0),
+        traj("c", ["y1"], 0.7), traj("c", ["x1"], 0.1),
+    ]
+    pairs, stats = build_pairs([], samples, iteration=3, self_pairs=True)
+    assert stats.self == 2 and [p.task_id for p in pairs] == ["a", "c"]
+    a = pairs[0]
+    # The worse sample is cut like a failure against the expert: the better one's rounds + 5.
+    assert sum(m["role"] == "assistant" for m in a.rejected) == 1 + 5 and a.rejected[-1]["role"] == "assistant"
+    assert (a.chosen_reward, a.rejected_reward, a.kind) == (1.0, 0.0, "self")
+    for p in pairs:
+        assert re.fullmatch(re.escape(p.task_id) + PAIR_ID.format(3), p.pair_id), p.pair_id
+    (uncut,), _ = build_pairs([], samples[2:4], iteration=3, self_pairs=True, cut_extra_rounds=None)
+    assert sum(m["role"] == "assistant" for m in uncut.rejected) == 12
+
+    # The worse sample repeats the expert word for word: the self pair is the win pair over the
+    # expert, so it comes once.
+    expert = traj("d", ["e1"], 0.5, source="expert")
+    pairs, stats = build_pairs([expert], [traj("d", ["z1"], 1.0), traj("d", ["e1"], 0.5)], iteration=3,
+                               self_pairs=True)
+    assert [p.kind for p in pairs] == ["win"] and (stats.win, stats.tie, stats.self) == (1, 1, 0)
+
+
+def test_self_pairs_with_different_prompts_raise_and_say_which_sample() -> None:
+    best = traj("a", ["y1"], 1.0)
+    worst = traj("a", ["x1"], 0.0)
+    worst.messages[0] = {"role": "user", "content": "another instruction"}
+    with pytest.raises(PairError) as err:
+        build_pairs([], [best, worst], iteration=1, self_pairs=True)
+    assert str(err.value) == (
+        "task a: the best and the worst sample of the task have different prompts: message 0 (user) differs from "
+        "character 0: the best's has 'instruction', the worst's 'another instruction'")
+
+
+def test_prompt_difference_quotes_around_the_first_differing_character() -> None:
+    names = ("expert", "agent")
+    assert prompt_difference([{"role": "user", "content": "x"}], [{"role": "assistant", "content": "x"}], names) == (
+        "message 0 is a user turn in the expert's prompt and a assistant turn in the agent's")
+    # One text is the start of the other: they part where the shorter ends.
+    assert prompt_difference([{"role": "user", "content": "abc"}], [{"role": "user", "content": "abcdef"}], names) == (
+        "message 0 (user) differs from character 3: the expert's has 'abc', the agent's 'abcdef'")
+    # From 30 characters before the difference to 50 after it.
+    first = [{"role": "user", "content": "a" * 40 + "X" + "b" * 60}]
+    second = [{"role": "user", "content": "a" * 40 + "Y" + "b" * 60}]
+    assert prompt_difference(first, second, names) == (
+        f"message 0 (user) differs from character 40: the expert's has {'a' * 30 + 'X' + 'b' * 49!r}, "
+        f"the agent's {'a' * 30 + 'Y' + 'b' * 49!r}")
+
+
+def test_strip_example_keeps_the_first_two_and_the_last_prompt_message() -> None:
+    t = traj("a", ["x"], 0.0)
+    t.messages[2:2] = [{"role": "user", "content": "a one-message example"}]
+    t.num_prompt_messages += 1
+    bare = strip_example(t)
+    assert bare.num_prompt_messages == 3 and bare.messages[:3] == PROMPT and bare.messages[3:] == t.messages[4:]
+
+
+def test_step_pairs_count_every_continuation_and_tell_continuations_apart() -> None:
+    expert = traj("a", ["e1", "e2", "e3", "e4"], 0.5, source="expert")
+    continuations = [
+        continuation(expert, 1, ["t1"], 0.5),  # tie
+        continuation(expert, 4, ["x"], 0.0),  # the expert had nothing left to do from there: unusable
+        continuation(expert, 1, [], 0.0),  # no agent turn: unusable
+        continuation(expert, 0, ["x"], 0.0),  # no expert turn in the prefix: not a step pair, unusable
+        continuation(traj("zz", ["e"], 1.0), 1, ["x"], 0.0),  # no expert for the task
+        continuation(expert, 1, ["x1"], 0.0), continuation(expert, 1, ["x1"], 0.0),  # one pair for both
+        continuation(expert, 1, ["x2"], 0.0),  # another failure from the same prefix: its own pair
+        continuation(expert, 2, ["y1"], 1.0), continuation(expert, 2, ["y2"], 1.0),  # two wins
+    ]
+    pairs, stats = build_step_pairs([expert], continuations, iteration=3)
+    assert (stats.tie, stats.unusable, stats.no_expert, stats.step) == (1, 3, 1, 4)
+    assert [[m["content"][-2:] for m in p.rejected if m["role"] == "assistant"] for p in pairs[:2]] == [["x1"], ["x2"]]
+    assert [[m["content"][-2:] for m in p.chosen if m["role"] == "assistant"] for p in pairs[2:]] == [["y1"], ["y2"]]
+    # The id names the task, the prefix's rounds and the iteration.
+    for p, rounds in zip(pairs, (1, 1, 2, 2), strict=True):
+        assert re.fullmatch(f"a@{rounds}" + PAIR_ID.format(3), p.pair_id), p.pair_id
+    assert len({p.pair_id for p in pairs}) == 4
+
+
+def test_step_pair_defaults_and_the_stats_they_add_to() -> None:
+    expert = traj("a", ["e1", "e2", "e3", "e4"], 0.5, source="expert")
+    long_fail = continuation(expert, 1, [f"x{i}" for i in range(12)], 0.0)
+    long_fail.terminate_reason = "max_length"
+    stats = PairStats(lose=3)
+    (lose,), returned = build_step_pairs([expert], [long_fail], iteration=1, stats=stats)
+    # By default a context overflow is compared, and the failure keeps the expert's 3 rounds + 5.
+    assert sum(m["role"] == "assistant" for m in lose.rejected) == 3 + 5
+    assert returned is stats and (stats.lose, stats.step) == (3, 1)
+    pairs, stats = build_step_pairs([expert], [long_fail], iteration=1, skip_context_overflow=True)
+    assert pairs == [] and stats.unusable == 1
+
+
+def test_no_pairs_message_names_the_setting_to_check() -> None:
+    tally = ("were unusable (environment error, skipped context overflow or no agent turn)")
+    head = "exploration produced no failure/success pairs"
+    assert no_pairs_message({"pairs_no_expert": 1.0}, 3) == (
+        f"iteration 3: {head} because no expert matched: of 1 explored episodes, 1 had no expert trajectory of "
+        f"their task, 0 tied with their expert, 0 {tally}; the expert trajectories name none of the explored "
+        "tasks: check data.train_tasks and data.explore_tasks.")
+    assert no_pairs_message({"pairs_no_expert": 12.0, "pairs_unusable": 2.0}, 1, expert_file="eto.json") == (
+        f"iteration 1: {head} because no expert matched: of 14 explored episodes, 12 had no expert trajectory of "
+        f"their task, 0 tied with their expert, 2 {tally}; the ids of data.expert_file (eto.json) name none of "
+        "the explored tasks: check its id mapping (data.expert_id_file, docs/pipeline.md).")
+    # Some ties among unmatched episodes: the ties are the story.
+    assert no_pairs_message({"pairs_no_expert": 2.0, "pairs_tie": 3.0}, 2) == (
+        f"iteration 2: {head}: every compared episode tied with its expert (of 5 explored episodes, 2 had no "
+        f"expert trajectory of their task, 3 tied with their expert, 0 {tally}); explore more tasks "
+        "(data.train_tasks) or sample (explore.temperature > 0).")
+    assert no_pairs_message({"pairs_unusable": 3.0}, 1) == (
+        f"iteration 1: {head}: of 3 explored episodes, 0 had no expert trajectory of their task, 0 tied with "
+        f"their expert, 3 {tally}; fix the environment faults (env.max_retries, env.step_timeout_s) or the "
+        "context size (explore.max_context_tokens).")
