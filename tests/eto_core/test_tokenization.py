@@ -1,12 +1,22 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
+from tokenizers import processors
 from transformers import PreTrainedTokenizerFast
 
 from eto_core.modeling import ModelError
-from eto_core.tokenization import EncodingError, encode_conversation, encode_pair
+from eto_core.records import Message
+from eto_core.tokenization import (
+    EncodingError,
+    TemplateError,
+    agent_spans,
+    encode_conversation,
+    encode_pair,
+    render,
+)
 from tests.conftest import toy_pair, toy_prompt, toy_trajectory
 
 
@@ -63,9 +73,16 @@ def test_truncation_from_the_right(tiny_tokenizer: PreTrainedTokenizerFast) -> N
     assert enc.agent_mask == full.agent_mask[: first_agent + 3]
     assert enc.num_agent_tokens == 3
 
-    with pytest.raises(EncodingError, match="raise max_length") as info:
+    with pytest.raises(EncodingError) as info:
         encode_conversation(tiny_tokenizer, traj.messages, traj.num_prompt_messages, first_agent)
     assert info.value.reason == "truncated_away"
+    assert str(info.value) == (
+        f"The prompt alone fills max_length={first_agent} tokens, so truncation removes every agent token; raise "
+        "max_length (sft.max_length / dpo.max_length) or shorten the prompt (e.g. drop the in-context example).")
+
+    # Exactly max_length tokens: nothing is cut.
+    exact = encode_conversation(tiny_tokenizer, traj.messages, traj.num_prompt_messages, len(full.input_ids))
+    assert not exact.truncated and exact == full
 
 
 def test_no_agent_turn_after_prompt_is_an_error(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
@@ -122,3 +139,121 @@ def test_encode_pair_scores_each_side_on_its_own_turns(tiny_tokenizer: PreTraine
     assert _spans(tiny_tokenizer, enc.rejected.input_ids, enc.rejected.agent_mask) == [
         f"{m['content']}<|end|>" for m in pair.rejected if m["role"] == "assistant"
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Templates unlike the tiny model's, and the argument checks (each pinned by a mutant that
+# survived without it: make mutation)
+
+
+def _with_template(tok: PreTrainedTokenizerFast, template: str) -> PreTrainedTokenizerFast:
+    other = copy.deepcopy(tok)
+    other.chat_template = template
+    return other
+
+
+def _newline_after_eos(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """The tiny template without its generation markers keeps the newline after "<|end|>" (as
+    SmolLM2's "<|im_end|>\\n"): a separator the agent does not write."""
+    template = tok.chat_template
+    assert isinstance(template, str)
+    return _with_template(tok, template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+
+
+def _agent_conversation(*turns: str) -> list[Message]:
+    messages = list(toy_prompt("mug"))
+    for i, turn in enumerate(turns):
+        if i:
+            messages.append({"role": "user", "content": f"Observation: {i}."})
+        messages.append({"role": "assistant", "content": turn})
+    return messages
+
+
+def test_mask_ends_at_the_end_of_turn_token_not_the_separator_after_it(
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    tok = _newline_after_eos(tiny_tokenizer)
+    turns = ("Thought: a.\nAction: look", "Thought: a.\nAction: look",  # the same text twice: each its own span
+             "Thought: x<|end|>y.\nAction: look",  # the end-of-turn text inside a turn does not end it
+             "end")  # the whole turn is text the template's markup also holds
+    messages = _agent_conversation(*turns)
+    assert "<|end|>\n<|user|>" in tok.apply_chat_template(messages, tokenize=False)
+    enc = encode_conversation(tok, messages, len(toy_prompt("mug")), 4096)
+    assert _spans(tok, enc.input_ids, enc.agent_mask) == [f"{t}<|end|>" for t in turns]
+
+
+def test_without_an_eos_token_the_whole_turn_is_the_agents(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    tok = _newline_after_eos(tiny_tokenizer)
+    tok.eos_token = None
+    messages = _agent_conversation("Thought: a.\nAction: look", "Thought: b.\nAction: take mug")
+    enc = encode_conversation(tok, messages, len(toy_prompt("mug")), 4096)
+    assert _spans(tok, enc.input_ids, enc.agent_mask) == [
+        "Thought: a.\nAction: look<|end|>\n", "Thought: b.\nAction: take mug<|end|>\n"]
+
+
+def test_a_template_that_rewrites_the_text_still_masks_each_turn(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    """The content is not found verbatim (trimmed): the turn runs from its header to its end-of-turn."""
+    template = _newline_after_eos(tiny_tokenizer).chat_template
+    assert isinstance(template, str)
+    tok = _with_template(tiny_tokenizer, template.replace("{{ message['content'] }}", "{{ message['content'] | trim }}"))
+    messages = _agent_conversation("Thought: a.\nAction: look  ", "Thought: b.\nAction: take mug  ")
+    enc = encode_conversation(tok, messages, len(toy_prompt("mug")), 4096)
+    assert _spans(tok, enc.input_ids, enc.agent_mask) == [
+        "Thought: a.\nAction: look<|end|>", "Thought: b.\nAction: take mug<|end|>"]
+
+
+def test_a_generation_prompt_that_does_not_start_the_turn_is_rejected(
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    template = tiny_tokenizer.chat_template
+    assert isinstance(template, str)
+    tok = _with_template(tiny_tokenizer, template.replace("{% if add_generation_prompt %}<|assistant|>",
+                                                          "{% if add_generation_prompt %}<|system|>"))
+    messages = _agent_conversation("Thought: a.\nAction: look")
+    with pytest.raises(TemplateError) as err:
+        agent_spans(tok, messages, len(toy_prompt("mug")))
+    assert str(err.value) == (
+        f"the chat template renders message {len(messages) - 1} (assistant) differently once later turns follow, "
+        "or its generation prompt is not the start of an assistant turn, so the agent's tokens cannot be told "
+        "apart; use a template that renders each message independently (model.chat_template in the recipe).")
+
+
+def test_render_wants_text(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    assert render(tiny_tokenizer, [{"role": "user", "content": "hi"}]) == "<|bos|><|user|>\nhi<|end|>\n"
+    ids_template = SimpleNamespace(apply_chat_template=lambda *_, **__: [1, 2])
+    with pytest.raises(TemplateError, match="^the chat template rendered list, not text$"):
+        render(ids_template, [{"role": "user", "content": "hi"}])  # type: ignore[arg-type]
+
+
+def test_encode_conversation_checks_its_arguments(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    messages = _agent_conversation("Thought: a.\nAction: look")
+    n = len(messages)
+    with pytest.raises(ValueError, match=f"^num_prompt_messages={n} must leave at least one message after the "
+                       f"prompt \\(the conversation has {n}\\); the record's prompt/turn split is wrong.$"):
+        encode_conversation(tiny_tokenizer, messages, n, 4096)
+    with pytest.raises(ValueError, match="^max_length must be positive \\(got 0\\); raise max_length"):
+        encode_conversation(tiny_tokenizer, messages, n - 1, 0)
+    with pytest.raises(EncodingError) as info:  # one token: the template's start, no agent token
+        encode_conversation(tiny_tokenizer, messages, n - 1, 1)
+    assert info.value.reason == "truncated_away"
+    # No prompt at all: every assistant turn is the agent's.
+    whole = encode_conversation(tiny_tokenizer, [{"role": "user", "content": "Task: x."}, messages[-1]], 0, 4096)
+    assert _spans(tiny_tokenizer, whole.input_ids, whole.agent_mask) == ["Thought: a.\nAction: look<|end|>"]
+    bare = _with_template(tiny_tokenizer, "")
+    bare.chat_template = None
+    with pytest.raises(ModelError, match="^encode_conversation: the tokenizer has no chat template"):
+        encode_conversation(bare, messages, n - 1, 4096)
+
+
+def test_ids_are_the_templates_text_with_no_special_tokens_added(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    """A tokenizer that adds a BOS of its own (Llama's) would double the template's: the ids are the
+    ones the policy's apply_chat_template gives."""
+    tok = copy.deepcopy(tiny_tokenizer)
+    bos = tok.bos_token_id
+    assert isinstance(bos, int)
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", bos)])
+    assert tok("x").input_ids[0] == bos  # the tokenizer on its own adds one
+    traj = toy_trajectory("mug", "shelf")
+    enc = encode_conversation(tok, traj.messages, traj.num_prompt_messages, 4096)
+    assert enc.input_ids == tok.apply_chat_template(traj.messages, tokenize=True, return_dict=True)["input_ids"]
+    assert enc.input_ids.count(bos) == 1  # the template's own
