@@ -26,7 +26,6 @@ from peft import PeftModel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 from transformers import (
-    DynamicCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PrinterCallback,
@@ -40,6 +39,7 @@ from trl import SFTConfig, SFTTrainer
 
 from eto_core.logprobs import agent_token_logps
 from eto_core.lora import LoraSettings, apply_lora
+from eto_core.prefix_sharing import SharedPrefixGraph, shared_length
 from eto_core.records import Trajectory
 from eto_core.tokenization import EncodingError, encode_conversation
 
@@ -351,7 +351,9 @@ class AgentSFTTrainer(SFTTrainer):
         ids, labels = inputs["input_ids"], inputs["labels"]
         mask = inputs.get("attention_mask")
         lengths = [int(n) for n in (mask.sum(-1) if mask is not None else torch.full((len(ids),), ids.shape[1]))]
-        shared = _shared_length(ids, labels, lengths)
+        agent = (labels != -100).long()
+        shared = shared_length([ids[r, :n] for r, n in enumerate(lengths)],
+                               [agent[r, :n] for r, n in enumerate(lengths)])
         if len(ids) < 2 or shared < self.MIN_SHARED:
             return super().training_step(model, inputs, num_items_in_batch)
         # The Trainer divides by the accumulation steps unless the loss is already normalised by
@@ -360,51 +362,23 @@ class AgentSFTTrainer(SFTTrainer):
         if scaled is None:
             scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
         factor = 1.0 if scaled else 1.0 / self.current_gradient_accumulation_steps
-        agent = (labels != -100).long()
         count = (int(agent[:, 1:].sum()) if num_items_in_batch is None else num_items_in_batch)
         count_t = torch.as_tensor(count, device=ids.device).clamp(min=1)
+        total = torch.zeros((), device=ids.device)
         with self.compute_loss_context_manager(), training_autocast(self.args):
-            # The prefix once, keeping its graph; the rows attend to detached copies of its
-            # keys/values, so each row's backward stops there and adds to their .grad; one
-            # backward through the prefix then carries the summed gradient: exactly the
-            # gradient of running the prefix in every row.
-            out = model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1)
-            prefix = out["cache"] if "cache" in out else out["past_key_values"]  # renamed during transformers 5.x
-            graph = [t for layer in prefix.layers for t in (layer.keys, layer.values)]
-            leaves = [t.detach().requires_grad_() for t in graph]
-            total = torch.zeros((), device=ids.device)
+            prefix = SharedPrefixGraph(model, ids[:1, :shared])  # eto_core/prefix_sharing.py: exact
             for row, length in enumerate(lengths):
-                cache = DynamicCache(config=getattr(model, "config", None))
-                for layer in range(len(leaves) // 2):
-                    cache.update(leaves[2 * layer], leaves[2 * layer + 1], layer)
-                positions = torch.arange(shared, length, device=ids.device)[None]
                 token_logps, _ = agent_token_logps(model, ids[row : row + 1, shared:length], None,
-                                                   agent[row : row + 1, shared:length], position_ids=positions,
-                                                   past_key_values=cache)
+                                                   agent[row : row + 1, shared:length],
+                                                   position_ids=prefix.positions(length, ids.device),
+                                                   past_key_values=prefix.cache())
                 loss = -token_logps.sum() / count_t * factor
                 if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                     loss = loss * self.accelerator.num_processes
                 self.accelerator.backward(loss)
                 total = total + loss.detach()
-            grads = [(t, leaf.grad) for t, leaf in zip(graph, leaves, strict=True) if leaf.grad is not None]
-            torch.autograd.backward([t for t, _ in grads], [g for _, g in grads])
+            prefix.backward()
         return total
-
-
-def _shared_length(ids: torch.Tensor, labels: torch.Tensor, lengths: list[int]) -> int:
-    """Tokens every row opens with, cut so that the first token after them is no agent token
-    in any row (a cached prefix gives no hidden state to score it from) and every row keeps one."""
-    limit = min(lengths) - 1
-    agent = labels != -100
-    for row, length in enumerate(lengths):
-        marked = torch.nonzero(agent[row, :length]).flatten()
-        if marked.numel():
-            limit = min(limit, int(marked[0]) - 1)
-    if limit <= 0:
-        return 0
-    same = (ids[:, :limit] == ids[:1, :limit]).all(0)
-    differ = torch.nonzero(~same).flatten()
-    return int(differ[0]) if differ.numel() else limit
 
 
 def train_sft(

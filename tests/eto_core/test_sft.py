@@ -245,13 +245,13 @@ def test_shared_prefix_gives_the_plain_batch_loss_and_gradients(
     toy_trajectories = [replace(t, messages=t.messages[: len(t.messages) - 2 * (i % 2)])
                         for i, t in enumerate(toy_trajectories)]
     shared: list[int] = []
-    measure = sft_module._shared_length
+    measure = sft_module.shared_length
 
     def spy(*args: object) -> int:
         shared.append(measure(*args))  # type: ignore[arg-type]
         return shared[-1]
 
-    monkeypatch.setattr(sft_module, "_shared_length", spy)
+    monkeypatch.setattr(sft_module, "shared_length", spy)
     monkeypatch.setattr(AgentSFTTrainer, "MIN_SHARED", 4)
     state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     results: dict[bool, tuple[TrainResult, dict[str, torch.Tensor]]] = {}
@@ -274,18 +274,6 @@ def test_shared_prefix_gives_the_plain_batch_loss_and_gradients(
         assert any(not torch.equal(plain_weights[k], state[k]) for k in state)
     for name, value in plain_weights.items():
         torch.testing.assert_close(fast_weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_shared_prefix_stops_before_the_first_agent_token() -> None:
-    from eto_core.sft import _shared_length
-
-    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9, 9]])
-    none = torch.full_like(ids, -100)
-    assert _shared_length(ids, none, [6, 6]) == 4  # where the rows part
-    labels = none.clone()
-    labels[1, 3] = 4  # row 1's agent turn starts at token 3: token 3 must follow the prefix
-    assert _shared_length(ids, labels, [6, 6]) == 2
-    assert _shared_length(ids, none, [6, 3]) == 2  # every row keeps a token after the prefix
 
 
 def test_shared_prefix_and_padding_free_exclude_each_other() -> None:
