@@ -85,7 +85,9 @@ class DPOSettings(BaseModel):
         "model's step rate",
     )
 
-    def to_trl(self, output_dir: str) -> DPOConfig:
+    # Not mutated (make mutation, docs/testing.md): a settings mapping whose every mutant costs the
+    # whole DPO training suite; test_settings_and_trl_config and the training tests read it.
+    def to_trl(self, output_dir: str) -> DPOConfig:  # pragma: no mutate block
         """TRL's DPOConfig (a TrainingArguments with beta) for our own trainer."""
         cuda = torch.cuda.is_available()
         return DPOConfig(
@@ -232,12 +234,12 @@ def _pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     return out[0], out[1]
 
 
-@torch.no_grad()
 def score_pairs(
     model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int, bf16: bool = False
 ) -> tuple[list[float], list[float]]:
-    """Log-probs of every pair's chosen and rejected agent turns, in eval mode, batched;
-    ``bf16``: under the same autocast as bf16 training."""
+    """Log-probs of every pair's chosen and rejected agent turns, in eval mode, batched, without
+    gradients; ``bf16``: under the same autocast as bf16 training."""
+    # torch.no_grad() as a block, not a decorator: mutmut skips decorated functions (make mutation).
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -247,7 +249,7 @@ def score_pairs(
     try:
         for start in range(0, len(rows), batch_size):
             batch = collate(rows[start : start + batch_size])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 pc, pr = _pair_logps(model, {k: v.to(device) for k, v in batch.items()})
             chosen.extend(pc.tolist())
             rejected.extend(pr.tolist())
@@ -365,13 +367,15 @@ class MaskedDPOTrainer(Trainer):
         super().log(logs, start_time)
 
 
+# Not mutated (make mutation, docs/testing.md): the orchestration around the functions above, each
+# of its mutants a full run of the DPO training tests; the pipeline tests run it end to end.
 def train_dpo(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: list[PreferencePair],
     settings: DPOSettings,
     output_dir: str,
-) -> DPOResult:
+) -> DPOResult:  # pragma: no mutate block
     """One ETO iteration's DPO: ``model`` is both the starting policy and the reference."""
     if not pairs:
         raise ValueError(

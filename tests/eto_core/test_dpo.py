@@ -161,6 +161,7 @@ def test_train_dpo_rejects_empty(
         train_dpo(tiny_model, tiny_tokenizer, [], DPOSettings(), str(tmp_path))
 
 
+@pytest.mark.trains
 def test_train_dpo_moves_the_policy_towards_chosen(
     tiny_model: LlamaForCausalLM,
     tiny_tokenizer: PreTrainedTokenizerFast,
@@ -209,6 +210,7 @@ def test_train_dpo_moves_the_policy_towards_chosen(
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.trains
 def test_train_dpo_with_sft_term_and_lora(
     tiny_model: LlamaForCausalLM,
     tiny_tokenizer: PreTrainedTokenizerFast,
@@ -229,6 +231,7 @@ def test_train_dpo_with_sft_term_and_lora(
     assert hasattr(result.model, "merge_and_unload")
 
 
+@pytest.mark.trains
 def test_gradient_accumulation_matches_one_big_batch(
     tiny_tokenizer: PreTrainedTokenizerFast, toy_pairs: list[PreferencePair], tmp_path: Any
 ) -> None:
@@ -257,6 +260,7 @@ def test_gradient_accumulation_matches_one_big_batch(
         assert torch.allclose(value, results[1][key], atol=1e-5), key
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_reference_modes_train_the_same(
     tiny_tokenizer: PreTrainedTokenizerFast, toy_pairs: list[PreferencePair], tmp_path: Any, lora: bool
@@ -356,6 +360,7 @@ def test_group_by_length_batches_pairs_of_similar_length(
     assert grouped_mean < 0.5 * shuffled_mean, (spreads[True], spreads[False])
 
 
+@pytest.mark.trains
 def test_train_dpo_reports_peak_memory(
     tiny_model: LlamaForCausalLM,
     tiny_tokenizer: PreTrainedTokenizerFast,
@@ -365,3 +370,284 @@ def test_train_dpo_reports_peak_memory(
     settings = DPOSettings(num_train_epochs=1, per_device_train_batch_size=6, precompute_ref_logps=False)
     result = train_dpo(tiny_model, tiny_tokenizer, toy_pairs, settings, str(tmp_path))
     assert 0 < result.peak_memory_mb < 100_000  # MiB, not bytes or KiB
+
+
+# --------------------------------------------------------------------------------------------
+# The pieces train_dpo joins, one by one (each pinned by a mutant that survived without it:
+# make mutation)
+
+
+def test_collator_right_pads_both_sides_to_one_length() -> None:
+    rows: list[dict[str, Any]] = [
+        {"chosen_input_ids": [1, 2, 3], "chosen_agent_mask": [0, 1, 1], "rejected_input_ids": [4, 5],
+         "rejected_agent_mask": [0, 1], "ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0},
+        {"chosen_input_ids": [6], "chosen_agent_mask": [1], "rejected_input_ids": [1, 2, 3, 4],
+         "rejected_agent_mask": [0, 0, 1, 1], "ref_chosen_logps": -3.0, "ref_rejected_logps": -4.0},
+    ]
+    batch = PairCollator(pad_token_id=7)(rows)
+    want = {
+        "chosen_input_ids": [[1, 2, 3, 7], [6, 7, 7, 7]],
+        "chosen_attention_mask": [[1, 1, 1, 0], [1, 0, 0, 0]],
+        "chosen_agent_mask": [[0, 1, 1, 0], [1, 0, 0, 0]],
+        "rejected_input_ids": [[4, 5, 7, 7], [1, 2, 3, 4]],
+        "rejected_attention_mask": [[1, 1, 0, 0], [1, 1, 1, 1]],
+        "rejected_agent_mask": [[0, 1, 0, 0], [0, 0, 1, 1]],
+        "ref_chosen_logps": [-1.0, -3.0],
+        "ref_rejected_logps": [-2.0, -4.0],
+    }
+    assert {k: v.tolist() for k, v in batch.items()} == want
+    assert all(batch[k].dtype == torch.long for k in want if not k.startswith("ref_"))
+    # Before the reference is scored the rows carry no reference log-probs, nor does the batch.
+    bare = [{k: v for k, v in r.items() if not k.startswith("ref_")} for r in rows]
+    assert set(PairCollator(pad_token_id=7)(bare)) == {k for k in want if not k.startswith("ref_")}
+
+
+def test_build_pair_rows_counts_cut_pairs_skips_empty_ones_and_names_broken_ones(
+    tiny_tokenizer: PreTrainedTokenizerFast, caplog: pytest.LogCaptureFixture
+) -> None:
+    short = toy_pair("mug", "shelf")
+    long_chosen = _pair_of_rounds(0, extra_rounds=3)  # only its chosen side is longer
+    rows, truncated = build_pair_rows(tiny_tokenizer, [short, long_chosen], max_length=4096)
+    assert truncated == 0 and [r["pair_id"] for r in rows] == [short.pair_id, long_chosen.pair_id]
+    enc = dpo.encode_pair(tiny_tokenizer, short, 4096)
+    assert rows[0] == {"pair_id": short.pair_id, "chosen_input_ids": enc.chosen.input_ids,
+                       "chosen_agent_mask": enc.chosen.agent_mask, "rejected_input_ids": enc.rejected.input_ids,
+                       "rejected_agent_mask": enc.rejected.agent_mask}
+    cut_at = max(len(rows[0]["chosen_input_ids"]), len(rows[0]["rejected_input_ids"]))
+    assert len(rows[1]["chosen_input_ids"]) > cut_at > len(rows[1]["rejected_input_ids"])
+    _, truncated = build_pair_rows(tiny_tokenizer, [long_chosen, short, replace(long_chosen, pair_id="again")],
+                                   max_length=cut_at)
+    assert truncated == 2
+
+    prompt_len = rows[0]["chosen_agent_mask"].index(1)
+    with caplog.at_level("WARNING", logger="eto_core.dpo"):
+        rows, truncated = build_pair_rows(tiny_tokenizer, [short, long_chosen], max_length=prompt_len)
+    assert rows == [] and truncated == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"DPO: skipping pair {p.pair_id}: The prompt alone fills max_length={prompt_len} tokens, so truncation "
+        "removes every agent token; raise max_length (sft.max_length / dpo.max_length) or shorten the prompt "
+        "(e.g. drop the in-context example)." for p in (short, long_chosen)]
+
+    broken = replace(short, chosen=[{"role": "user", "content": "no agent turn"}])
+    with pytest.raises(dpo.EncodingError) as err:
+        build_pair_rows(tiny_tokenizer, [short, broken], max_length=4096)
+    assert str(err.value).startswith(f"DPO pair {broken.pair_id}: No agent tokens after the {len(short.prompt)} prompt")
+    assert err.value.reason == "no_agent_tokens"
+
+
+def _scored_rows(tokenizer: PreTrainedTokenizerFast, n: int = 5) -> list[dict[str, Any]]:
+    pairs = [_pair_of_rounds(i, extra_rounds=i % 3) for i in range(n)]  # sides of different lengths
+    return build_pair_rows(tokenizer, pairs, max_length=4096)[0]
+
+
+def test_pair_logps_score_each_side_on_its_own(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    rows = _scored_rows(tiny_tokenizer)
+    batch = PairCollator(0)(rows)
+    calls: list[dict[str, Any]] = []
+    tiny_model.model.register_forward_pre_hook(lambda _m, _a, kwargs: calls.append(kwargs), with_kwargs=True)
+    with torch.no_grad():
+        chosen, rejected = dpo._pair_logps(tiny_model, batch)
+    # One forward a side, each as wide as its own longest row (not the common padded width), with its mask.
+    widths = [max(len(r[f"{side}_input_ids"]) for r in rows) for side in ("chosen", "rejected")]
+    assert widths[0] != widths[1] and max(widths) == batch["chosen_input_ids"].shape[1]
+    assert [c["input_ids"].shape[1] for c in calls] == widths
+    for call, side, width in zip(calls, ("chosen", "rejected"), widths, strict=True):
+        assert torch.equal(call["attention_mask"], batch[f"{side}_attention_mask"][:, :width])
+    with torch.no_grad():
+        for i, row in enumerate(rows):
+            for side, got in (("chosen", chosen), ("rejected", rejected)):
+                ids = torch.tensor([row[f"{side}_input_ids"]])
+                alone = sequence_logps(tiny_model, ids, torch.ones_like(ids), torch.tensor([row[f"{side}_agent_mask"]]))
+                assert got[i].item() == pytest.approx(alone.item(), abs=1e-4), (i, side)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_score_pairs_batches_in_eval_mode_and_restores_the_mode(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, training: bool
+) -> None:
+    rows = _scored_rows(tiny_tokenizer)
+    tiny_model.train(training)
+    modes: list[bool] = []
+    tiny_model.model.register_forward_pre_hook(lambda m, _: modes.append(m.training))  # the backbone
+    chosen, rejected = dpo.score_pairs(tiny_model, rows, 0, batch_size=2)
+    assert tiny_model.training is training and modes and not any(modes)
+    with torch.no_grad():
+        want = dpo._pair_logps(tiny_model.eval(), PairCollator(0)(rows))
+    assert chosen == pytest.approx(want[0].tolist(), abs=1e-4) and rejected == pytest.approx(want[1].tolist(), abs=1e-4)
+    # One batch or three, the same scores; under bf16 autocast only close to them.
+    one_batch = dpo.score_pairs(tiny_model, rows, 0, batch_size=5)
+    assert one_batch[0] == pytest.approx(chosen, abs=1e-4) and one_batch[1] == pytest.approx(rejected, abs=1e-4)
+    bf16 = dpo.score_pairs(tiny_model, rows, 0, batch_size=2, bf16=True)
+    assert bf16[0] != pytest.approx(chosen, abs=1e-4) and bf16[1] != pytest.approx(rejected, abs=1e-4)
+    assert bf16[0] == pytest.approx(chosen, rel=0.1) and bf16[1] == pytest.approx(rejected, rel=0.1)
+
+
+def test_reference_logps_are_stored_in_the_rows(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    rows = _scored_rows(tiny_tokenizer)
+    chosen, rejected = dpo.score_pairs(tiny_model, rows, 0, batch_size=2)
+    dpo.compute_reference_logps(tiny_model, rows, 0, batch_size=2)
+    assert [r["ref_chosen_logps"] for r in rows] == chosen and [r["ref_rejected_logps"] for r in rows] == rejected
+    chosen, rejected = dpo.score_pairs(tiny_model, rows, 0, batch_size=2, bf16=True)
+    dpo.compute_reference_logps(tiny_model, rows, 0, batch_size=2, bf16=True)  # as bf16 training scores
+    assert [r["ref_chosen_logps"] for r in rows] == chosen and [r["ref_rejected_logps"] for r in rows] == rejected
+
+
+def test_frozen_copy_is_a_separate_eval_mode_model_without_gradients(tiny_model: LlamaForCausalLM) -> None:
+    tiny_model.train()
+    ref = dpo.frozen_copy(tiny_model)
+    assert ref is not tiny_model and not ref.training and not any(p.requires_grad for p in ref.parameters())
+    assert tiny_model.training and all(p.requires_grad for p in tiny_model.parameters())
+    with torch.no_grad():
+        next(tiny_model.parameters()).add_(1.0)
+    assert not torch.equal(next(tiny_model.parameters()), next(ref.parameters()))
+
+
+def _trainer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, rows: list[dict[str, Any]], tmp_path: Any,
+             **kwargs: Any) -> MaskedDPOTrainer:
+    settings = DPOSettings(group_by_length=kwargs.pop("group_by_length", False))
+    # model and args positionally, as Trainer takes them
+    return MaskedDPOTrainer(model, settings.to_trl(str(tmp_path)), train_dataset=PairDataset(rows),
+                            data_collator=PairCollator(0), processing_class=tokenizer, **kwargs)
+
+
+def test_compute_loss_is_the_dpo_loss_over_the_batch_and_logs_its_parts(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Any
+) -> None:
+    rows = _scored_rows(tiny_tokenizer, 3)
+    with torch.no_grad():
+        pc, pr = dpo._pair_logps(tiny_model, PairCollator(0)(rows))
+    # References that make the margins +, - and 0: one pair of three is ranked right.
+    for row, c, r, (dc, dr) in zip(rows, pc.tolist(), pr.tolist(), ((-1.0, 1.0), (1.0, 0.0), (0.0, 0.0)), strict=True):
+        row["ref_chosen_logps"], row["ref_rejected_logps"] = c + dc, r + dr
+    batch = PairCollator(0)(rows)
+    trainer = _trainer(tiny_model, tiny_tokenizer, rows, tmp_path, beta=0.5)
+    assert trainer.sft_weight == 0.0 and trainer.ref_model is None and trainer.ref_logps_seconds == 0.0
+    loss, out = trainer.compute_loss(tiny_model, batch, return_outputs=True)
+    want_chosen = torch.tensor([0.5, -0.5, 0.0])
+    want_rejected = torch.tensor([-0.5, 0.0, 0.0])
+    assert torch.allclose(out["chosen_rewards"], want_chosen, atol=1e-4)
+    assert torch.allclose(out["rejected_rewards"], want_rejected, atol=1e-4)
+    margins = want_chosen - want_rejected
+    assert loss.item() == pytest.approx(-torch.nn.functional.logsigmoid(margins).mean().item(), abs=1e-4)
+    assert loss.requires_grad
+    logged = {k: v[-1] for k, v in trainer._metrics.items()}
+    assert logged == pytest.approx({
+        "rewards/chosen": want_chosen.mean().item(), "rewards/rejected": want_rejected.mean().item(),
+        "rewards/margins": margins.mean().item(), "rewards/accuracies": 1 / 3,
+        "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item(),
+    }, abs=1e-4)
+    assert trainer.compute_loss(tiny_model, batch).item() == pytest.approx(loss.item(), abs=1e-5)
+
+
+def test_the_sft_term_is_a_per_token_nll_of_the_chosen_side(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Any
+) -> None:
+    rows = _scored_rows(tiny_tokenizer, 3)
+    dpo.compute_reference_logps(tiny_model, rows, 0, batch_size=3)
+    batch = PairCollator(0)(rows)
+    batch["chosen_agent_mask"][:2] = 0
+    batch["chosen_agent_mask"][0, 5] = 1  # one scored token
+    batch["chosen_agent_mask"][1, [0, 1, 7]] = 1  # two: position 0 predicts nothing, position 1 counts
+    tiny_model.eval()
+    with torch.no_grad():
+        pc, _ = dpo._pair_logps(tiny_model, batch)
+        plain = _trainer(tiny_model, tiny_tokenizer, rows, tmp_path, beta=0.1).compute_loss(tiny_model, batch)
+    n_tokens = batch["chosen_agent_mask"][:, 1:].sum(-1)
+    assert n_tokens[:2].tolist() == [1, 2] and n_tokens[2] > 2
+    nll = (-pc / n_tokens).mean().item()
+    trainer = _trainer(tiny_model, tiny_tokenizer, rows, tmp_path, beta=0.1, sft_weight=0.25)
+    with torch.no_grad():
+        loss = trainer.compute_loss(tiny_model, batch)
+    assert trainer._metrics["sft_loss"] == pytest.approx([nll], abs=1e-4)
+    assert loss.item() == pytest.approx(plain.item() + 0.25 * nll, abs=1e-4)
+
+
+def test_a_reference_model_scores_every_batch_and_its_time_adds_up(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows = _scored_rows(tiny_tokenizer, 3)
+    batch = PairCollator(0)(rows)  # no reference log-probs in the batch: the reference model gives them
+    ref = dpo.frozen_copy(tiny_model)
+    with torch.no_grad():
+        next(ref.parameters()).mul_(0.5)  # a reference unlike the policy
+        want_c, want_r = dpo._pair_logps(ref, batch)
+        pc, pr = dpo._pair_logps(tiny_model, batch)
+    trainer = _trainer(tiny_model, tiny_tokenizer, rows, tmp_path, beta=1.0, ref_model=ref)
+    _, out = trainer.compute_loss(tiny_model, batch, return_outputs=True)
+    assert torch.allclose(out["chosen_rewards"], pc - want_c, atol=1e-4)
+    assert torch.allclose(out["rejected_rewards"], pr - want_r, atol=1e-4)
+    assert 0 < trainer.ref_logps_seconds < 1.0  # one tiny forward, timed
+    # Each batch's reference time adds to the total (a clock that reads 0, 0.25, 1, 1.5).
+    ticks = iter([0.0, 0.25, 1.0, 1.5])
+    monkeypatch.setattr(dpo, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    trainer.ref_logps_seconds = 0.0
+    trainer.compute_loss(tiny_model, batch)
+    trainer.compute_loss(tiny_model, batch)
+    assert trainer.ref_logps_seconds == 0.75
+
+
+def test_log_adds_the_batch_metrics_averaged_to_loss_entries_only(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Any
+) -> None:
+    trainer = _trainer(tiny_model, tiny_tokenizer, _scored_rows(tiny_tokenizer, 1), tmp_path, beta=0.1)
+    trainer._metrics["rewards/chosen"] += [1.0, 2.0, 6.0]
+    trainer._metrics["sft_loss"] += []
+    trainer.log({"grad_norm": 1.0})
+    assert "rewards/chosen" not in trainer.state.log_history[-1] and trainer._metrics["rewards/chosen"]
+    trainer.log({"loss": 0.5})
+    entry = trainer.state.log_history[-1]
+    assert entry["loss"] == 0.5 and entry["rewards/chosen"] == 3.0 and "sft_loss" not in entry
+    assert not trainer._metrics
+
+
+def test_final_metrics_compare_the_trained_policy_with_the_reference(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    rows = _scored_rows(tiny_tokenizer, 3)
+    pc, pr = dpo.score_pairs(tiny_model, rows, 0, batch_size=3)
+    for row, c, r, (dc, dr) in zip(rows, pc, pr, ((-1.0, 1.0), (1.0, 0.0), (0.0, 0.0)), strict=True):
+        row["ref_chosen_logps"], row["ref_rejected_logps"] = c + dc, r + dr
+    got = dpo._final_metrics(tiny_model, rows, 0, DPOSettings(beta=0.5, per_device_train_batch_size=1))
+    margins = [1.0, -0.5, 0.0]
+    assert got == pytest.approx({
+        "loss": sum(math.log1p(math.exp(-m)) for m in margins) / 3,
+        "reward_margin": sum(margins) / 3,
+        "reward_accuracy": 1 / 3,
+        "rewards_chosen": 0.0,
+        "rewards_rejected": -0.5 / 3,
+        "logps_chosen": sum(pc) / 3,
+        "logps_rejected": sum(pr) / 3,
+    }, abs=1e-4)
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_the_train_sampler_reads_the_dataset_it_is_given(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, tmp_path: Any, grouped: bool
+) -> None:
+    own, other = _scored_rows(tiny_tokenizer, 2), _scored_rows(tiny_tokenizer, 5)
+    trainer = _trainer(tiny_model, tiny_tokenizer, own, tmp_path, beta=0.1, group_by_length=grouped)
+    given = PairDataset(other)
+    lengths = [max(len(r["chosen_input_ids"]), len(r["rejected_input_ids"])) for r in other]
+    for dataset, n in ((given, 5), (None, 2)):
+        sampler = trainer._get_train_sampler(dataset)
+        if grouped:  # a pair's length is its longer side's
+            assert sampler.lengths == (lengths if dataset is given else lengths[:2])
+        else:
+            assert len(sampler) == n
+
+
+def test_final_metrics_score_under_the_training_autocast(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    rows = _scored_rows(tiny_tokenizer, 2)
+    dpo.compute_reference_logps(tiny_model, rows, 0, batch_size=2)
+    got = dpo._final_metrics(tiny_model, rows, 0, DPOSettings(bf16=True))
+    chosen, rejected = dpo.score_pairs(tiny_model, rows, 0, batch_size=2, bf16=True)
+    assert got["logps_chosen"] == pytest.approx(sum(chosen) / 2, abs=1e-5)
+    assert got["logps_rejected"] == pytest.approx(sum(rejected) / 2, abs=1e-5)
+    assert got["logps_chosen"] != pytest.approx(sum(r["ref_chosen_logps"] for r in rows) / 2, abs=1e-4)

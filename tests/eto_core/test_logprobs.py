@@ -61,6 +61,7 @@ def test_lm_head_on_agent_positions_only_equals_the_full_logits(
         assert torch.allclose(agent_token_logps(wrapped, ids, attn, agent)[0], full, atol=1e-5)
 
 
+@pytest.mark.trains
 def test_bf16_autocast_reaches_the_sft_loss_and_stays_within_tolerance(
     tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, toy_trajectories: list[Trajectory],
     tmp_path: Path,
@@ -78,6 +79,7 @@ def test_bf16_autocast_reaches_the_sft_loss_and_stays_within_tolerance(
     assert math.isclose(losses[True], losses[False], rel_tol=0.02)
 
 
+@pytest.mark.trains
 def test_bf16_dpo_starts_at_log2_because_the_reference_is_scored_the_same_way(
     tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, toy_pairs: list[PreferencePair],
     tmp_path: Path,

@@ -175,6 +175,8 @@ def test_env_error_episodes_make_no_pair() -> None:
     crashed.terminate_reason = "env_error"
     pairs, stats = build_pairs(experts, [crashed], iteration=1)
     assert pairs == [] and stats.unusable == 1
+    pairs, stats = build_pairs(experts, [crashed, crashed, traj("a", ["y"], 0.0)], iteration=1)
+    assert len(pairs) == 1 and stats.unusable == 2  # each counted, and the rest still paired
 
 
 def test_k_samples_pair_with_the_expert_and_among_themselves() -> None:
