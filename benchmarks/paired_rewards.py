@@ -1,0 +1,55 @@
+"""Per-task rewards of two evaluated models from two runs' artifact folders, paired by task.
+
+For comparing models that live in different runs (different recipes or workdirs), which
+`eto compare` (one MLflow store) does not reach. Each model is named by the folder of its
+artifacts (``--a`` / ``--b``: an artifact root) and a substring of its model URI (``--a-model``
+/ ``--b-model``, e.g. ``/sft/``); every evaluation artifact of that model is read. Prints, per
+split, the mean reward of each, the mean paired difference b - a with a 95% bootstrap interval
+(10,000 resamples of tasks, seed 0), and how many tasks went up and down.
+
+    .venv/bin/python benchmarks/paired_rewards.py --a /root/eto-smollm/artifacts --a-model /sft/ \\
+        --b /root/eto-hour/artifacts --b-model /sft/
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def rewards(root: str, model: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for path in sorted(Path(root, "evaluate").glob("*/trajectories.parquet")):
+        df = pd.read_parquet(path)
+        if len(df) and model in str(df.model_uri.iloc[0]):
+            out.update(dict(zip(df.task_id, df.reward.astype(float), strict=True)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", required=True)
+    parser.add_argument("--a-model", required=True)
+    parser.add_argument("--b", required=True)
+    parser.add_argument("--b-model", required=True)
+    args = parser.parse_args()
+    a, b = rewards(args.a, args.a_model), rewards(args.b, args.b_model)
+    rng = np.random.default_rng(0)
+    print("| split | tasks in both | a mean | b mean | b - a | 95% interval | up | down |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    for split in sorted({t.rsplit("-", 1)[0] for t in a}):
+        ids = [t for t in a if t.rsplit("-", 1)[0] == split and t in b]
+        if not ids:
+            continue
+        diff = np.array([b[t] - a[t] for t in ids])
+        boots = diff[rng.integers(0, len(diff), (10_000, len(diff)))].mean(1)
+        low, high = np.percentile(boots, [2.5, 97.5])
+        print(f"| {split} | {len(ids)} | {np.mean([a[t] for t in ids]):.3f} | {np.mean([b[t] for t in ids]):.3f} | "
+              f"{diff.mean():+.3f} | [{low:+.3f}, {high:+.3f}] | {(diff > 0).sum()} | {(diff < 0).sum()} |")
+
+
+if __name__ == "__main__":
+    main()
