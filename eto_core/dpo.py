@@ -32,8 +32,9 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig
 from trl.trainer.utils import disable_dropout_in_model
 
-from eto_core.logprobs import sequence_logps
+from eto_core.logprobs import agent_token_logps, sequence_logps
 from eto_core.lora import LoraSettings, apply_lora
+from eto_core.prefix_sharing import SharedPrefixGraph, shared_length
 from eto_core.records import PreferencePair
 from eto_core.sft import SchedulerName, TrainResult, quiet_trainer, run_trainer, training_autocast, use_bf16
 from eto_core.tokenization import EncodingError, encode_pair
@@ -76,6 +77,13 @@ class DPOSettings(BaseModel):
         False,
         description="Batch pairs of similar length (less padding, faster steps) at the cost of a less "
         "random data order; off so batches are plain shuffles as in the paper",
+    )
+    shared_prefix: bool = Field(
+        False,
+        description="Run the prompt prefix that a batch's pairs share (ETO's instruction and one-shot example, "
+        "on both sides of every pair) through the model once per batch instead of twice per pair, its gradient "
+        "summed over the rows (eto_core/prefix_sharing.py): the same loss and gradients (tested). Helps with "
+        "per_device_train_batch_size > 1; each side then runs on its own after the prefix. Not a cache-key field",
     )
     lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights")
     bf16: bool | None = Field(
@@ -327,6 +335,79 @@ class MaskedDPOTrainer(Trainer):
         self.ref_logps_seconds += time.perf_counter() - start
         return ref_chosen, ref_rejected
 
+    shared_prefix = False
+    """Set by ``train_dpo`` from ``dpo.shared_prefix``."""
+
+    MIN_SHARED = 16
+    """A shorter common prefix is not worth the extra forward calls: the batch runs as usual."""
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        if not self.shared_prefix:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        optimizer_train = getattr(self.optimizer, "train", None)  # schedule-free optimizers have modes
+        if callable(optimizer_train):
+            optimizer_train()
+        inputs = self._prepare_inputs(inputs)
+        sides = {side: [(inputs[f"{side}_input_ids"][i, :n], inputs[f"{side}_agent_mask"][i, :n])
+                        for i, n in enumerate(inputs[f"{side}_attention_mask"].sum(-1).tolist())]
+                 for side in _SIDES}
+        rows = [row for side in _SIDES for row in sides[side]]
+        shared = shared_length([ids for ids, _ in rows], [agent for _, agent in rows])
+        if shared < self.MIN_SHARED:
+            return super().training_step(model, inputs, num_items_in_batch)
+        pairs = len(sides["chosen"])
+        # compute_loss's mean over the batch, divided by the accumulation steps as the Trainer
+        # divides compute_loss's loss (loss_is_scaled_for_ga is False).
+        scale = 1.0 / (pairs * self.current_gradient_accumulation_steps)
+        total = torch.zeros((), device=rows[0][0].device)
+        scores: dict[str, list[torch.Tensor]] = {side: [] for side in _SIDES}
+        with self.compute_loss_context_manager(), training_autocast(self.args):
+            ref_chosen, ref_rejected = self._reference_logps(inputs)
+            prefix = SharedPrefixGraph(model, rows[0][0][None, :shared])  # eto_core/prefix_sharing.py: exact
+            for i in range(pairs):
+                logps = {}
+                for side in _SIDES:
+                    ids, agent = sides[side][i]
+                    token_logps, _ = agent_token_logps(model, ids[None, shared:], None, agent[None, shared:],
+                                                       position_ids=prefix.positions(len(ids), ids.device),
+                                                       past_key_values=prefix.cache())
+                    logps[side] = token_logps.sum()[None]
+                losses, _, _ = dpo_sigmoid_loss(logps["chosen"], logps["rejected"], ref_chosen[i : i + 1],
+                                                ref_rejected[i : i + 1], self.beta)
+                loss = losses.sum()
+                if self.sft_weight > 0:
+                    n_tokens = inputs["chosen_agent_mask"][i, 1:].sum().clamp(min=1)
+                    loss = loss + self.sft_weight * (-logps["chosen"].sum() / n_tokens)
+                loss = loss * scale
+                self.accelerator.backward(loss)
+                total = total + loss.detach()
+                for side in _SIDES:
+                    scores[side].append(logps[side].detach())
+            prefix.backward()
+        self._record(torch.cat(scores["chosen"]), torch.cat(scores["rejected"]), ref_chosen, ref_rejected,
+                     inputs["chosen_agent_mask"])
+        return total
+
+    def _record(self, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                ref_rejected: torch.Tensor, chosen_agent_mask: torch.Tensor) -> None:
+        """The batch metrics compute_loss logs, for a batch trained by the shared-prefix step."""
+        with torch.no_grad():
+            _, chosen_rewards, rejected_rewards = dpo_sigmoid_loss(
+                policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
+        if self.sft_weight > 0:
+            n_tokens = chosen_agent_mask[:, 1:].sum(dim=-1).clamp(min=1)
+            self._metrics["sft_loss"].append((-policy_chosen / n_tokens).mean().item())
+        margins = chosen_rewards - rejected_rewards
+        self._metrics["rewards/chosen"].append(chosen_rewards.mean().item())
+        self._metrics["rewards/rejected"].append(rejected_rewards.mean().item())
+        self._metrics["rewards/margins"].append(margins.mean().item())
+        self._metrics["rewards/accuracies"].append((margins > 0).float().mean().item())
+        self._metrics["logps/chosen"].append(policy_chosen.mean().item())
+        self._metrics["logps/rejected"].append(policy_rejected.mean().item())
+
     def compute_loss(
         self,
         model: torch.nn.Module,
@@ -428,6 +509,7 @@ def train_dpo(
         sft_weight=settings.sft_weight,
         ref_model=ref_model,
     )
+    trainer.shared_prefix = settings.shared_prefix
     quiet_trainer(trainer, __name__)
     base = run_trainer(trainer, num_examples=len(rows), num_truncated=num_truncated)
     if ref_model is not None:

@@ -651,3 +651,61 @@ def test_final_metrics_score_under_the_training_autocast(
     assert got["logps_chosen"] == pytest.approx(sum(chosen) / 2, abs=1e-5)
     assert got["logps_rejected"] == pytest.approx(sum(rejected) / 2, abs=1e-5)
     assert got["logps_chosen"] != pytest.approx(sum(r["ref_chosen_logps"] for r in rows) / 2, abs=1e-4)
+
+
+@pytest.mark.trains
+@pytest.mark.parametrize(("lora", "sft_weight"), [(False, 0.0), (True, 0.5)])
+def test_shared_prefix_gives_the_plain_batch_dpo(
+    tiny_model: LlamaForCausalLM,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    toy_pairs: list[PreferencePair],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    lora: bool,
+    sft_weight: float,
+) -> None:
+    """dpo.shared_prefix runs the prompt prefix the batch's pairs share once, its gradient summed
+    over both sides of every pair: the plain batch's losses, metrics and trained weights (with
+    accumulation, so the loss scaling is exercised too)."""
+    import copy
+
+    from eto_core.lora import LoraSettings
+
+    shared: list[int] = []
+    measure = dpo.shared_length
+
+    def spy(*args: Any) -> int:
+        shared.append(measure(*args))
+        return shared[-1]
+
+    monkeypatch.setattr(dpo, "shared_length", spy)
+    monkeypatch.setattr(dpo.MaskedDPOTrainer, "MIN_SHARED", 4)
+    results = {}
+    for on in (False, True):
+        model = copy.deepcopy(tiny_model)  # LoRA wraps the model it is given
+        torch.manual_seed(0)  # the same LoRA initialisation in both runs
+        settings = DPOSettings(beta=0.1, learning_rate=3e-3, num_train_epochs=2, per_device_train_batch_size=3,
+                               gradient_accumulation_steps=2, warmup_ratio=0.0, lr_scheduler_type="constant",
+                               sft_weight=sft_weight, shared_prefix=on, lora=LoraSettings(r=4, alpha=8) if lora else None)
+        result = train_dpo(model, tiny_tokenizer, toy_pairs, settings, str(tmp_path / str(on)))
+        results[on] = (result.log_history, {k: v.clone() for k, v in result.model.state_dict().items()})
+    assert shared and min(shared) >= 4, "the shared-prefix step never ran"
+    (plain_log, plain_weights), (fast_log, fast_weights) = results[False], results[True]
+    # Not the accuracy: at step 0 every margin is 0 up to float rounding, which decides its sign.
+    keys = ["loss", "rewards/margins", "logps/chosen", "logps/rejected"] + (["sft_loss"] if sft_weight else [])
+    plain_rows = [[e[k] for k in keys] for e in plain_log if "loss" in e]
+    assert len(plain_rows) >= 2
+    assert [[e[k] for k in keys] for e in fast_log if "loss" in e] == [pytest.approx(r, rel=1e-4, abs=1e-4)
+                                                                      for r in plain_rows]
+    for name, value in plain_weights.items():
+        torch.testing.assert_close(fast_weights[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_dpo_shared_prefix_is_not_a_cache_key_field() -> None:
+    from eto_core.config import Recipe
+    from eto_core.pipeline import dpo_key
+
+    base = Recipe.model_validate({"name": "k"})
+    fast = base.model_copy(update={"dpo": base.dpo.model_copy(update={"shared_prefix": True})})
+    ref = SimpleNamespace(digest="d")
+    assert dpo_key(fast, ref, ref, 1) == dpo_key(base, ref, ref, 1)  # type: ignore[arg-type]
