@@ -343,9 +343,9 @@ class MaskedDPOTrainer(Trainer):
 
     # Not mutated (make mutation, docs/testing.md): like train_dpo, a step only a training run can
     # check; test_shared_prefix_gives_the_plain_batch_dpo compares it with the plain step.
-    def training_step(  # pragma: no mutate block
+    def training_step(
         self, model: torch.nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: Any = None
-    ) -> torch.Tensor:
+    ) -> torch.Tensor:  # pragma: no mutate block
         if not self.shared_prefix:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
@@ -393,8 +393,8 @@ class MaskedDPOTrainer(Trainer):
                      inputs["chosen_agent_mask"])
         return total
 
-    def _record(self, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,  # pragma: no mutate block
-                ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, chosen_agent_mask: torch.Tensor) -> None:
+    def _record(self, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                ref_rejected: torch.Tensor, chosen_agent_mask: torch.Tensor) -> None:  # pragma: no mutate block
         """The batch metrics compute_loss logs, for a batch trained by the shared-prefix step."""
         with torch.no_grad():
             _, chosen_rewards, rejected_rewards = dpo_sigmoid_loss(
