@@ -34,7 +34,7 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from eto_core.logprobs import agent_token_logps, sequence_logps
 from eto_core.lora import LoraSettings, apply_lora
-from eto_core.prefix_sharing import SharedPrefixGraph, shared_length
+from eto_core.prefix_sharing import SharedPrefixGraph, begin_step, shared_length
 from eto_core.records import PreferencePair
 from eto_core.sft import SchedulerName, TrainResult, quiet_trainer, run_trainer, training_autocast, use_bf16
 from eto_core.tokenization import EncodingError, encode_pair
@@ -348,11 +348,7 @@ class MaskedDPOTrainer(Trainer):
     ) -> torch.Tensor:  # pragma: no mutate block
         if not self.shared_prefix:
             return super().training_step(model, inputs, num_items_in_batch)
-        model.train()
-        optimizer_train = getattr(self.optimizer, "train", None)  # schedule-free optimizers have modes
-        if callable(optimizer_train):
-            optimizer_train()
-        inputs = self._prepare_inputs(inputs)
+        inputs = begin_step(self, model, inputs)
         sides = {side: [(inputs[f"{side}_input_ids"][i, :n], inputs[f"{side}_agent_mask"][i, :n])
                         for i, n in enumerate(inputs[f"{side}_attention_mask"].sum(-1).tolist())]
                  for side in _SIDES}

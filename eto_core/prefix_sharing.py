@@ -71,3 +71,15 @@ class SharedPrefixGraph:
         pairs = [(t, leaf.grad) for t, leaf in zip(self._graph, self._leaves, strict=True) if leaf.grad is not None]
         if pairs:
             torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+
+
+def begin_step(trainer: Any, model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What ``transformers.Trainer.training_step`` does before its forward, for a trainer's own
+    shared-prefix step: train mode (the optimizer's too, where it has one) and the inputs on the
+    trainer's device."""
+    model.train()
+    optimizer_train = getattr(trainer.optimizer, "train", None)  # schedule-free optimizers have modes
+    if callable(optimizer_train):
+        optimizer_train()
+    prepared: dict[str, Any] = trainer._prepare_inputs(inputs)
+    return prepared

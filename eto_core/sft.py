@@ -39,7 +39,7 @@ from trl import SFTConfig, SFTTrainer
 
 from eto_core.logprobs import agent_token_logps
 from eto_core.lora import LoraSettings, apply_lora
-from eto_core.prefix_sharing import SharedPrefixGraph, shared_length
+from eto_core.prefix_sharing import SharedPrefixGraph, begin_step, shared_length
 from eto_core.records import Trajectory
 from eto_core.tokenization import EncodingError, encode_conversation
 
@@ -343,11 +343,7 @@ class AgentSFTTrainer(SFTTrainer):
     ) -> torch.Tensor:
         if not self.shared_prefix:
             return super().training_step(model, inputs, num_items_in_batch)
-        model.train()
-        optimizer_train = getattr(self.optimizer, "train", None)  # schedule-free optimizers have modes
-        if callable(optimizer_train):
-            optimizer_train()
-        inputs = self._prepare_inputs(inputs)
+        inputs = begin_step(self, model, inputs)
         ids, labels = inputs["input_ids"], inputs["labels"]
         mask = inputs.get("attention_mask")
         lengths = [int(n) for n in (mask.sum(-1) if mask is not None else torch.full((len(ids),), ids.shape[1]))]
