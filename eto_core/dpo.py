@@ -21,7 +21,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +92,14 @@ class DPOSettings(BaseModel):
         "Empty: on with a bf16-capable GPU, off on CPU; true also on CPU, where it roughly doubles a real "
         "model's step rate",
     )
+
+    SPEED_ONLY: ClassVar[frozenset[str]] = frozenset({"precompute_ref_logps", "shared_prefix"})
+    """Fields that change where or how often the loss's parts are computed, not the trained model:
+    left out of cache keys (as ``SFTSettings.SPEED_ONLY``)."""
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that decide the trained model (a stage's cache key)."""
+        return self.model_dump(mode="json", exclude=set(self.SPEED_ONLY))
 
     # Not mutated (make mutation, docs/testing.md): a settings mapping whose every mutant costs the
     # whole DPO training suite; test_settings_and_trl_config and the training tests read it.
@@ -385,26 +393,28 @@ class MaskedDPOTrainer(Trainer):
                 for side in _SIDES:
                     scores[side].append(logps[side].detach())
             prefix.backward()
-        self._record(torch.cat(scores["chosen"]), torch.cat(scores["rejected"]), ref_chosen, ref_rejected,
-                     inputs["chosen_agent_mask"])
+        policy_chosen, policy_rejected = torch.cat(scores["chosen"]), torch.cat(scores["rejected"])
+        _, chosen_rewards, rejected_rewards = dpo_sigmoid_loss(policy_chosen, policy_rejected, ref_chosen,
+                                                               ref_rejected, self.beta)
+        sft_loss = None
+        if self.sft_weight > 0:
+            n_tokens = inputs["chosen_agent_mask"][:, 1:].sum(dim=-1).clamp(min=1)
+            sft_loss = float((-policy_chosen / n_tokens).mean())
+        self._record(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected, sft_loss)
         return total
 
-    def _record(self, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                ref_rejected: torch.Tensor, chosen_agent_mask: torch.Tensor) -> None:  # pragma: no mutate block
-        """The batch metrics compute_loss logs, for a batch trained by the shared-prefix step."""
-        with torch.no_grad():
-            _, chosen_rewards, rejected_rewards = dpo_sigmoid_loss(
-                policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
-        if self.sft_weight > 0:
-            n_tokens = chosen_agent_mask[:, 1:].sum(dim=-1).clamp(min=1)
-            self._metrics["sft_loss"].append((-policy_chosen / n_tokens).mean().item())
+    def _record(self, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, policy_chosen: torch.Tensor,
+                policy_rejected: torch.Tensor, sft_loss: float | None) -> None:
+        """One batch's metrics, averaged per log line by ``log`` (both training steps record them)."""
+        if sft_loss is not None:
+            self._metrics["sft_loss"].append(sft_loss)
         margins = chosen_rewards - rejected_rewards
         self._metrics["rewards/chosen"].append(chosen_rewards.mean().item())
         self._metrics["rewards/rejected"].append(rejected_rewards.mean().item())
         self._metrics["rewards/margins"].append(margins.mean().item())
         self._metrics["rewards/accuracies"].append((margins > 0).float().mean().item())
-        self._metrics["logps/chosen"].append(policy_chosen.mean().item())
-        self._metrics["logps/rejected"].append(policy_rejected.mean().item())
+        self._metrics["logps/chosen"].append(policy_chosen.detach().mean().item())
+        self._metrics["logps/rejected"].append(policy_rejected.detach().mean().item())
 
     def compute_loss(
         self,
@@ -420,20 +430,14 @@ class MaskedDPOTrainer(Trainer):
             policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta
         )
         loss = losses.mean()
+        sft_value = None
         if self.sft_weight > 0:
             # Per-token NLL of the chosen agent turns, so long trajectories do not dominate.
             n_tokens = inputs["chosen_agent_mask"][:, 1:].sum(dim=-1).clamp(min=1)
             sft_loss = (-policy_chosen / n_tokens).mean()
             loss = loss + self.sft_weight * sft_loss
-            self._metrics["sft_loss"].append(sft_loss.item())
-
-        margins = chosen_rewards - rejected_rewards
-        self._metrics["rewards/chosen"].append(chosen_rewards.mean().item())
-        self._metrics["rewards/rejected"].append(rejected_rewards.mean().item())
-        self._metrics["rewards/margins"].append(margins.mean().item())
-        self._metrics["rewards/accuracies"].append((margins > 0).float().mean().item())
-        self._metrics["logps/chosen"].append(policy_chosen.detach().mean().item())
-        self._metrics["logps/rejected"].append(policy_rejected.detach().mean().item())
+            sft_value = sft_loss.item()
+        self._record(chosen_rewards, rejected_rewards, policy_chosen, policy_rejected, sft_value)
         if return_outputs:
             return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
         return loss

@@ -382,9 +382,7 @@ def pair_cut(recipe: Recipe) -> int | None:
 def dpo_key(recipe: Recipe, model: ArtifactRef, pairs: ArtifactRef, iteration: int) -> str:
     # Where the reference log-probs are computed, and whether the shared prefix runs once per
     # batch, change the time, not the result: not key fields.
-    dpo = recipe.dpo_for_iteration(iteration).model_dump(mode="json", exclude={"precompute_ref_logps",
-                                                                               "shared_prefix"})
-    settings = {"dpo": dpo, "iteration": iteration, "seed": recipe.seed}
+    settings = {"dpo": recipe.dpo_for_iteration(iteration).key_fields(), "iteration": iteration, "seed": recipe.seed}
     return cache_key("dpo", settings=settings, inputs={"model": model, "pairs": pairs})
 
 
