@@ -9,8 +9,8 @@ from typing import Any
 from environments.base import TextEnv
 from environments.registry import make_env
 from eto_core.config import Recipe
-from eto_core.pipeline import corpus_tokenizer
 from eto_core.rollout import collect_expert
+from eto_core.stages import corpus_tokenizer
 
 
 def experts_and_tokenizer(recipe: Recipe, n: int) -> tuple[Callable[[], TextEnv], list[Any], Any]:

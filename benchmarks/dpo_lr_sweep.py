@@ -29,23 +29,23 @@ def main() -> None:
     set_runtime_defaults(args.state)
     os.environ.setdefault("TQDM_DISABLE", "1")
 
-    from eto_core import pipeline as P
+    from eto_core import stages
     from eto_core.config import load_recipe
 
     root = f"storage.root={Path(args.state) / 'artifacts'}"
     recipe = load_recipe(args.config, [root])
-    store = P.make_store(recipe, args.state)
-    expert = P.expert_stage(recipe, store, progress=False)
-    base = P.model_init_stage(recipe, store, expert.ref)
-    sft = P.sft_stage(recipe, store, base.ref, expert.ref)
-    explored = P.rollout_stage(recipe, store, sft.ref, stage="explore", split="train", iteration=1,
+    store = stages.make_store(recipe, args.state)
+    expert = stages.expert_stage(recipe, store, progress=False)
+    base = stages.model_init_stage(recipe, store, expert.ref)
+    sft = stages.sft_stage(recipe, store, base.ref, expert.ref)
+    explored = stages.rollout_stage(recipe, store, sft.ref, stage="explore", split="train", iteration=1,
                                gen=recipe.explore, progress=False)
-    pairs = P.pairs_stage(recipe, store, expert.ref, explored.ref, 1)
+    pairs = stages.pairs_stage(recipe, store, expert.ref, explored.ref, 1)
 
-    def evaluate(model_ref: P.ArtifactRef, r: object) -> list[str]:
+    def evaluate(model_ref: stages.ArtifactRef, r: object) -> list[str]:
         cells = []
         for split in ("seen", "unseen"):
-            ev = P.rollout_stage(r, store, model_ref, stage="evaluate", split=split,  # type: ignore[arg-type]
+            ev = stages.rollout_stage(r, store, model_ref, stage="evaluate", split=split,  # type: ignore[arg-type]
                                  iteration=0 if model_ref == sft.ref else 1, gen=recipe.evaluate, progress=False)
             cells += [f"{ev.metrics[f'{split}_avg_reward']:.3f}", f"{ev.metrics[f'{split}_success_rate']:.1%}"]
         return cells
@@ -58,7 +58,7 @@ def main() -> None:
     print("| SFT | - | - | - | - | " + " | ".join(evaluate(sft.ref, recipe)) + " |")
     for lr in args.lrs:
         r = load_recipe(args.config, [root, f"dpo_iterations=[{{learning_rate: {lr}, num_train_epochs: {args.epochs}}}]"])
-        dpo = P.dpo_stage(r, store, sft.ref, pairs.ref, 1)
+        dpo = stages.dpo_stage(r, store, sft.ref, pairs.ref, 1)
         m = dpo.metrics
         print(f"| ETO iter 1 | {lr:g} | {m['dpo_last_loss']:.3f} | {m['dpo_reward_margin']:.2f} | "
               f"{m['dpo_logps_chosen']:.1f} | " + " | ".join(evaluate(dpo.ref, r)) + " |")

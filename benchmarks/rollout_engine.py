@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from eto_core import pipeline as P
+from eto_core import stages
 from eto_core.config import Recipe, load_recipe
 from eto_core.policy import LocalHFPolicy
 from eto_core.records import Trajectory
@@ -35,7 +35,7 @@ def rollout(recipe: Recipe, model: object, tokenizer: object, tasks: list[str], 
     gen = recipe.explore.model_copy(update={"batch_size": batch})
     policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=prefix_cache)  # type: ignore[arg-type]
     started = time.perf_counter()
-    trajs = run_episodes(P.env_factory(recipe), tasks, policy, env_name=recipe.env.name, split="train",
+    trajs = run_episodes(stages.env_factory(recipe), tasks, policy, env_name=recipe.env.name, split="train",
                          source="explore", iteration=1, one_shot=recipe.env.one_shot, batch_size=batch,
                          progress=False)
     return time.perf_counter() - started, trajs, policy
@@ -52,12 +52,12 @@ def main() -> None:
     args = parser.parse_args()
 
     recipe = load_recipe(args.config, [f"storage.root={Path(args.artifact_root).resolve()}"])
-    store = P.make_store(recipe, ".eto")
-    expert = P.expert_stage(recipe, store, progress=False)
-    base = P.model_init_stage(recipe, store, expert.ref)
-    sft = P.sft_stage(recipe, store, base.ref, expert.ref)
-    model, tokenizer = P.load_stage_model(recipe, store, sft.ref)
-    tasks = P._split_tasks(recipe, "train", "explore")[: args.tasks]
+    store = stages.make_store(recipe, ".eto")
+    expert = stages.expert_stage(recipe, store, progress=False)
+    base = stages.model_init_stage(recipe, store, expert.ref)
+    sft = stages.sft_stage(recipe, store, base.ref, expert.ref)
+    model, tokenizer = stages.load_stage_model(recipe, store, sft.ref)
+    tasks = stages.split_tasks(recipe, "train", "explore")[: args.tasks]
     batch = min(recipe.explore.batch_size, len(tasks))
     one_shot = recipe.model_copy(update={"env": recipe.env.model_copy(update={"one_shot": True})})
 

@@ -22,7 +22,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow  # noqa: E402
 
-from eto_core import pipeline as P  # noqa: E402
+from eto_core import stages  # noqa: E402
 from eto_core.config import Recipe, load_recipe  # noqa: E402
 from eto_core.storage import ArtifactRef  # noqa: E402
 from flows.pipeline import rollout  # noqa: E402
@@ -31,7 +31,7 @@ from tasks.runners import make_task_runner  # noqa: E402
 
 @flow(name="bench-explore")
 def explore(recipe: Recipe, model_uri: str, model_digest: str, state_dir: str) -> dict:
-    store = P.make_store(recipe, state_dir)
+    store = stages.make_store(recipe, state_dir)
     with make_task_runner(recipe.runner) as runner:
         result = rollout(recipe, store, ArtifactRef(model_uri, model_digest), stage="explore", split="train",
                           iteration=1, gen=recipe.explore, tracker=None, parent=None, runner=runner)
@@ -48,10 +48,10 @@ def main() -> None:
 
     recipe = load_recipe(args.config, [f"storage.root={Path(args.artifact_root).resolve()}",
                                        f"explore.shard_size={args.shard_size}"])
-    store = P.make_store(recipe, ".eto")
-    expert = P.expert_stage(recipe, store, progress=False)
-    base = P.model_init_stage(recipe, store, expert.ref)
-    sft = P.sft_stage(recipe, store, base.ref, expert.ref)
+    store = stages.make_store(recipe, ".eto")
+    expert = stages.expert_stage(recipe, store, progress=False)
+    base = stages.model_init_stage(recipe, store, expert.ref)
+    sft = stages.sft_stage(recipe, store, base.ref, expert.ref)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="eto-bench-runner-"))
     cores = os.cpu_count() or 1
     modes = {
@@ -62,7 +62,7 @@ def main() -> None:
     }
     rows = []
     digests = set()
-    n = P.task_count(recipe, "train", "explore")
+    n = stages.task_count(recipe, "train", "explore")
     for i, (name, update) in enumerate(modes.items()):
         root = work / f"mode{i}"
         shutil.rmtree(root, ignore_errors=True)

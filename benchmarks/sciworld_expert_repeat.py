@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from eto_core import pipeline as P
+from eto_core import stages
 from eto_core.config import load_recipe
 from eto_core.rollout import collect_expert
 
@@ -26,11 +26,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     recipe = load_recipe(args.config, args.overrides)
-    tasks = P._split_tasks(recipe, "train", "expert")[: args.tasks]
+    tasks = stages.split_tasks(recipe, "train", "expert")[: args.tasks]
     runs: list[dict[str, list[str]]] = []
     for i in range(args.repeats):
         started = time.perf_counter()
-        trajs, skipped = collect_expert(P.env_factory(recipe), tasks, env_name=recipe.env.name, split="train",
+        trajs, skipped = collect_expert(stages.env_factory(recipe), tasks, env_name=recipe.env.name, split="train",
                                         one_shot=recipe.env.one_shot, progress=True)
         runs.append({t.task_id: [m["content"] for m in t.messages] for t in trajs})
         print(f"collection {i + 1}: {len(trajs)} paths, {len(skipped)} skipped, {time.perf_counter() - started:.0f} s")

@@ -23,14 +23,14 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from eto_core import pipeline as P
+from eto_core import stages
 from eto_core.config import Recipe
 from eto_core.evaluation import results_table
 from eto_core.records import EvalSummary
+from eto_core.stage_names import EVAL_SPLITS
 from eto_core.storage import ArtifactRef, ArtifactStore
 from eto_core.tracking import Tracker
 from flows.pipeline import (
-    EVAL_SPLITS,
     current_flow_run_id,
     ended_status,
     eto_iteration,
@@ -39,7 +39,7 @@ from flows.pipeline import (
     rollout,
 )
 from tasks.runners import make_task_runner
-from tasks.stages import expert_task, model_init_task, rft_task, sft_task, summary_of
+from tasks.stage_tasks import expert_task, model_init_task, rft_task, sft_task, summary_of
 
 Method = Literal["best-of-n", "rft", "rft-eto", "eto-no-sft"]
 METHODS: tuple[str, ...] = ("best-of-n", "rft", "rft-eto", "eto-no-sft")
@@ -68,7 +68,7 @@ def baseline_flow(recipe: Recipe, method: Method, state_dir: str = ".eto") -> di
     _check(recipe, method)
     logger = get_run_logger()
     started = time.perf_counter()
-    store = P.make_store(recipe, state_dir)
+    store = stages.make_store(recipe, state_dir)
     store.check()
     tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
     flow_run_id = current_flow_run_id()
@@ -110,7 +110,7 @@ class _Context:
         self.expert = expert_task(recipe, store, tracker=tracker, parent=parent)
         self.base = model_init_task(recipe, store, self.expert.ref, tracker=tracker, parent=parent)
 
-    def sft(self) -> P.StageResult:
+    def sft(self) -> stages.StageResult:
         return sft_task(self.recipe, self.store, self.base.ref, self.expert.ref, tracker=self.tracker,
                         parent=self.parent, flow_run_id=self.flow_run_id)
 
@@ -118,9 +118,9 @@ class _Context:
         return evaluate_policy(self.recipe, self.store, model, stage=label, iteration=iteration, tracker=self.tracker,
                          parent=self.parent, runner=self.runner)
 
-    def rft(self, policy: ArtifactRef, expert: ArtifactRef | None) -> P.StageResult:
+    def rft(self, policy: ArtifactRef, expert: ArtifactRef | None) -> stages.StageResult:
         explored = rollout(self.recipe, self.store, policy, stage="rft_explore", split="train", iteration=0,
-                            gen=P.sampling(self.recipe, "rft_explore"), tracker=self.tracker, parent=self.parent,
+                            gen=stages.sampling(self.recipe, "rft_explore"), tracker=self.tracker, parent=self.parent,
                             runner=self.runner)
         return rft_task(self.recipe, self.store, self.base.ref, expert, explored.ref, tracker=self.tracker,
                         parent=self.parent, flow_run_id=self.flow_run_id)
@@ -148,7 +148,7 @@ def _best_of_n(ctx: _Context) -> list[EvalSummary]:
     out = []
     for split in EVAL_SPLITS:
         result = rollout(ctx.recipe, ctx.store, sft.ref, stage="best_of_n", split=split, iteration=0,
-                          gen=P.sampling(ctx.recipe, "best_of_n"), tracker=ctx.tracker, parent=ctx.parent,
+                          gen=stages.sampling(ctx.recipe, "best_of_n"), tracker=ctx.tracker, parent=ctx.parent,
                           runner=ctx.runner)
         summary = summary_of(result)
         summary.stage = f"best-of-{ctx.recipe.baselines.best_of_n} (oracle)"

@@ -275,7 +275,7 @@ def _load_checked_recipe(args: argparse.Namespace, shortcuts: dict[str, str]) ->
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from eto_core.pipeline import make_store
+    from eto_core.stages import make_store
     from eto_core.storage import ArtifactError
     from eto_core.tracking import TrackingError, check_server
 

@@ -22,8 +22,8 @@ from eto_core.compare import (
     paired_table,
     task_rewards,
 )
-from eto_core.pipeline import PAIRS_FILE, TRAJ_FILE
 from eto_core.records import PreferencePair, frame_to_pairs, read_records
+from eto_core.stages import PAIRS_FILE, TRAJ_FILE
 from eto_core.storage import ArtifactError, ArtifactRef, ArtifactStore
 from eto_core.tracking import Tracker, save_plot
 

@@ -17,17 +17,18 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from eto_core import pipeline as P
+from eto_core import stages
 from eto_core.config import Recipe
 from eto_core.evaluation import results_table
 from eto_core.lifecycle import stop_reason
 from eto_core.policy import GenerationSettings
 from eto_core.records import EvalSummary
 from eto_core.selection import choose_iteration
+from eto_core.stage_names import EVAL_SPLITS, RolloutStage, Split
 from eto_core.storage import ArtifactRef, ArtifactStore
 from eto_core.tracking import MLFLOW_RETRY_DEFAULTS, Tracker, is_unreachable, lost_server_error, reward_plot
 from tasks.runners import make_task_runner
-from tasks.stages import (
+from tasks.stage_tasks import (
     dpo_task,
     expert_task,
     model_init_task,
@@ -38,19 +39,17 @@ from tasks.stages import (
     summary_of,
 )
 
-EVAL_SPLITS = ("seen", "unseen")
-
 
 def rollout(
-    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, split: str, iteration: int,
+    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: RolloutStage, split: Split, iteration: int,
     gen: GenerationSettings, tracker: Tracker | None, parent: str | None, runner: Any,
     expert: ArtifactRef | None = None,
-) -> P.StageResult:
+) -> stages.StageResult:
     """A rollout whose unfinished shards run as tasks on the task runner (in parallel where it
     has workers), then one task that combines them. Submitted from the flow, not from inside a
     task: a task's context (with its parameters) travels to Dask/Ray workers with each shard.
     ``expert``: only for stage "explore_step" (continuations from the expert's prefixes)."""
-    shards = P.pending_shards(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen,
+    shards = stages.pending_shards(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen,
                               expert=expert)
     futures = [runner.submit(shard_task, {"recipe": recipe, "store": store, "model": model, "shard": s})
                for s in shards]
@@ -65,7 +64,7 @@ def _select_score(
     parent: str | None, runner: Any,
 ) -> float:
     """The policy's score on the selection split (recipe.selection), for choosing the iteration."""
-    result = rollout(recipe, store, model, stage="select", split=P.selection_split(recipe), iteration=iteration,
+    result = rollout(recipe, store, model, stage="select", split=stages.selection_split(recipe), iteration=iteration,
                       gen=recipe.evaluate, tracker=tracker, parent=parent, runner=runner)
     summary = summary_of(result)
     return summary.avg_reward if recipe.selection.metric == "avg_reward" else summary.success_rate
@@ -88,7 +87,7 @@ def evaluate_policy(
 def eto_iteration(
     recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None, policy: ArtifactRef, iteration: int,
     tracker: Tracker | None, parent: str | None, flow_run_id: str, runner: Any, stop_without_pairs: bool = False,
-) -> tuple[P.StageResult, P.StageResult | None, list[EvalSummary]]:
+) -> tuple[stages.StageResult, stages.StageResult | None, list[EvalSummary]]:
     """One ETO iteration. With ``stop_without_pairs``, an exploration that yields no pair ends it
     before DPO (new policy None) instead of failing: for methods where that is an outcome."""
     level = recipe.pairs.level
@@ -99,9 +98,9 @@ def eto_iteration(
     if level in ("step", "both"):
         step = rollout(recipe, store, policy, stage="explore_step", split="train", iteration=iteration,
                        gen=recipe.explore, tracker=tracker, parent=parent, runner=runner,
-                       expert=P.need_expert(expert)).ref
+                       expert=stages.need_expert(expert)).ref
     pairs = pairs_task(recipe, store, expert, explored, iteration, tracker=tracker, parent=parent, step=step)
-    if stop_without_pairs and not P.num_pairs(pairs):
+    if stop_without_pairs and not stages.num_pairs(pairs):
         return pairs, None, []
     new_policy = dpo_task(recipe, store, policy, pairs.ref, iteration, tracker=tracker, parent=parent,
                           flow_run_id=flow_run_id)
@@ -122,7 +121,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     refuse_endpoint_backend(recipe)
     for key, value in MLFLOW_RETRY_DEFAULTS.items():  # bounded retries, also for deployment runs
         os.environ.setdefault(key, value)
-    store = P.make_store(recipe, state_dir)
+    store = stages.make_store(recipe, state_dir)
     store.check()  # an unreachable or misconfigured S3 root fails here, naming the setting
     for folder in store.remove_stale_staging():
         logger.info("removed %s, left by a crashed run", folder)
@@ -281,7 +280,7 @@ def refuse_endpoint_backend(recipe: Recipe) -> None:
 def sft_flow(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     """Expert data, SFT and its seen/unseen evaluation only."""
     refuse_endpoint_backend(recipe)
-    store = P.make_store(recipe, state_dir)
+    store = stages.make_store(recipe, state_dir)
     expert = expert_task(recipe, store)
     base = model_init_task(recipe, store, expert.ref)
     sft = sft_task(recipe, store, base.ref, expert.ref)
@@ -297,7 +296,7 @@ def eto_iteration_flow(
 ) -> dict[str, Any]:
     """One ETO iteration (explore -> pairs -> DPO -> eval) from a given policy artifact."""
     refuse_endpoint_backend(recipe)
-    store = P.make_store(recipe, state_dir)
+    store = stages.make_store(recipe, state_dir)
     expert = expert_task(recipe, store)
     with make_task_runner(recipe.runner) as runner:
         _, new_policy, summaries = eto_iteration(recipe, store, expert.ref, ArtifactRef(policy_uri, policy_digest),
@@ -310,20 +309,20 @@ def eto_iteration_flow(
 def evaluate_flow(recipe: Recipe, model: str | None = None, state_dir: str = ".eto") -> dict[str, Any]:
     """Seen/unseen evaluation of one policy, tracked like a pipeline run: an OpenAI-compatible
     endpoint (``policy.backend: openai``) or a model folder / hub id (``model``), for baselines."""
-    store = P.make_store(recipe, state_dir)
+    store = stages.make_store(recipe, state_dir)
     store.check()
-    P.check_splits(recipe)
+    stages.check_splits(recipe)
     if recipe.policy.backend == "openai":
         if model:
             raise ValueError("--model names a local model but policy.backend is 'openai': the endpoint "
                              f"{recipe.policy.base_url} answers; drop --model or set policy.backend: hf.")
-        ref = P.endpoint_ref(recipe)
+        ref = stages.endpoint_ref(recipe)
         label = f"{recipe.policy.model} @ {recipe.policy.base_url}"
     else:
         if not model:
             raise ValueError("eto evaluate needs --model (a model folder or hub id) unless policy.backend is 'openai'.")
         pointed = recipe.model_copy(update={"model": recipe.model.model_copy(update={"path": model})})
-        ref = P.model_init_stage(pointed, store, None).ref  # a pointer artifact, keyed by the weights
+        ref = stages.model_init_stage(pointed, store, None).ref  # a pointer artifact, keyed by the weights
         label = model
     tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
     parent = tracker.start_run(f"evaluate {label}", tags={"prefect.flow_run_id": current_flow_run_id(),

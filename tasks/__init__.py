@@ -1,1 +1,1 @@
-"""Thin Prefect tasks: one per ETO stage, wrapping eto_core.pipeline with explicit cache keys."""
+"""Thin Prefect tasks: one per ETO stage, wrapping eto_core.stages with explicit cache keys."""

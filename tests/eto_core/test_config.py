@@ -64,7 +64,7 @@ def test_recipe_help_documents_every_field() -> None:
 
 
 def test_global_seed_reaches_every_component() -> None:
-    from eto_core.pipeline import seeded
+    from eto_core.seeding import seeded
 
     r0 = load_recipe(ROOT / "recipes" / "default.yaml")
     r3 = load_recipe(ROOT / "recipes" / "default.yaml", ["seed=3"])

@@ -703,7 +703,7 @@ def test_shared_prefix_gives_the_plain_batch_dpo(
 
 def test_dpo_shared_prefix_is_not_a_cache_key_field() -> None:
     from eto_core.config import Recipe
-    from eto_core.pipeline import dpo_key
+    from eto_core.stages import dpo_key
 
     base = Recipe.model_validate({"name": "k"})
     fast = base.model_copy(update={"dpo": base.dpo.model_copy(update={"shared_prefix": True})})

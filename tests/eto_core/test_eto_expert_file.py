@@ -18,7 +18,7 @@ import pytest
 from environments.alfworld.data import JSON_DIR, default_cache_dir, prepare_data
 from environments.webshop import WebShopEnv
 from environments.webshop.synthetic import generate
-from eto_core import pipeline as P
+from eto_core import stages as S
 from eto_core.config import Recipe, load_recipe
 from eto_core.eto_format import EtoRecord, RecordError, load_expert_file, map_task_ids
 from eto_core.pairs import response_turns
@@ -40,24 +40,24 @@ def _recipe(tmp_path: Path, *overrides: str) -> Recipe:
     return load_recipe(ROOT / "recipes" / "mini.yaml", [f"storage.root={tmp_path / 'artifacts'}", *overrides])
 
 
-def _explore_and_pair(recipe: Recipe, tmp_path: Path) -> tuple[ArtifactStore, dict[str, P.StageResult]]:
-    store = P.make_store(recipe, tmp_path / "state")
-    expert = P.expert_stage(recipe, store, progress=False)
-    model = P.model_init_stage(recipe, store, expert.ref)
-    explored = P.rollout_stage(recipe, store, model.ref, stage="explore", split="train", iteration=1,
+def _explore_and_pair(recipe: Recipe, tmp_path: Path) -> tuple[ArtifactStore, dict[str, S.StageResult]]:
+    store = S.make_store(recipe, tmp_path / "state")
+    expert = S.expert_stage(recipe, store, progress=False)
+    model = S.model_init_stage(recipe, store, expert.ref)
+    explored = S.rollout_stage(recipe, store, model.ref, stage="explore", split="train", iteration=1,
                                gen=recipe.explore, progress=False)
-    pairs = P.pairs_stage(recipe, store, expert.ref, explored.ref, 1)
+    pairs = S.pairs_stage(recipe, store, expert.ref, explored.ref, 1)
     return store, {"expert": expert, "model": model, "explore": explored, "pairs": pairs}
 
 
-def _check_lose_pairs(store: ArtifactStore, stages: dict[str, P.StageResult], records: dict[str, dict[str, Any]],
+def _check_lose_pairs(store: ArtifactStore, stages: dict[str, S.StageResult], records: dict[str, dict[str, Any]],
                       ) -> list[Trajectory]:
     """Every explored episode made a lose pair or tied: the file's expert chosen, the agent's turns
     rejected, under the prompt the agent explored with. Returns the explored trajectories."""
-    explored = P.read_trajectories(store, stages["explore"].ref)
-    pairs = {p.task_id: p for p in P.read_pairs(store, stages["pairs"].ref)}
+    explored = S.read_trajectories(store, stages["explore"].ref)
+    pairs = {p.task_id: p for p in S.read_pairs(store, stages["pairs"].ref)}
     metrics = stages["pairs"].metrics
-    assert P.num_pairs(stages["pairs"]) > 0, metrics
+    assert S.num_pairs(stages["pairs"]) > 0, metrics
     assert metrics["pairs_no_expert"] == 0 and metrics["pairs_lose"] + metrics["pairs_tie"] == len(explored)
     for agent in explored:
         if agent.task_id not in pairs:
@@ -73,7 +73,7 @@ def _check_lose_pairs(store: ArtifactStore, stages: dict[str, P.StageResult], re
 
 def test_tidy_expert_file_gives_lose_pairs(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, "data.train_tasks=4", f"data.expert_file={tmp_path / 'tidy_sft.json'}")
-    env = P.env_factory(recipe)()
+    env = S.env_factory(recipe)()
     records = {t: eto_record(env, t, t) for t in env.tasks("train")[:4]}
     write_eto_file(tmp_path / "tidy_sft.json", list(records.values()))
     store, stages = _explore_and_pair(recipe, tmp_path)
@@ -85,15 +85,15 @@ def test_explore_with_the_one_shot_example_train_without_it(tmp_path: Path) -> N
     expert data and the pairs do not."""
     recipe = _recipe(tmp_path, "data.train_tasks=3", f"data.expert_file={tmp_path / 'tidy_sft.json'}",
                      "env.one_shot=true", "data.one_shot_in_training=false", *LONG_CONTEXT)
-    env = P.env_factory(recipe)()
+    env = S.env_factory(recipe)()
     records = {t: eto_record(env, t, t) for t in env.tasks("train")[:3]}
     write_eto_file(tmp_path / "tidy_sft.json", list(records.values()))
     store, stages = _explore_and_pair(recipe, tmp_path)
-    experts = P.read_trajectories(store, stages["expert"].ref)
+    experts = S.read_trajectories(store, stages["expert"].ref)
     assert all(t.num_prompt_messages == 3 for t in experts)
-    explored = P.read_trajectories(store, stages["explore"].ref)
+    explored = S.read_trajectories(store, stages["explore"].ref)
     assert all(t.num_prompt_messages > 3 for t in explored)  # explored with the example
-    pairs = P.read_pairs(store, stages["pairs"].ref)
+    pairs = S.read_pairs(store, stages["pairs"].ref)
     assert pairs and all(len(p.prompt) == 3 and p.prompt == experts[0].messages[:2] + p.prompt[2:] for p in pairs)
     by_task = {t.task_id: t for t in explored}
     for pair in pairs:
@@ -104,14 +104,14 @@ def test_explore_with_the_one_shot_example_train_without_it(tmp_path: Path) -> N
 
 def test_no_pairs_because_no_expert_matched_is_not_called_a_tie(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, "data.train_tasks=3", f"data.expert_file={tmp_path / 'other_tasks.json'}")
-    env = P.env_factory(recipe)()
+    env = S.env_factory(recipe)()
     others = env.tasks("train")[20:23]  # valid tasks, but not the ones exploration plays
     write_eto_file(tmp_path / "other_tasks.json", [eto_record(env, t, t) for t in others])
     store, stages = _explore_and_pair(recipe, tmp_path)
-    assert P.num_pairs(stages["pairs"]) == 0 and stages["pairs"].metrics["pairs_no_expert"] == 3
+    assert S.num_pairs(stages["pairs"]) == 0 and stages["pairs"].metrics["pairs_no_expert"] == 3
     with pytest.raises(ValueError, match="no failure/success pairs because no expert matched: of 3 explored "
                        r"episodes, 3 had no expert trajectory .*other_tasks\.json.* name none of the explored tasks"):
-        P.dpo_stage(recipe, store, stages["model"].ref, stages["pairs"].ref, 1)
+        S.dpo_stage(recipe, store, stages["model"].ref, stages["pairs"].ref, 1)
 
 
 def test_webshop_expert_file_with_etos_goal_ids_gives_lose_pairs(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_webshop_expert_file_with_etos_goal_ids_gives_lose_pairs(tmp_path: Path)
     assert all(r["id"].isdigit() for r in records.values())
     write_eto_file(tmp_path / "webshop_sft.json", list(records.values()))
     store, stages = _explore_and_pair(recipe, tmp_path)
-    assert [t.task_id for t in P.read_trajectories(store, stages["expert"].ref)] == tasks
+    assert [t.task_id for t in S.read_trajectories(store, stages["expert"].ref)] == tasks
     _check_lose_pairs(store, stages, records)
 
 
@@ -151,7 +151,7 @@ def _alfworld_recipe(tmp_path: Path, root: Path, *overrides: str) -> Recipe:
 
 
 def test_alfworld_ids_map_through_game_files(alfworld_root: Path, tmp_path: Path) -> None:
-    env = P.env_factory(_alfworld_recipe(tmp_path, alfworld_root))()
+    env = S.env_factory(_alfworld_recipe(tmp_path, alfworld_root))()
     task = env.tasks("train")[0]
     game = task.removeprefix("train/")
     forms = [f"json_2.1.1/train/{game}", f"{alfworld_root}/json_2.1.1/train/{game}/game.tw-pddl", game]
@@ -170,7 +170,7 @@ def test_alfworld_ids_map_through_game_files(alfworld_root: Path, tmp_path: Path
 def test_alfworld_numbered_ids_map_through_etos_game_list(alfworld_root: Path, tmp_path: Path) -> None:
     if not ETO_UNSEEN_GAMES.is_file():
         pytest.skip(f"{ETO_UNSEEN_GAMES} not found")
-    env = P.env_factory(_alfworld_recipe(tmp_path, alfworld_root))()
+    env = S.env_factory(_alfworld_recipe(tmp_path, alfworld_root))()
     games = [g.strip() for g in ETO_UNSEEN_GAMES.read_text().splitlines() if g.strip()]
     records = [EtoRecord(i, str(i), [], None, None) for i in range(len(games))]
     mapped = map_task_ids("alfworld_test.json", records, env, id_file=ETO_UNSEEN_GAMES)
@@ -183,13 +183,13 @@ def test_alfworld_expert_file_through_game_files_gives_lose_pairs(alfworld_root:
     recipe = _alfworld_recipe(tmp_path, alfworld_root, f"data.expert_file={tmp_path / 'alfworld_sft.json'}")
     from environments.alfworld.env import AlfworldEnv  # after the fixture checked that alfworld is there
 
-    tasks = P.env_factory(recipe)().tasks("train")[:3]
+    tasks = S.env_factory(recipe)().tasks("train")[:3]
     writer = AlfworldEnv(data_root=alfworld_root, train_size=40)  # room for the whole expert
     # ETO's records: a running id and the game file; a reward field ETO ignores for ALFWorld.
     records = {t: alfworld_eto_record(writer, t, str(i), game_file=f"json_2.1.1/{t}", reward=0.5)
                for i, t in enumerate(tasks)}
     write_eto_file(tmp_path / "alfworld_sft.json", list(records.values()))
-    experts = load_expert_file(tmp_path / "alfworld_sft.json", P.env_factory(recipe), one_shot=False)
+    experts = load_expert_file(tmp_path / "alfworld_sft.json", S.env_factory(recipe), one_shot=False)
     assert [t.task_id for t in experts] == tasks and all(t.reward == 1.0 and t.success for t in experts)
     store, stages = _explore_and_pair(recipe, tmp_path)
     _check_lose_pairs(store, stages, records)
@@ -201,7 +201,7 @@ def test_the_new_options_enter_the_cache_keys_only_when_set(tmp_path: Path) -> N
 
     def keys(*overrides: str) -> tuple[str, str, str]:
         r = _recipe(tmp_path, "env.one_shot=true", *overrides)
-        return P.expert_key(r), P.pairs_key(r, a, b, 1), P.rft_key(r, a, a, b)
+        return S.expert_key(r), S.pairs_key(r, a, b, 1), S.rft_key(r, a, a, b)
 
     base = keys()
     assert keys("pairs.cut_rejected=true", "pairs.skip_context_overflow=false", "data.one_shot_in_training=true") == base

@@ -23,10 +23,10 @@ from eto_core.logprobs import agent_token_logps
 from eto_core.lora import LoraSettings
 from eto_core.model_source import SMOLLM2_GGUF, local_model_folder, resolve_model_path
 from eto_core.modeling import load_model
-from eto_core.pipeline import MODEL_DIR, model_init_key, model_init_stage
 from eto_core.policy import LocalHFPolicy
 from eto_core.records import Message
 from eto_core.sft import SFTSettings, train_sft
+from eto_core.stages import MODEL_DIR, model_init_key, model_init_stage
 from eto_core.storage import ArtifactStore
 from eto_core.tokenization import encode_conversation
 from tests.conftest import toy_trajectory

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from eto_core import pipeline as P
+from eto_core import stages
 from eto_core.config import load_recipe
 
 pytestmark = pytest.mark.slow
@@ -49,13 +49,13 @@ def test_each_baseline_runs_and_is_tracked(
 
     # What the pairs stage is given (rollouts run on Prefect's thread runner, in this process).
     pair_calls: list[dict[str, Any]] = []
-    real_build_pairs = P.build_pairs
+    real_build_pairs = stages.data.build_pairs
 
     def spy_build_pairs(experts: Any, explored: Any, **kwargs: Any) -> Any:
         pair_calls.append({"experts": list(experts), "explored": list(explored), **kwargs})
         return real_build_pairs(experts, explored, **kwargs)
 
-    monkeypatch.setattr(P, "build_pairs", spy_build_pairs)
+    monkeypatch.setattr(stages.data, "build_pairs", spy_build_pairs)
     recipe = _recipe(shared)
     out = baseline_flow(recipe, method, state_dir=str(shared / "state"))
     assert out["method"] == method and {s["split"] for s in out["summaries"]} == {"seen", "unseen"}
@@ -63,7 +63,7 @@ def test_each_baseline_runs_and_is_tracked(
     run = client.get_run(out["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["eto.method"] == method
     assert "seen_avg_reward" in run.data.metrics
-    store = P.make_store(recipe, str(shared / "state"))
+    store = stages.make_store(recipe, str(shared / "state"))
     if method == "best-of-n":
         labels = {s["stage"] for s in out["summaries"]}
         assert labels == {"best-of-3 (oracle)"}
@@ -71,7 +71,7 @@ def test_each_baseline_runs_and_is_tracked(
         for summary in out["summaries"]:
             ref = store.find(summary["artifact"]["uri"])
             assert ref is not None and ref.digest == summary["artifact"]["digest"]
-            counts = P.read_records(store.fetch(ref) / P.TRAJ_FILE, "trajectories")["task_id"].value_counts()
+            counts = stages.read_records(store.fetch(ref) / stages.TRAJ_FILE, "trajectories")["task_id"].value_counts()
             tasks = {"seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}[summary["split"]]
             assert len(counts) == tasks and counts.eq(3).all(), counts  # three samples of every task
         assert all(s["extra"]["samples_per_task"] == 3.0 for s in out["summaries"])
@@ -91,7 +91,7 @@ def test_each_baseline_runs_and_is_tracked(
         assert len(uris) == 1
         ref = store.find(uris[0])
         assert ref is not None
-        kinds = list(P.read_records(store.fetch(ref) / P.PAIRS_FILE, "pairs")["kind"])
+        kinds = list(stages.read_records(store.fetch(ref) / stages.PAIRS_FILE, "pairs")["kind"])
         rewards: dict[str, set[float]] = {}
         for t in explored:
             rewards.setdefault(t.task_id, set()).add(t.reward)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from eto_core import pipeline as P
+from eto_core import stages
 from eto_core.config import load_recipe
 from tests.eto_core.test_serving import _free_port
 
@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def mini_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("evaluate-model")
     recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [f"storage.root={work / 'artifacts'}"])
-    store = P.make_store(recipe, work / "state")
-    expert = P.expert_stage(recipe, store, progress=False)
-    return Path(P.model_folder(store, P.model_init_stage(recipe, store, expert.ref).ref))
+    store = stages.make_store(recipe, work / "state")
+    expert = stages.expert_stage(recipe, store, progress=False)
+    return Path(stages.model_folder(store, stages.model_init_stage(recipe, store, expert.ref).ref))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_served_model_scores_like_the_folder_and_both_are_tracked(tmp_path: Path
     # The endpoint's trajectories name the endpoint, not a local model.
     uris = set()
     for f in (tmp_path / "artifacts" / "evaluate").glob("*/trajectories.parquet"):
-        uris |= set(P.read_records(f, "trajectories")["model_uri"])
+        uris |= set(stages.read_records(f, "trajectories")["model_uri"])
     assert f"openai:{served}#mini" in uris and len(uris) == 2
 
 

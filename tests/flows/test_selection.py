@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from eto_core import pipeline as P
+from eto_core import stages
 from eto_core.config import load_recipe
 from eto_core.selection import choose_iteration
 
@@ -61,12 +61,12 @@ def test_selection_picks_the_champion_and_stops_when_it_declines(
     assert {s["iteration"] for s in out["summaries"]} == {0, 1, 2}
 
     # The held-out tasks follow the training tasks and are never trained on.
-    held_out = P._split_tasks(recipe, "train", "select")
-    assert held_out == P.env_factory(recipe)().tasks("train")[12:16]
+    held_out = stages.split_tasks(recipe, "train", "select")
+    assert held_out == stages.env_factory(recipe)().tasks("train")[12:16]
     select_trajs = sorted((tmp_path / "artifacts" / "select").glob("*/trajectories.parquet"))
     assert len(select_trajs) == ran + 1
     # Exploration sampled two trajectories per task.
-    explored = P.read_records(next((tmp_path / "artifacts" / "explore").glob("*/trajectories.parquet")), "trajectories")
+    explored = stages.read_records(next((tmp_path / "artifacts" / "explore").glob("*/trajectories.parquet")), "trajectories")
     assert len(explored) == 2 * 12 and explored["task_id"].value_counts().eq(2).all()
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -1,5 +1,5 @@
 """Environment names, split sizes and benchmark data files that are wrong: refused with the
-setting or file named (environments/registry.py, eto_core/pipeline.py, benchmark loaders)."""
+setting or file named (environments/registry.py, eto_core/stages/, benchmark loaders)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from environments.registry import make_env
 from environments.sciworld.splits import SplitFileError, read_eto_split
 from environments.webshop.data import WebShopDataError, load_attributes, load_products
 from eto_core.config import load_recipe
-from eto_core.pipeline import _split_tasks
+from eto_core.stages import split_tasks
 from tests.reliability.conftest import Fault
 
 MINI = Path(__file__).resolve().parents[2] / "recipes" / "mini.yaml"
@@ -26,14 +26,14 @@ def test_seen_tasks_larger_than_the_split(fault: Fault) -> None:
     recipe = load_recipe(MINI, ["data.seen_tasks=50"])  # mini's tidy env has 6 seen tasks
     with fault("environments", "data.seen_tasks = 50 with 6 seen tasks", ValueError,
                r"data\.seen_tasks = 50 but environment 'tidy' has only 6 seen tasks; lower data\.seen_tasks"):
-        _split_tasks(recipe, "seen", "evaluate")
+        split_tasks(recipe, "seen", "evaluate")
 
 
 def test_train_tasks_larger_than_the_split(fault: Fault) -> None:
     recipe = load_recipe(MINI, ["data.train_tasks=41"])  # 40 training tasks
     with fault("environments", "data.train_tasks = 41 with 40 train tasks", ValueError,
                r"data\.train_tasks = 41 but environment 'tidy' has only 40 train tasks"):
-        _split_tasks(recipe, "train", "expert")
+        split_tasks(recipe, "train", "expert")
 
 
 def test_truncated_webshop_products(tmp_path: Path, fault: Fault) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from environments.tidy import TidyEnv
-from eto_core import pipeline as P
+from eto_core import stages
 from eto_core.config import load_recipe
 from eto_core.eto_format import PromptMismatch, import_eto_file, load_expert_file
 from eto_core.records import RecordError
@@ -141,17 +141,17 @@ def test_expert_file_of_other_tasks_reaches_dpo(tmp_path: Path, fault: Fault) ->
     file = tmp_path / "eto_sft.json"
     recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [f"storage.root={tmp_path / 'artifacts'}",
                                                           "data.train_tasks=2", f"data.expert_file={file}"])
-    env = P.env_factory(recipe)()
+    env = stages.env_factory(recipe)()
     others = env.tasks("train")[20:22]  # real tasks, but not the ones exploration plays
     write_eto_file(file, [eto_record(env, t, t) for t in others])
-    store = P.make_store(recipe, tmp_path / "state")
-    expert = P.expert_stage(recipe, store, progress=False)
-    model = P.model_init_stage(recipe, store, expert.ref)
-    explored = P.rollout_stage(recipe, store, model.ref, stage="explore", split="train", iteration=1,
+    store = stages.make_store(recipe, tmp_path / "state")
+    expert = stages.expert_stage(recipe, store, progress=False)
+    model = stages.model_init_stage(recipe, store, expert.ref)
+    explored = stages.rollout_stage(recipe, store, model.ref, stage="explore", split="train", iteration=1,
                                gen=recipe.explore, progress=False)
-    pairs = P.pairs_stage(recipe, store, expert.ref, explored.ref, 1)
+    pairs = stages.pairs_stage(recipe, store, expert.ref, explored.ref, 1)
     with fault("ETO files", "data.expert_file whose tasks are none of the explored ones", ValueError,
                r"iteration 1: exploration produced no failure/success pairs because no expert matched: of 2 "
                r"explored episodes, 2 had no expert trajectory",
                lost="nothing: the finished stages (expert, explore, pairs) are reused by the next run"):
-        P.dpo_stage(recipe, store, model.ref, pairs.ref, 1)
+        stages.dpo_stage(recipe, store, model.ref, pairs.ref, 1)

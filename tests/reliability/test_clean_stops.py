@@ -216,12 +216,12 @@ def _mlflow_run_started(db_path: Path) -> bool:
 
 def _mini_model(work: Path) -> Path:
     """The mini recipe's initial model folder (seconds: a tiny random model)."""
-    from eto_core import pipeline as P
+    from eto_core import stages
     from eto_core.config import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [f"storage.root={work / 'model-artifacts'}"])
-    store = P.make_store(recipe, work / "model-state")
-    return Path(P.model_folder(store, P.model_init_stage(recipe, store, P.expert_stage(recipe, store, progress=False).ref).ref))
+    store = stages.make_store(recipe, work / "model-state")
+    return Path(stages.model_folder(store, stages.model_init_stage(recipe, store, stages.expert_stage(recipe, store, progress=False).ref).ref))
 
 
 @pytest.mark.parametrize("command", ["baseline", "evaluate"])

@@ -16,7 +16,7 @@ from environments.sciworld.splits import build_splits
 from environments.tidy import TidyEnv
 from eto_core.config import Recipe, load_recipe
 from eto_core.hygiene import SplitOverlapError, check_split_overlap, find_overlap
-from eto_core.pipeline import check_splits, expert_stage, make_store
+from eto_core.stages import check_splits, expert_stage, make_store
 from tests.reliability.conftest import Fault
 
 MINI = Path(__file__).resolve().parents[2] / "recipes" / "mini.yaml"

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from eto_core import pipeline as P
+from eto_core import stages
 from eto_core.config import load_recipe
 from eto_core.pairs import branch_points, expert_rounds, prefix_of
 from eto_core.storage import ArtifactStore
@@ -23,20 +23,20 @@ def test_a_rollout_resumes_from_its_finished_shards_with_the_same_trajectories(t
     # Sampling (temperature 1) so that the resumed shard must reproduce its random draws too.
     recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [
         f"storage.root={tmp_path / 'artifacts'}", "explore.shard_size=5", "explore.temperature=1.0"])
-    store = P.make_store(recipe, tmp_path / "state")
-    expert = P.expert_stage(recipe, store, progress=False)
-    model = P.model_init_stage(recipe, store, expert.ref)
+    store = stages.make_store(recipe, tmp_path / "state")
+    expert = stages.expert_stage(recipe, store, progress=False)
+    model = stages.model_init_stage(recipe, store, expert.ref)
 
-    def explore() -> P.StageResult:
-        return P.rollout_stage(recipe, store, model.ref, stage="explore", split="train", iteration=1,
+    def explore() -> stages.StageResult:
+        return stages.rollout_stage(recipe, store, model.ref, stage="explore", split="train", iteration=1,
                                gen=recipe.explore, progress=False)
 
     first = explore()
     assert first.metrics["train_shards_reused"] == 0.0
     shards = _shards(store, "explore")
     assert len(shards) == 3  # 12 training tasks in shards of 5, 5 and 2
-    trajs = P.read_trajectories(store, first.ref)
-    assert [t.task_id for t in trajs] == P._split_tasks(recipe, "train", "explore")
+    trajs = stages.read_trajectories(store, first.ref)
+    assert [t.task_id for t in trajs] == stages.split_tasks(recipe, "train", "explore")
 
     # A crash in the last shard: the stage's own artifact and that shard were never published.
     shutil.rmtree(store._local_path(first.ref.uri))
@@ -45,7 +45,7 @@ def test_a_rollout_resumes_from_its_finished_shards_with_the_same_trajectories(t
     resumed = explore()
     assert not resumed.cached and resumed.metrics["train_shards_reused"] == 2.0
     assert resumed.ref == first.ref  # same content digest: the same trajectories, byte for byte
-    assert P.read_trajectories(store, resumed.ref) == trajs
+    assert stages.read_trajectories(store, resumed.ref) == trajs
     assert len(_shards(store, "explore")) == 3
 
     # And a repeat finds the whole stage.
@@ -55,18 +55,18 @@ def test_a_rollout_resumes_from_its_finished_shards_with_the_same_trajectories(t
 def test_step_level_pairs_continue_from_the_experts_prefixes(tmp_path: Path) -> None:
     recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [
         f"storage.root={tmp_path / 'artifacts'}", "pairs.level=both", "pairs.step_points=2", "explore.shard_size=7"])
-    store = P.make_store(recipe, tmp_path / "state")
-    expert = P.expert_stage(recipe, store, progress=False)
-    model = P.model_init_stage(recipe, store, expert.ref)  # an untrained policy: its continuations fail
+    store = stages.make_store(recipe, tmp_path / "state")
+    expert = stages.expert_stage(recipe, store, progress=False)
+    model = stages.model_init_stage(recipe, store, expert.ref)  # an untrained policy: its continuations fail
 
-    def step_rollout() -> P.StageResult:
-        return P.rollout_stage(recipe, store, model.ref, stage="explore_step", split="train", iteration=1,
+    def step_rollout() -> stages.StageResult:
+        return stages.rollout_stage(recipe, store, model.ref, stage="explore_step", split="train", iteration=1,
                                gen=recipe.explore, progress=False, expert=expert.ref)
 
     result = step_rollout()
-    experts = {t.task_id: t for t in P.read_trajectories(store, expert.ref)}
-    conts = P.read_trajectories(store, result.ref)
-    tasks = P._split_tasks(recipe, "train", "explore")
+    experts = {t.task_id: t for t in stages.read_trajectories(store, expert.ref)}
+    conts = stages.read_trajectories(store, result.ref)
+    tasks = stages.split_tasks(recipe, "train", "explore")
     expected = [(t, r) for t in tasks if t in experts
                 for r in branch_points(expert_rounds(experts[t]), recipe.pairs.step_points)]
     assert len(expected) > len({t for t, _ in expected})  # two branch points for most tasks with an expert
@@ -77,31 +77,31 @@ def test_step_level_pairs_continue_from_the_experts_prefixes(tmp_path: Path) -> 
         assert cont.messages[: len(prefix)] == prefix  # tidy replays deterministically
     assert step_rollout().cached
 
-    explored = P.rollout_stage(recipe, store, model.ref, stage="explore", split="train", iteration=1,
+    explored = stages.rollout_stage(recipe, store, model.ref, stage="explore", split="train", iteration=1,
                                gen=recipe.explore, progress=False)
-    pairs = P.pairs_stage(recipe, store, expert.ref, explored.ref, 1, step=result.ref)
-    kinds = [p.kind for p in P.read_pairs(store, pairs.ref)]
+    pairs = stages.pairs_stage(recipe, store, expert.ref, explored.ref, 1, step=result.ref)
+    kinds = [p.kind for p in stages.read_pairs(store, pairs.ref)]
     assert kinds.count("step") == pairs.metrics["pairs_step"] > 0
     assert kinds.count("lose") == pairs.metrics["pairs_lose"] > 0
-    assert P.num_pairs(pairs) == len(kinds)
+    assert stages.num_pairs(pairs) == len(kinds)
     # Without the step rollout the pairs are another artifact (the key names its inputs).
-    assert P.pairs_stage(recipe, store, expert.ref, explored.ref, 1).ref != pairs.ref
+    assert stages.pairs_stage(recipe, store, expert.ref, explored.ref, 1).ref != pairs.ref
 
 
 def test_two_runs_reaching_a_stage_at_once_compute_it_once(tmp_path: Path) -> None:
     import threading
 
     recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [f"storage.root={tmp_path / 'artifacts'}"])
-    store = P.make_store(recipe, tmp_path / "state")
-    expert = P.expert_stage(recipe, store, progress=False)
-    base = P.model_init_stage(recipe, store, expert.ref)
+    store = stages.make_store(recipe, tmp_path / "state")
+    expert = stages.expert_stage(recipe, store, progress=False)
+    base = stages.model_init_stage(recipe, store, expert.ref)
     start = threading.Barrier(2)
-    results: list[P.StageResult] = []
+    results: list[stages.StageResult] = []
 
     def run() -> None:
-        other = P.make_store(recipe, tmp_path / "state")  # as a second run would build its own
+        other = stages.make_store(recipe, tmp_path / "state")  # as a second run would build its own
         start.wait()
-        results.append(P.sft_stage(recipe, other, base.ref, expert.ref))
+        results.append(stages.sft_stage(recipe, other, base.ref, expert.ref))
 
     runs = [threading.Thread(target=run) for _ in range(2)]
     for t in runs:

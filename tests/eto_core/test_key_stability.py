@@ -1,0 +1,43 @@
+"""Cache keys are a contract with every artifact store already written: a refactor that moves key
+code must not change them. These are the keys of the default and mini recipes on fixed inputs,
+recorded when eto_core/pipeline.py was split into eto_core/stages/ (issue 26). A change here is
+only right together with a STAGE_VERSIONS / CACHE_VERSION bump that says why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eto_core import stages
+from eto_core.config import load_recipe
+from eto_core.storage import ArtifactRef
+
+ROOT = Path(__file__).resolve().parents[2]
+A, B, C = (ArtifactRef(f"file:///x/{c}", c * 64) for c in "abc")
+
+RECORDED = {
+    "default.yaml": ("4e70f3a62e9c20dd 888b175705d82cb7 6808aa74d5ade31f b8027fa5296b8a5e 6f5392953de87df4 "
+        "c42aaf3f1bc769b5 823d49e9d4a695c6 b4580dc878ce968d 9185a4af582185b4 f63bee469f6f68c4 "
+        "6ecb5e91322f575f f6c6ec08aad200ff 5b800d2128b84508"),
+    "mini.yaml": ("a6f56197c55bc567 545a1c0adcb4a401 8962f66f47e83da1 2b35dd53f43af64c 6f5392953de87df4 "
+        "c42aaf3f1bc769b5 bae79ade3ef8c50c 3e424b83622ddd97 a28eb337ade63271 49b7eca32dadc791 "
+        "ebf10cc0e8a4b637 2b2bb98192b60172 81006582c6f15513"),
+}
+
+
+def _keys(recipe_name: str) -> str:
+    r = load_recipe(ROOT / "recipes" / recipe_name)
+    keys = [stages.expert_key(r), stages.model_init_key(r, A), stages.sft_key(r, A, B), stages.rft_key(r, A, B, C),
+            stages.pairs_key(r, A, B, 1), stages.pairs_key(r, A, B, 2, C), stages.dpo_key(r, A, B, 1),
+            stages.dpo_key(r, A, B, 2)]
+    for stage, split in [("explore", "train"), ("evaluate", "seen"), ("evaluate", "unseen"), ("best_of_n", "seen"),
+                         ("rft_explore", "train")]:
+        keys.append(stages.rollout_key(r, A, stage=stage, split=split, iteration=1,  # type: ignore[arg-type]
+                                       gen=stages.sampling(r, stage)))  # type: ignore[arg-type]
+    return " ".join(k[:16] for k in keys)
+
+
+@pytest.mark.parametrize("recipe_name", sorted(RECORDED))
+def test_stage_keys_are_the_recorded_ones(recipe_name: str) -> None:
+    assert _keys(recipe_name) == RECORDED[recipe_name]
