@@ -32,7 +32,7 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     from eto_core.lora import LoraSettings
     from eto_core.modeling import load_model
     from eto_core.records import frame_to_pairs, read_records
-    from eto_core.sft import peak_memory_mb
+    from eto_core.training import peak_memory_mb
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -45,7 +45,8 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
 
     from eto_core.lora import LoraSettings
     from eto_core.modeling import load_model
-    from eto_core.sft import SFTSettings, peak_memory_mb, train_sft
+    from eto_core.sft import SFTSettings, train_sft
+    from eto_core.training import peak_memory_mb
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch.utils.data import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -33,35 +33,35 @@ from trl import DPOConfig
 from trl.trainer.utils import disable_dropout_in_model
 
 from eto_core.logprobs import agent_token_logps, sequence_logps
-from eto_core.lora import LoraSettings, apply_lora
+from eto_core.lora import apply_lora
 from eto_core.prefix_sharing import SharedPrefixGraph, begin_step, shared_length
 from eto_core.records import PreferencePair
-from eto_core.sft import SchedulerName, TrainResult, quiet_trainer, run_trainer, training_autocast, use_bf16
 from eto_core.tokenization import EncodingError, encode_pair
+from eto_core.training import (
+    TrainResult,
+    TrainSettings,
+    quiet_trainer,
+    run_trainer,
+    training_autocast,
+    use_bf16,
+)
 
 logger = logging.getLogger(__name__)
 
 _SIDES: tuple[Literal["chosen"], Literal["rejected"]] = ("chosen", "rejected")
 
 
-class DPOSettings(BaseModel):
-    """DPO hyper-parameters; the defaults suit the tiny from-scratch model on a CPU.
+class DPOSettings(TrainSettings):
+    """DPO hyper-parameters (the shared ones in ``training.TrainSettings``); the defaults suit the
+    tiny from-scratch model on a CPU.
 
     The paper (7B) uses beta 0.1, lr 1e-6 (WebShop/ScienceWorld) to 5e-7, 3 epochs, batch 32.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     beta: float = Field(0.1, gt=0, description="Strength of the implicit KL penalty towards the reference")
     learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate")
-    num_train_epochs: float = Field(3.0, gt=0, description="Passes over the preference pairs")
     per_device_train_batch_size: int = Field(4, ge=1, description="Pairs per forward pass (2x sequences)")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Forward passes per optimizer step")
-    max_length: int = Field(1024, ge=16, description="Tokens kept per prompt+trajectory; the tail is cut")
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Fraction of steps with linear LR warmup")
-    lr_scheduler_type: SchedulerName = Field("cosine", description="Learning-rate schedule after warmup")
-    logging_steps: int = Field(1, ge=1, description="Optimizer steps between log_history entries")
-    seed: int = Field(0, description="Seed for data order and any random init (LoRA)")
     sft_weight: float = Field(
         0.0,
         ge=0.0,
@@ -73,11 +73,6 @@ class DPOSettings(BaseModel):
         "forward per pair instead of one per pair per epoch, and no second model in memory. False keeps "
         "a frozen reference copy and runs it on every batch (ETO's and TRL's default); same result",
     )
-    group_by_length: bool = Field(
-        False,
-        description="Batch pairs of similar length (less padding, faster steps) at the cost of a less "
-        "random data order; off so batches are plain shuffles as in the paper",
-    )
     shared_prefix: bool = Field(
         False,
         description="Run the prompt prefix that a batch's pairs share (ETO's instruction and one-shot example, "
@@ -85,21 +80,8 @@ class DPOSettings(BaseModel):
         "summed over the rows (eto_core/prefix_sharing.py): the same loss and gradients (tested). Helps with "
         "per_device_train_batch_size > 1; each side then runs on its own after the prefix. Not a cache-key field",
     )
-    lora: LoraSettings | None = Field(None, description="Train a LoRA adapter instead of all weights")
-    bf16: bool | None = Field(
-        None,
-        description="bf16 autocast for the forward and backward passes (weights and optimizer stay fp32). "
-        "Empty: on with a bf16-capable GPU, off on CPU; true also on CPU, where it roughly doubles a real "
-        "model's step rate",
-    )
 
     SPEED_ONLY: ClassVar[frozenset[str]] = frozenset({"precompute_ref_logps", "shared_prefix"})
-    """Fields that change where or how often the loss's parts are computed, not the trained model:
-    left out of cache keys (as ``SFTSettings.SPEED_ONLY``)."""
-
-    def key_fields(self) -> dict[str, Any]:
-        """The settings that decide the trained model (a stage's cache key)."""
-        return self.model_dump(mode="json", exclude=set(self.SPEED_ONLY))
 
     # Not mutated (make mutation, docs/testing.md): a settings mapping whose every mutant costs the
     # whole DPO training suite; test_settings_and_trl_config and the training tests read it.

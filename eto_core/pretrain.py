@@ -27,7 +27,7 @@ from transformers import (
 )
 
 from eto_core.records import Trajectory
-from eto_core.sft import first_last_loss, peak_memory_mb, quiet_trainer, reset_peak_memory
+from eto_core.training import first_last_loss, peak_memory_mb, quiet_trainer, reset_peak_memory
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class PretrainResult:
     num_windows: int
     runtime_s: float
     peak_memory_mb: float
-    """As ``sft.TrainResult.peak_memory_mb``: CUDA peak allocated, or the process's peak RSS on CPU."""
+    """As ``training.TrainResult.peak_memory_mb``: CUDA peak allocated, or the process's peak RSS on CPU."""
 
 
 class _Windows(Dataset[dict[str, list[int]]]):

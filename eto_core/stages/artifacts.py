@@ -26,8 +26,8 @@ from eto_core.records import (
     to_frame,
     write_records,
 )
-from eto_core.sft import TrainResult
 from eto_core.storage import ArtifactRef, ArtifactStore
+from eto_core.training import TrainResult
 
 TRAJ_FILE = "trajectories.parquet"
 

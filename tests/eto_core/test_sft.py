@@ -13,8 +13,9 @@ from eto_core.lora import LoraSettings
 from eto_core.modeling import load_model, save_model
 from eto_core.prompts import agent_turn, observation_turn
 from eto_core.records import Message, Trajectory
-from eto_core.sft import AgentSFTTrainer, SFTSettings, TrainResult, _sft_dataset, train_sft
+from eto_core.sft import AgentSFTTrainer, SFTSettings, _sft_dataset, train_sft
 from eto_core.tokenization import encode_conversation
+from eto_core.training import TrainResult
 from tests.conftest import TOY_OBJECTS, TOY_PLACES, toy_trajectory
 
 
