@@ -89,10 +89,10 @@ class GenerationSettings(BaseModel):
 
 # The action line is complete once a non-empty "Action: ..." is followed by a newline; the
 # format has nothing after it, so decoding further only wastes time (eos is the usual stop).
-_ACTION_LINE_DONE = re.compile(r"Action:[ \t]*\S[^\n]*\n")
+ACTION_LINE_DONE = re.compile(r"Action:[ \t]*\S[^\n]*\n")
 
 
-class _ActionLineStop(StoppingCriteria):
+class ActionLineStop(StoppingCriteria):
     """Per-row stop once the agent turn's action line is complete.
 
     Decoding every row at every step would cost more than it saves, so a row is only decoded
@@ -109,7 +109,7 @@ class _ActionLineStop(StoppingCriteria):
     def line_done(self, new_tokens: list[int]) -> bool:
         """Whether a row's turn so far has completed its action line."""
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return _ACTION_LINE_DONE.search(str(text)) is not None
+        return ACTION_LINE_DONE.search(str(text)) is not None
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -162,7 +162,7 @@ class LocalHFPolicy:
         model_max = getattr(model.config, "max_position_embeddings", None)
         limit = self.settings.max_context_tokens
         self.max_context_tokens: int = min(limit, int(model_max)) if model_max else limit
-        self._stop: _ActionLineStop | None = None
+        self._stop: ActionLineStop | None = None
         self._calls = 0
         self.generated_tokens = 0
         """New tokens produced so far (for throughput reports)."""
@@ -241,7 +241,7 @@ class LocalHFPolicy:
         device = self.model.device
         input_ids, mask = input_ids.to(device), mask.to(device)
         if self._stop is None:
-            self._stop = _ActionLineStop(self.tokenizer, width)
+            self._stop = ActionLineStop(self.tokenizer, width)
         self._stop.prompt_len = width
         s = self.settings
         kwargs: dict[str, Any] = {
@@ -319,7 +319,7 @@ class LocalHFPolicy:
         device = self.model.device
         cache = kv.batch_cache(starts, own, device, width + s.max_new_tokens, skip=p)
         if self._stop is None:
-            self._stop = _ActionLineStop(self.tokenizer, 0)
+            self._stop = ActionLineStop(self.tokenizer, 0)
         newlines = set(self._stop.newline_ids.tolist())
         eos = self.tokenizer.eos_token_id
         self._calls += 1

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from eto_core.policy import _ACTION_LINE_DONE, GenerationSettings
+from eto_core.policy import ACTION_LINE_DONE, GenerationSettings
 from eto_core.records import Message
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class OpenAICompatiblePolicy:
                 continue
             text, tokens = reply
             self.generated_tokens += tokens
-            done = _ACTION_LINE_DONE.search(text)
+            done = ACTION_LINE_DONE.search(text)
             out.append((text[: done.end()] if done else text).strip())
         return out
 

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from eto_core.policy import _ACTION_LINE_DONE, GenerationSettings, LocalHFPolicy, _ActionLineStop
+from eto_core.policy import ACTION_LINE_DONE, ActionLineStop, GenerationSettings, LocalHFPolicy
 from eto_core.records import Message
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ class _Engine:
         self.max_context_tokens = self._encoder.max_context_tokens
         self.eos = int(tokenizer.eos_token_id)  # type: ignore[arg-type]  # LocalHFPolicy refused None
         self.pad = self._encoder.pad_token_id
-        self._newlines = frozenset(_ActionLineStop(tokenizer, 0).newline_ids.tolist())
+        self._newlines = frozenset(ActionLineStop(tokenizer, 0).newline_ids.tolist())
         params = inspect.signature(model.forward).parameters
         # transformers renamed past_key_values to cache during 5.x; use whichever this one takes.
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -525,7 +525,7 @@ class _Engine:
         final = text.rstrip()
         if token == self.eos:
             finish = "stop"
-        elif token in self._newlines and _ACTION_LINE_DONE.search(text):
+        elif token in self._newlines and ACTION_LINE_DONE.search(text):
             finish = "stop"  # the agent turn's action line is complete
         cuts = [text.find(s) for s in p.stop if s in text]
         if cuts:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from eto_core.policy import _ACTION_LINE_DONE, GenerationSettings
+from eto_core.policy import ACTION_LINE_DONE, GenerationSettings
 from eto_core.records import Message
 
 
@@ -75,6 +75,6 @@ class VLLMPolicy:
             completion = result.outputs[0]
             self.generated_tokens += len(completion.token_ids)
             text = completion.text
-            match = _ACTION_LINE_DONE.search(text)
+            match = ACTION_LINE_DONE.search(text)
             out[i] = (text[: match.end()] if match else text).strip()
         return out

@@ -37,7 +37,7 @@ from environments.sciworld.jvm import DEFAULT_HEAP, DEFAULT_JVM_OPTIONS, Simulat
 from environments.sciworld.splits import (
     TASK_TYPES,
     Variations,
-    _atomic_write_json,
+    atomic_write_json,
     build_splits,
     check_task_types,
     default_cache_dir,
@@ -341,7 +341,7 @@ class SciWorldEnv(TextEnv):
                     break
         finally:
             helper.close()
-        _atomic_write_json(path, rounds)
+        atomic_write_json(path, rounds)
         return rounds
 
     def close(self) -> None:

@@ -122,7 +122,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "sciworld"
 
 
-def _atomic_write_json(path: Path, data: object) -> None:
+def atomic_write_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -149,7 +149,7 @@ def load_variations(
     if missing:
         for t in missing:
             cached[t] = read_from_simulator(t)
-        _atomic_write_json(cache_file, cached)
+        atomic_write_json(cache_file, cached)
     return {t: cached[t] for t in task_types}
 
 

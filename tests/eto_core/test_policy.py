@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from eto_core.modeling import TinyModelConfig, build_tiny_model
-from eto_core.policy import GenerationSettings, LocalHFPolicy, Policy, _ActionLineStop
+from eto_core.policy import ActionLineStop, GenerationSettings, LocalHFPolicy, Policy
 from eto_core.records import Message
 
 
@@ -108,7 +108,7 @@ def test_action_line_stop(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
 
     def done(text: str) -> bool:
         ids = prompt + tiny_tokenizer.encode(text, add_special_tokens=False)
-        stop = _ActionLineStop(tiny_tokenizer, len(prompt))
+        stop = ActionLineStop(tiny_tokenizer, len(prompt))
         return bool(stop(torch.tensor([ids]), None)[0])
 
     assert done("Thought: go.\nAction: go to desk\n")
