@@ -455,7 +455,7 @@ def _stack_up(config: Any, watchdog: Any = None) -> int:
     """Start the stack. Stopped by a signal, it stops the services it started; done, or failed on
     a service's error (left running to be inspected, as the message says), it leaves them running."""
     from eto_core import stack as S
-    from eto_core.lifecycle import Interrupted
+    from infra.lifecycle import Interrupted
 
     given = None
     key, secret = os.environ.get("ETO_S3_ACCESS_KEY"), os.environ.get("ETO_S3_SECRET_KEY")
@@ -542,7 +542,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int:
     """Run one command. ``supervise`` (default: when called as the program, without ``argv``)
     makes a long-running command stop cleanly: SIGTERM/SIGINT unwind it and exit 128 + signal,
-    and no child process outlives it, even if it is SIGKILLed (eto_core/lifecycle.py). Called
+    and no child process outlives it, even if it is SIGKILLed (infra/lifecycle.py). Called
     in-process, as tests do, the caller's process is left alone."""
     args = _parser().parse_args(argv)
     if args.command in PIPELINE_COMMANDS:
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
         supervise = argv is None
     if not supervise or not (args.command in LONG_RUNNING or (args.command == "stack" and args.stack_command == "up")):
         return _dispatch(args, None)
-    from eto_core.lifecycle import ChildWatchdog, Interrupted, stop_on_signals
+    from infra.lifecycle import ChildWatchdog, Interrupted, stop_on_signals
 
     # Started first, so it sees every child from the first one on.
     watchdog = ChildWatchdog()

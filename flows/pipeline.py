@@ -1,14 +1,16 @@
 """The ETO pipeline as Prefect flows.
 
-``eto_pipeline``: one flow run = expert data + SFT + seen/unseen evaluation, then N iterations
-of explore -> pairs -> DPO -> evaluation, each stage a cached task; one MLflow parent run with a
-nested run per stage. ``sft_flow`` and ``eto_iteration_flow`` run parts on their own.
+``eto_pipeline`` reads as the paper: expert trajectories, SFT, then N iterations of explore ->
+pairs -> DPO, each policy evaluated on seen and unseen tasks. Every stage is a cached task
+(tasks/stage_tasks.py); rollouts fan their shards out on the task runner (flows/rollouts.py);
+MLflow runs, registry tags, iteration selection and the champion alias are kept by
+``PipelineRun`` (flows/pipeline_run.py). ``sft_flow`` and ``eto_iteration_flow`` run parts on
+their own, ``evaluate_flow`` scores one model or endpoint.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
@@ -20,92 +22,47 @@ from prefect.runtime import flow_run
 from eto_core import stages
 from eto_core.config import Recipe
 from eto_core.evaluation import results_table
-from eto_core.lifecycle import stop_reason
-from eto_core.policy import GenerationSettings
 from eto_core.records import EvalSummary
-from eto_core.selection import choose_iteration
-from eto_core.stage_names import EVAL_SPLITS, RolloutStage, Split
 from eto_core.storage import ArtifactRef, ArtifactStore
-from eto_core.tracking import MLFLOW_RETRY_DEFAULTS, Tracker, is_unreachable, lost_server_error, reward_plot
+from eto_core.tracking import MLFLOW_RETRY_DEFAULTS, Tracker
+from flows.pipeline_run import PipelineRun, ended_status
+from flows.rollouts import evaluate_policy, rollout, selection_score
+from flows.stage_clock import StageClock
 from tasks.runners import make_task_runner
-from tasks.stage_tasks import (
-    dpo_task,
-    expert_task,
-    model_init_task,
-    pairs_task,
-    rollout_task,
-    sft_task,
-    shard_task,
-    summary_of,
-)
+from tasks.stage_tasks import dpo_task, expert_task, model_init_task, pairs_task, sft_task
 
-
-def rollout(
-    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: RolloutStage, split: Split, iteration: int,
-    gen: GenerationSettings, tracker: Tracker | None, parent: str | None, runner: Any,
-    expert: ArtifactRef | None = None,
-) -> stages.StageResult:
-    """A rollout whose unfinished shards run as tasks on the task runner (in parallel where it
-    has workers), then one task that combines them. Submitted from the flow, not from inside a
-    task: a task's context (with its parameters) travels to Dask/Ray workers with each shard.
-    ``expert``: only for stage "explore_step" (continuations from the expert's prefixes)."""
-    shards = stages.pending_shards(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen,
-                              expert=expert)
-    futures = [runner.submit(shard_task, {"recipe": recipe, "store": store, "model": model, "shard": s})
-               for s in shards]
-    for future in futures:
-        future.result()  # raises the shard's error, if any
-    return rollout_task(recipe, store, model, stage=stage, split=split, iteration=iteration, gen=gen,
-                        tracker=tracker, parent=parent, expert=expert)
-
-
-def _select_score(
-    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, iteration: int, tracker: Tracker | None,
-    parent: str | None, runner: Any,
-) -> float:
-    """The policy's score on the selection split (recipe.selection), for choosing the iteration."""
-    result = rollout(recipe, store, model, stage="select", split=stages.selection_split(recipe), iteration=iteration,
-                      gen=recipe.evaluate, tracker=tracker, parent=parent, runner=runner)
-    summary = summary_of(result)
-    return summary.avg_reward if recipe.selection.metric == "avg_reward" else summary.success_rate
-
-
-def evaluate_policy(
-    recipe: Recipe, store: ArtifactStore, model: ArtifactRef, *, stage: str, iteration: int,
-    tracker: Tracker | None, parent: str | None, runner: Any,
-) -> list[EvalSummary]:
-    out = []
-    for split in EVAL_SPLITS:
-        result = rollout(recipe, store, model, stage="evaluate", split=split, iteration=iteration,
-                          gen=recipe.evaluate, tracker=tracker, parent=parent, runner=runner)
-        summary = summary_of(result)
-        summary.stage = stage
-        out.append(summary)
-    return out
+__all__ = ["ended_status", "eto_iteration", "eto_method", "eto_pipeline", "evaluate_flow", "eto_iteration_flow",
+           "refuse_endpoint_backend", "sft_flow"]
 
 
 def eto_iteration(
     recipe: Recipe, store: ArtifactStore, expert: ArtifactRef | None, policy: ArtifactRef, iteration: int,
     tracker: Tracker | None, parent: str | None, flow_run_id: str, runner: Any, stop_without_pairs: bool = False,
+    clock: StageClock | None = None,
 ) -> tuple[stages.StageResult, stages.StageResult | None, list[EvalSummary]]:
-    """One ETO iteration. With ``stop_without_pairs``, an exploration that yields no pair ends it
-    before DPO (new policy None) instead of failing: for methods where that is an outcome."""
+    """One ETO iteration: explore the training tasks, pair failures with successes, DPO, evaluate.
+
+    Returns the pairs, the new policy and its seen/unseen summaries. With ``stop_without_pairs``,
+    an exploration that yields no pair ends it before DPO (new policy None) instead of failing:
+    for methods where that is an outcome."""
     level = recipe.pairs.level
     explored = step = None
     if level in ("trajectory", "both"):
         explored = rollout(recipe, store, policy, stage="explore", split="train", iteration=iteration,
-                           gen=recipe.explore, tracker=tracker, parent=parent, runner=runner).ref
+                           gen=recipe.explore, tracker=tracker, parent=parent, runner=runner, clock=clock).ref
     if level in ("step", "both"):
         step = rollout(recipe, store, policy, stage="explore_step", split="train", iteration=iteration,
                        gen=recipe.explore, tracker=tracker, parent=parent, runner=runner,
-                       expert=stages.need_expert(expert)).ref
-    pairs = pairs_task(recipe, store, expert, explored, iteration, tracker=tracker, parent=parent, step=step)
+                       expert=stages.need_expert(expert), clock=clock).ref
+    with StageClock.timing(clock, f"pairs-iter{iteration}"):
+        pairs = pairs_task(recipe, store, expert, explored, iteration, tracker=tracker, parent=parent, step=step)
     if stop_without_pairs and not stages.num_pairs(pairs):
         return pairs, None, []
-    new_policy = dpo_task(recipe, store, policy, pairs.ref, iteration, tracker=tracker, parent=parent,
-                          flow_run_id=flow_run_id)
+    with StageClock.timing(clock, f"dpo-iter{iteration}"):
+        new_policy = dpo_task(recipe, store, policy, pairs.ref, iteration, tracker=tracker, parent=parent,
+                              flow_run_id=flow_run_id)
     summaries = evaluate_policy(recipe, store, new_policy.ref, stage="dpo", iteration=iteration, tracker=tracker,
-                          parent=parent, runner=runner)
+                                parent=parent, runner=runner, clock=clock)
     return pairs, new_policy, summaries
 
 
@@ -113,146 +70,74 @@ def current_flow_run_id() -> str:
     return str(flow_run.get_id() or "")
 
 
+def open_store(recipe: Recipe, state_dir: str) -> ArtifactStore:
+    """The run's artifact store, checked (an unreachable or misconfigured S3 root fails here,
+    naming the setting) and cleared of the staging folders a crashed run left."""
+    store = stages.make_store(recipe, state_dir)
+    store.check()
+    for folder in store.remove_stale_staging():
+        get_run_logger().info("removed %s, left by a crashed run", folder)
+    return store
+
+
 @flow(name="eto-pipeline", log_prints=True)
 def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
     """SFT on expert trajectories, then ``recipe.iterations`` rounds of ETO, evaluated on seen/unseen."""
-    logger = get_run_logger()
-    started = time.perf_counter()
     refuse_endpoint_backend(recipe)
     for key, value in MLFLOW_RETRY_DEFAULTS.items():  # bounded retries, also for deployment runs
         os.environ.setdefault(key, value)
-    store = stages.make_store(recipe, state_dir)
-    store.check()  # an unreachable or misconfigured S3 root fails here, naming the setting
-    for folder in store.remove_stale_staging():
-        logger.info("removed %s, left by a crashed run", folder)
-    tracker = Tracker(recipe.tracking.mlflow_uri, recipe.tracking.experiment)
+    store = open_store(recipe, state_dir)
     flow_run_id = current_flow_run_id()
-    parent = tracker.start_run(f"{recipe.name}", tags={"prefect.flow_run_id": flow_run_id, "eto.recipe": recipe.name,
-                                                       "eto.env": recipe.env.name, "eto.method": eto_method(recipe),
-                                                       "eto.seed": str(recipe.seed)})
-    status = "FAILED"
+    run = PipelineRun(recipe, flow_run_id, eto_method(recipe), get_run_logger())
+    tracker, parent, clock = run.tracker, run.parent, run.clock
     # Started once per flow run (a Dask cluster takes seconds), stopped with it whatever happens.
     shard_workers = ExitStack()
     try:
         runner = shard_workers.enter_context(make_task_runner(recipe.runner))
-        tracker.log_params(parent, recipe.model_dump(mode="json"))
+        run.log_params()
 
-        expert = expert_task(recipe, store, tracker=tracker, parent=parent)
-        base = model_init_task(recipe, store, expert.ref, tracker=tracker, parent=parent)
-        base_summaries: list[EvalSummary] = []
-        if recipe.evaluate_base:  # the zero-shot row, before SFT changes anything
-            base_summaries = evaluate_policy(recipe, store, base.ref, stage="base", iteration=0, tracker=tracker,
-                                             parent=parent, runner=runner)
-        sft = sft_task(recipe, store, base.ref, expert.ref, tracker=tracker, parent=parent, flow_run_id=flow_run_id)
-        summaries = evaluate_policy(recipe, store, sft.ref, stage="sft", iteration=0, tracker=tracker, parent=parent,
-                              runner=runner)
+        def evaluate(model: stages.StageResult, label: str, iteration: int) -> list[EvalSummary]:
+            return evaluate_policy(recipe, store, model.ref, stage=label, iteration=iteration, tracker=tracker,
+                                   parent=parent, runner=runner, clock=clock)
+
+        def score(model: ArtifactRef, iteration: int) -> float:
+            return selection_score(recipe, store, model, iteration, tracker, parent, runner, clock)
+
+        with clock.stage("expert"):
+            expert = expert_task(recipe, store, tracker=tracker, parent=parent)
+        with clock.stage("model_init"):
+            base = model_init_task(recipe, store, expert.ref, tracker=tracker, parent=parent)
+        # The zero-shot row, before SFT changes anything.
+        base_summaries = evaluate(base, "base", 0) if recipe.evaluate_base else []
+        with clock.stage("sft"):
+            sft = sft_task(recipe, store, base.ref, expert.ref, tracker=tracker, parent=parent,
+                           flow_run_id=flow_run_id)
+        summaries = evaluate(sft, "sft", 0)
+        run.record_model(0, sft)
+        run.record_selection(0, score)
+
+        policy = sft
+        for iteration in range(1, recipe.iterations + 1):
+            pairs, new_policy, iter_summaries = eto_iteration(recipe, store, expert.ref, policy.ref, iteration,
+                                                              tracker, parent, flow_run_id, runner, clock=clock)
+            assert new_policy is not None  # without stop_without_pairs, no pairs is an error
+            policy = new_policy
+            summaries += iter_summaries
+            run.record_iteration(iteration, pairs, policy)
+            if run.record_selection(iteration, score):
+                break
+
         stage_metrics: dict[str, float] = {**expert.metrics, **base.metrics, **sft.metrics}
         for s in base_summaries:  # beside iteration 0 (SFT), not as a step of its own
             stage_metrics.update({f"base_{s.split}_avg_reward": s.avg_reward,
                                   f"base_{s.split}_success_rate": s.success_rate})
-        versions = {0: sft.info.get("model_version")}
-        policy = sft
-        sel = recipe.selection
-        select_metric = f"select_{sel.metric}"
-        scores: list[float] = []  # selection score of iteration i at index i (0 = SFT)
-        models = {0: sft.ref}
-        choice = None
-
-        def select(model: ArtifactRef, iteration: int) -> None:
-            score = _select_score(recipe, store, model, iteration, tracker, parent, runner)
-            scores.append(score)
-            tracker.log_metrics(parent, {select_metric: score}, step=iteration)
-            if versions.get(iteration):
-                tracker.client.set_model_version_tag(recipe.model_name, versions[iteration], select_metric,
-                                                     f"{score:.4f}")
-
-        if sel.split:
-            select(sft.ref, 0)
-        for iteration in range(1, recipe.iterations + 1):
-            pairs, new_policy, iter_summaries = eto_iteration(recipe, store, expert.ref, policy.ref, iteration, tracker,
-                                                           parent, flow_run_id, runner)
-            assert new_policy is not None  # without stop_without_pairs, no pairs is an error
-            policy = new_policy
-            summaries += iter_summaries
-            tracker.log_metrics(parent, {**pairs.metrics, **policy.metrics}, step=iteration)
-            versions[iteration] = policy.info.get("model_version")
-            models[iteration] = policy.ref
-            if sel.split:
-                select(policy.ref, iteration)
-                choice = choose_iteration(scores, patience=sel.patience, min_delta=sel.min_delta)
-                logger.info("selection (%s on %s): %s", sel.metric, sel.split, choice.reason)
-                if choice.stop and iteration < recipe.iterations:
-                    tracker.set_tags(parent, {"eto.stopped_early_after": str(iteration)})
-                    break
-        if sel.split:
-            choice = choose_iteration(scores, patience=sel.patience, min_delta=sel.min_delta)
-            tracker.set_tags(parent, {"eto.best_iteration": str(choice.best_iteration),
-                                      "eto.selection": choice.reason})
-
-        tracker.log_summaries(parent, summaries)
-        for s in summaries:
-            version = versions.get(s.iteration)
-            if version:
-                tracker.client.set_model_version_tag(recipe.model_name, version, f"{s.split}_avg_reward", f"{s.avg_reward:.4f}")
-                tracker.client.set_model_version_tag(recipe.model_name, version, f"{s.split}_success_rate", f"{s.success_rate:.4f}")
-        # The champion alias moves, in iteration order, only to a version that beats it on the
-        # selection split (or, without one, on seen).
-        for iteration, version in sorted(versions.items()):
-            if version:
-                decision = (tracker.promote_if_better(recipe.model_name, version, metric=select_metric) if sel.split
-                            else tracker.promote_if_better(recipe.model_name, version))
-                champion = decision.candidate if decision.promoted else decision.champion
-                tracker.set_tags(parent, {f"eto.champion.iter{iteration}": decision.reason,
-                                          "eto.champion_version": str(champion)})
-                logger.info("champion %s: %s", "moved" if decision.promoted else "kept", decision.reason)
-        tracker.log_metrics(parent, stage_metrics)
-        table = results_table(base_summaries + summaries)
-        fig = reward_plot(summaries, f"ETO on {recipe.env.name} ({recipe.name})", baseline=base_summaries)
-        tracker.log_figure(parent, fig, "reward_per_iteration.png")
-        tracker.log_text(parent, table, "results.md")
-        create_markdown_artifact(
-            key=f"eto-results-{recipe.name}".lower().replace("_", "-"),
-            markdown=f"# ETO results: {recipe.name} on {recipe.env.name}\n\n{table}\n",
-            description="Average reward and success rate per iteration on seen/unseen tasks",
-        )
-        elapsed = time.perf_counter() - started
-        tracker.log_metrics(parent, {"pipeline_seconds": elapsed})
-        logger.info("ETO results (%s):\n%s", recipe.name, table)
-        status = "FINISHED"
-        return {
-            "table": table,
-            "summaries": [asdict(s) for s in base_summaries + summaries],
-            "mlflow_run_id": parent,
-            "final_model": policy.ref.to_dict(),
-            "model_versions": versions,
-            "seconds": elapsed,
-            "selection": None if choice is None else {
-                "scores": scores, "best_iteration": choice.best_iteration,
-                "best_model": models[choice.best_iteration].to_dict(), "reason": choice.reason},
-        }
-    except Exception as exc:
-        if is_unreachable(exc):
-            raise lost_server_error(recipe.tracking.mlflow_uri, exc) from exc
-        raise
+        return run.finish(base_summaries, summaries, stage_metrics, policy)
     except BaseException as exc:
-        status = ended_status(exc)
+        run.fail(exc)
         raise
     finally:
         shard_workers.close()
-        try:
-            if status != "FINISHED":
-                tracker.end_open_children(parent, status)
-            tracker.end_run(parent, status=status)
-        except Exception as exc:  # the server may be the thing that failed: keep the first error
-            if not is_unreachable(exc):
-                raise
-            logger.warning("could not mark MLflow run %s %s: %s", parent, status, str(exc).splitlines()[0][:200])
-
-
-def ended_status(exc: BaseException) -> str:
-    """The MLflow status of a run that ``exc`` ended: KILLED when the process was told to stop
-    (SIGTERM, SIGINT), FAILED otherwise."""
-    return "KILLED" if stop_reason(exc) is not None else "FAILED"
+        run.close()
 
 
 def eto_method(recipe: Recipe) -> str:

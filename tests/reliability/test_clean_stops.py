@@ -3,7 +3,7 @@
 Each command runs in a real subprocess; the signal goes to the command's own pid only (as a CI
 timeout, a scheduler or `kill` send it), not to its process group, so anything that outlives it
 is an orphan the test sees. Before the signal the test records the command's whole process tree
-(the `eto_core.lifecycle` watchdog, Prefect's temporary server, Dask workers); after it, every one
+(the `infra.lifecycle` watchdog, Prefect's temporary server, Dask workers); after it, every one
 of those processes must be gone within ``GONE_WITHIN`` seconds.
 
 `eto run` goes through all three signals on one artifact root, each stop later in the pipeline,
@@ -157,7 +157,7 @@ def test_eto_run_stopped_by_sigterm_sigint_and_sigkill_leaves_no_process_and_res
     # SIGTERM during SFT: Prefect's temporary server is the child to stop.
     term = stop(argv, signal.SIGTERM, lambda out: bar_at(out, "SFT", 1))
     assert term.returncode == 128 + signal.SIGTERM, term.output[-3000:]
-    assert _has(term.tree, "uvicorn", "prefect.server") and _has(term.tree, "eto_core.lifecycle")
+    assert _has(term.tree, "uvicorn", "prefect.server") and _has(term.tree, "infra.lifecycle")
     # In the command's session, the server died of the group's signals before the flow run was marked.
     assert all(sid != term.sids[term.pid] for pid, sid in term.sids.items()
                if "uvicorn" in term.tree[pid]), "Prefect's temporary server is in the command's session"
@@ -195,7 +195,7 @@ def test_eto_run_stopped_by_sigterm_sigint_and_sigkill_leaves_no_process_and_res
     for sig, run in (("SIGTERM", term), ("SIGINT", interrupted), ("SIGKILL", killed)):
         where = {"SIGTERM": "SFT", "SIGINT": "the SFT policy's evaluation", "SIGKILL": "exploration"}[sig]
         to = "its process group, as Ctrl-C" if sig == "SIGINT" else "its pid only"
-        kinds = [name for name, word in (("the watchdog", "eto_core.lifecycle"), ("Prefect's temporary server", "uvicorn"),
+        kinds = [name for name, word in (("the watchdog", "infra.lifecycle"), ("Prefect's temporary server", "uvicorn"),
                                          ("a Dask worker", "multiprocessing")) if _has(run.tree, word)]
         ROWS.append({
             "area": "stop signals", "test": f"{sig} during {where}",
@@ -256,7 +256,7 @@ def test_eto_serve_stops_on_sigterm_and_its_watchdog_on_sigkill(tmp_path: Path) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         done = stop(argv, sig, serving)
         assert done.returncode == 128 + sig, done.output[-3000:]
-        assert _has(done.tree, "eto_core.lifecycle")
+        assert _has(done.tree, "infra.lifecycle")
     killed = stop(argv, signal.SIGKILL, serving)
     assert killed.returncode == -signal.SIGKILL
 

@@ -1,4 +1,4 @@
-"""eto_core.lifecycle on a stand-in command: a Python process that starts the watchdog, then a
+"""infra.lifecycle on a stand-in command: a Python process that starts the watchdog, then a
 child that would sleep for minutes, and waits. Fast: no Prefect, no model."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from eto_core.lifecycle import GRACE_SECONDS, TREE_ENV, Interrupted, stop_reason
+from infra.lifecycle import GRACE_SECONDS, TREE_ENV, Interrupted, stop_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
 COMMAND = """
 import subprocess, sys, time
-from eto_core.lifecycle import ChildWatchdog, Interrupted, stop_on_signals
+from infra.lifecycle import ChildWatchdog, Interrupted, stop_on_signals
 watchdog = ChildWatchdog()
 # A child that ignores SIGTERM: only the watchdog's SIGKILL after the grace period stops it.
 child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "

@@ -106,7 +106,7 @@ class ChildWatchdog:
         # Set in our own environment, so every child started from now on inherits it.
         self.token = os.environ[TREE_ENV] = f"{me.pid}-{secrets.token_hex(8)}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "eto_core.lifecycle", str(me.pid), repr(me.create_time()), str(read_fd),
+            [sys.executable, "-m", "infra.lifecycle", str(me.pid), repr(me.create_time()), str(read_fd),
              self.token],
             pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
         )
