@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_stack_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from eto_core.stack import DEFAULT_STATE_DIR
+    from infra.stack import DEFAULT_STATE_DIR
 
     stack = sub.add_parser(
         "stack",
@@ -401,7 +401,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _stack_config(args: argparse.Namespace) -> Any:
-    from eto_core import stack as S
+    from infra import stack as S
 
     state = Path(args.state_dir).resolve()
     config = S.load_config(state) or S.StackConfig(state_dir=state)
@@ -413,7 +413,7 @@ def _stack_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_stack(args: argparse.Namespace, watchdog: Any = None) -> int:
-    from eto_core import stack as S
+    from infra import stack as S
 
     for key, value in RUNTIME_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -454,7 +454,7 @@ def _cmd_stack(args: argparse.Namespace, watchdog: Any = None) -> int:
 def _stack_up(config: Any, watchdog: Any = None) -> int:
     """Start the stack. Stopped by a signal, it stops the services it started; done, or failed on
     a service's error (left running to be inspected, as the message says), it leaves them running."""
-    from eto_core import stack as S
+    from infra import stack as S
     from infra.lifecycle import Interrupted
 
     given = None
@@ -479,7 +479,7 @@ def _stack_up(config: Any, watchdog: Any = None) -> int:
         watchdog.release()
     # Prefect keeps client files in its home: the stack's, not the user's ~/.prefect.
     os.environ.setdefault("PREFECT_HOME", str(config.path("prefect")))
-    from flows.deploy import save_result_storage
+    from infra.stack.deploy import save_result_storage
 
     slug = save_result_storage(config.prefect_api_url, bucket=config.bucket, endpoint_url=config.s3_endpoint_url,
                                region=config.region)
@@ -491,7 +491,7 @@ def _stack_up(config: Any, watchdog: Any = None) -> int:
 
 
 def _stack_deploy(config: Any, env: dict[str, str], prefect_file: Path) -> int:
-    from eto_core import stack as S
+    from infra import stack as S
 
     down = [st.name for st in S.status(config) if st.state != "running"]
     if down:
@@ -502,7 +502,7 @@ def _stack_deploy(config: Any, env: dict[str, str], prefect_file: Path) -> int:
               file=sys.stderr)
         return 2
     os.environ.setdefault("PREFECT_HOME", str(config.path("prefect")))
-    from flows.deploy import deploy_all, ensure_work_pools, work_pools
+    from infra.stack.deploy import deploy_all, ensure_work_pools, work_pools
 
     for name in ensure_work_pools(config.prefect_api_url, work_pools(prefect_file)):
         print(f"created work pool {name}")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from eto_core import stack as S
+from infra import stack as S
+from infra.stack import supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 UP_TIMEOUT = 420  # three servers on two busy cores; the Prefect server alone takes 20-60 s
@@ -67,9 +68,9 @@ def free_weed_base() -> int:
 def stack_processes(config: S.StackConfig) -> list[int]:
     pids: list[int] = []
     for name in S.SERVICES:
-        record = S._read_pid(config, name)
+        record = supervisor.read_pid(config, name)
         if record is not None:
-            pids += [p.pid for p in S._processes(record)]
+            pids += [p.pid for p in supervisor.processes(record)]
     return pids
 
 

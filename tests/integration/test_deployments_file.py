@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from eto_core.config import Recipe, load_recipe
-from flows.deploy import work_pools
+from infra.stack.deploy import work_pools
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import boto3
 import pytest
 from mlflow import MlflowClient
 
-from eto_core import stack as S
 from eto_core.config import load_recipe
+from infra import stack as S
 from tests.integration.conftest import ROOT, Stack, eto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

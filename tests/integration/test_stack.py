@@ -8,7 +8,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from eto_core import stack as S
+from infra import stack as S
+from infra.stack import supervisor
 from tests.integration.conftest import Stack, clean_env, eto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -70,8 +71,8 @@ def test_services_listen_on_loopback_only(stack: Stack) -> None:
 
     pids: set[int] = set()
     for name in S.SERVICES:
-        record = S._read_pid(stack.config, name)
+        record = supervisor.read_pid(stack.config, name)
         assert record is not None
-        pids |= {p.pid for p in S._processes(record)}
+        pids |= {p.pid for p in supervisor.processes(record)}
     listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
     assert listening and all(c.laddr.ip == S.HOST for c in listening), listening

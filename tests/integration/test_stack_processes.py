@@ -10,7 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from eto_core import stack as S
+from infra import stack as S
+from infra.stack import supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +36,13 @@ def test_down_stops_the_group_and_escaped_children(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    pid = S._start(config, _service(port))
-    record = S._read_pid(config, "s3")
+    pid = supervisor.start(config, _service(port))
+    record = supervisor.read_pid(config, "s3")
     assert record is not None
     deadline = time.monotonic() + 30
-    while len(S._processes(record)) < 3 and time.monotonic() < deadline:
+    while len(supervisor.processes(record)) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
-    procs = S._processes(record)
+    procs = supervisor.processes(record)
     assert len(procs) == 3 and pid in {p.pid for p in procs}
     S.down(config, log=lambda _: None, grace=5)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs)
@@ -57,5 +58,5 @@ def test_a_port_in_use_fails_before_anything_starts(tmp_path: Path) -> None:
         sock.listen()
         port = sock.getsockname()[1]
         with pytest.raises(S.StackError, match=rf"s3: port {port} \(s3\) on 127.0.0.1 is already in use.*--s3-port"):
-            S._start(config, _service(port))
+            supervisor.start(config, _service(port))
     assert not list((tmp_path / "run").iterdir())

@@ -276,7 +276,7 @@ def test_eto_stack_up_stopped_while_starting_leaves_no_service(sig: int, tmp_pat
     """Stopped while it waits for MLflow (S3 already healthy), `eto stack up` stops the services it
     started: on SIGTERM itself, on SIGKILL through its watchdog. Done, it leaves them running
     (the stack tests in tests/integration start the stack through the CLI)."""
-    from eto_core import stack as S
+    from infra import stack as S
     from tests.integration.conftest import clean_env, free_port, free_weed_base
 
     state = tmp_path / "stack"

@@ -1,6 +1,6 @@
 """Services that die mid-run: the S3 server and the MLflow tracking server, for real.
 
-Each test starts its own SeaweedFS and MLflow server (eto_core.stack, loopback, free ports),
+Each test starts its own SeaweedFS and MLflow server (infra.stack, loopback, free ports),
 starts `eto run` on the mini recipe against them, stops one service while SFT trains, and
 checks that the run stops after bounded retries with one error that names the setting to fix;
 then it starts the service again on the same data and reruns the same command, which completes
@@ -16,7 +16,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from eto_core import stack as S
+from infra import stack as S
+from infra.stack import supervisor
 from tests.integration.conftest import clean_env, free_port, free_weed_base
 from tests.reliability.cli_runs import bar_at, run, subprocess_env
 from tests.reliability.conftest import ROWS
@@ -150,9 +151,9 @@ def test_credentials_never_reach_logs_mlflow_params_or_prefect_parameters(
     # Every socket the services listen on is bound to the loopback address.
     listening = []
     for name in ("s3", "mlflow"):
-        record = S._read_pid(config, name)
+        record = supervisor.read_pid(config, name)
         assert record is not None
-        for proc in S._processes(record):
+        for proc in supervisor.processes(record):
             listening += [(name, c.laddr) for c in proc.net_connections(kind="inet") if c.status == "LISTEN"]
     assert listening and all(addr.ip == "127.0.0.1" for _, addr in listening), listening
     ROWS.append({"area": "security", "test": "credentials",

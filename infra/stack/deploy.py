@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from eto_core.stack import RESULT_BLOCK, StackError
+from infra.stack.config import RESULT_BLOCK, StackError
 
 RESULTS_FOLDER = "prefect-results"
 
