@@ -244,7 +244,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} without an API key; set {SERVE_API_KEY_ENV} to require one",
               file=sys.stderr)
     from eto_core.config import TrackingSettings
-    from eto_core.serving import serve
+    from infra.serving import serve
 
     print(f"eto serve: loading {args.model}" + (f" (API key from ${SERVE_API_KEY_ENV} required)" if api_key else ""),
           file=sys.stderr)

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from eto_core import stages
 from eto_core.config import load_recipe
-from tests.eto_core.test_serving import _free_port
+from tests.infra.test_serving import _free_port
 
 pytestmark = pytest.mark.slow
 

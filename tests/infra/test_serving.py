@@ -34,7 +34,7 @@ from eto_core.policy import GenerationSettings, LocalHFPolicy
 from eto_core.records import Message, Trajectory
 from eto_core.remote_policy import OpenAICompatiblePolicy, RemotePolicyError
 from eto_core.rollout import run_episodes
-from eto_core.serving import create_app
+from infra.serving import create_app
 from tests.eto_core.test_policy import lively_model
 
 REPO = Path(__file__).resolve().parents[2]
