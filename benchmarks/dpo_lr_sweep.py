@@ -16,7 +16,7 @@ import argparse
 import os
 from pathlib import Path
 
-from flows.cli import set_runtime_defaults
+from infra.runtime_env import set_runtime_defaults
 
 
 def main() -> None:

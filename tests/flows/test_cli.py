@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import RUNTIME_DEFAULTS, main
+from flows.cli import main
+from infra.runtime_env import RUNTIME_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 

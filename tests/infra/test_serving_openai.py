@@ -31,7 +31,7 @@ from eto_core.modeling import ModelError, build_tiny_model, save_model
 from eto_core.policy import GenerationSettings, LocalHFPolicy
 from eto_core.records import Message
 from eto_core.tracking import Tracker
-from flows.cli import SERVE_API_KEY_ENV
+from infra.cli_serve import SERVE_API_KEY_ENV
 from infra.serving import create_app
 from tests.conftest import TINY_CFG
 from tests.eto_core.test_policy import lively_model
