@@ -148,11 +148,11 @@ class Tracker:
 
     def method_runs(self, *, recipe: str | None = None, env: str | None = None) -> list[Any]:
         """Finished top-level runs of a method (tag ``eto.method``), optionally of one recipe/env,
-        as ``eto_core.compare.MethodRun``s with their per-split metrics by iteration.
+        as ``eto_core.method_comparison.MethodRun``s with their per-split metrics by iteration.
 
         Of several runs of one recipe, method and seed (a rerun, cached or not) only the latest
         counts: a repeat is not another seed."""
-        from eto_core.compare import METRICS, SPLITS, MethodRun
+        from eto_core.method_comparison import METRICS, SPLITS, MethodRun
 
         filters = ["attributes.status = 'FINISHED'", "tags.`eto.method` LIKE '%'"]
         if recipe:

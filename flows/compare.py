@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from eto_core.compare import (
+from eto_core.method_comparison import (
     MethodRun,
     comparison_table,
     iteration_plot,

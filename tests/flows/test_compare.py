@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from eto_core.records import EvalSummary, to_frame, write_records
 from eto_core.storage import ArtifactStore
 from eto_core.tracking import Tracker
-from tests.eto_core.test_compare import _pair
+from tests.eto_core.test_method_comparison import _pair
 from tests.eto_core.test_pairs import traj
 
 pytestmark = pytest.mark.slow

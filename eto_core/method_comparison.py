@@ -1,4 +1,5 @@
-"""`eto compare`: methods side by side from their tracked runs, as a table, plots and a viewer.
+"""Methods side by side from their tracked runs, as a table, plots and a pair viewer: the logic
+of `eto compare`, which flows/compare.py runs as a flow.
 
 Every top-level MLflow run of `eto run`, `eto baseline` and `eto evaluate` carries its method
 (tag ``eto.method``), seed and per-split metrics by iteration (step 0 = before any ETO

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eto_core.compare import (
+from eto_core.method_comparison import (
     MethodRun,
     comparison_table,
     iteration_plot,
