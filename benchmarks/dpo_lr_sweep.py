@@ -31,6 +31,7 @@ def main() -> None:
 
     from eto_core import stages
     from eto_core.config import load_recipe
+    from eto_core.storage import ArtifactRef
 
     root = f"storage.root={Path(args.state) / 'artifacts'}"
     recipe = load_recipe(args.config, [root])
@@ -42,7 +43,7 @@ def main() -> None:
                                gen=recipe.explore, progress=False)
     pairs = stages.pairs_stage(recipe, store, expert.ref, explored.ref, 1)
 
-    def evaluate(model_ref: stages.ArtifactRef, r: object) -> list[str]:
+    def evaluate(model_ref: ArtifactRef, r: object) -> list[str]:
         cells = []
         for split in ("seen", "unseen"):
             ev = stages.rollout_stage(r, store, model_ref, stage="evaluate", split=split,  # type: ignore[arg-type]

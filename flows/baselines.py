@@ -30,16 +30,11 @@ from eto_core.records import EvalSummary
 from eto_core.stage_names import EVAL_SPLITS
 from eto_core.storage import ArtifactRef, ArtifactStore
 from eto_core.tracking import Tracker
-from flows.pipeline import (
-    current_flow_run_id,
-    ended_status,
-    eto_iteration,
-    evaluate_policy,
-    refuse_endpoint_backend,
-    rollout,
-)
+from flows.pipeline import current_flow_run_id, eto_iteration, refuse_endpoint_backend
+from flows.pipeline_run import ended_status
+from flows.rollouts import evaluate_policy, rollout
 from tasks.runners import make_task_runner
-from tasks.stage_tasks import expert_task, model_init_task, rft_task, sft_task, summary_of
+from tasks.stage_tasks import expert_task, model_init_task, rft_task, sft_task
 
 Method = Literal["best-of-n", "rft", "rft-eto", "eto-no-sft"]
 METHODS: tuple[str, ...] = ("best-of-n", "rft", "rft-eto", "eto-no-sft")
@@ -150,7 +145,7 @@ def _best_of_n(ctx: _Context) -> list[EvalSummary]:
         result = rollout(ctx.recipe, ctx.store, sft.ref, stage="best_of_n", split=split, iteration=0,
                           gen=stages.sampling(ctx.recipe, "best_of_n"), tracker=ctx.tracker, parent=ctx.parent,
                           runner=ctx.runner)
-        summary = summary_of(result)
+        summary = stages.rollout_summary(result)
         summary.stage = f"best-of-{ctx.recipe.baselines.best_of_n} (oracle)"
         out.append(summary)
     return out

@@ -17,7 +17,7 @@ from prefect.context import TaskRunContext
 from eto_core import stages
 from eto_core.config import Recipe
 from eto_core.policy import GenerationSettings
-from eto_core.records import EvalSummary, read_records
+from eto_core.records import read_records
 from eto_core.stage_names import RolloutStage, Split
 from eto_core.storage import ArtifactRef, ArtifactStore
 from eto_core.tracking import Tracker
@@ -246,7 +246,3 @@ def dpo_task(
     _finish(tracker, run_id)
     result.info.pop("log_history", None)
     return result
-
-
-def summary_of(result: stages.StageResult) -> EvalSummary:
-    return EvalSummary(**{**result.info["summary"], "artifact": result.ref.to_dict()})

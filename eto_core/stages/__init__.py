@@ -61,6 +61,7 @@ from eto_core.stages.rollouts import (
     plan_rollout,
     rollout_shard,
     rollout_stage,
+    rollout_summary,
 )
 from eto_core.stages.splits import check_splits, env_factory, selection_split, split_tasks, task_count
 
@@ -69,7 +70,7 @@ __all__ = [
     "claim", "corpus_tokenizer", "dpo_key", "dpo_stage", "endpoint_ref", "env_factory", "env_version", "expert_key",
     "expert_stage", "load_stage_model", "make_store", "model_folder", "model_init_key", "model_init_stage",
     "need_expert", "num_pairs", "pair_cut", "pairs_key", "pairs_stage", "pending_shards", "plan_rollout", "publish",
-    "read_pairs", "read_trajectories", "rft_key", "rft_stage", "rollout_key", "rollout_shard", "rollout_stage",
+    "read_pairs", "read_trajectories", "rft_key", "rft_stage", "rollout_key", "rollout_shard", "rollout_stage", "rollout_summary",
     "samples_for", "sampling", "selection_split", "sft_key", "sft_stage", "split_tasks", "strips_example",
     "task_count", "training_one_shot", "write_trajectories",
 ]

@@ -26,6 +26,7 @@ from eto_core.pairs import (
     prefix_of,
 )
 from eto_core.policy import GenerationSettings
+from eto_core.records import EvalSummary
 from eto_core.rollout import run_episodes
 from eto_core.seeding import seed_everything
 from eto_core.stage_names import TRAINING_ROLLOUTS, RolloutStage, Split
@@ -246,3 +247,8 @@ def _shard_seconds(store: ArtifactStore, outcome: ShardOutcome) -> float:
     """The rollout time a published shard recorded in its manifest."""
     manifest = store.read_manifest(outcome.ref.uri) or {}
     return float(manifest.get("meta", {}).get("info", {}).get("seconds", 0.0))
+
+
+def rollout_summary(result: StageResult) -> EvalSummary:
+    """The evaluation summary a rollout stage recorded, pointing at its trajectories' artifact."""
+    return EvalSummary(**{**result.info["summary"], "artifact": result.ref.to_dict()})

@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 
 from eto_core import stages
 from eto_core.config import load_recipe
+from eto_core.records import read_records
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def test_each_baseline_runs_and_is_tracked(
         for summary in out["summaries"]:
             ref = store.find(summary["artifact"]["uri"])
             assert ref is not None and ref.digest == summary["artifact"]["digest"]
-            counts = stages.read_records(store.fetch(ref) / stages.TRAJ_FILE, "trajectories")["task_id"].value_counts()
+            counts = read_records(store.fetch(ref) / stages.TRAJ_FILE, "trajectories")["task_id"].value_counts()
             tasks = {"seen": recipe.data.seen_tasks, "unseen": recipe.data.unseen_tasks}[summary["split"]]
             assert len(counts) == tasks and counts.eq(3).all(), counts  # three samples of every task
         assert all(s["extra"]["samples_per_task"] == 3.0 for s in out["summaries"])
@@ -91,7 +92,7 @@ def test_each_baseline_runs_and_is_tracked(
         assert len(uris) == 1
         ref = store.find(uris[0])
         assert ref is not None
-        kinds = list(stages.read_records(store.fetch(ref) / stages.PAIRS_FILE, "pairs")["kind"])
+        kinds = list(read_records(store.fetch(ref) / stages.PAIRS_FILE, "pairs")["kind"])
         rewards: dict[str, set[float]] = {}
         for t in explored:
             rewards.setdefault(t.task_id, set()).add(t.reward)

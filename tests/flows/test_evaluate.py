@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from eto_core import stages
 from eto_core.config import load_recipe
+from eto_core.records import read_records
 from tests.infra.test_serving import _free_port
 
 pytestmark = pytest.mark.slow
@@ -83,7 +84,7 @@ def test_served_model_scores_like_the_folder_and_both_are_tracked(tmp_path: Path
     # The endpoint's trajectories name the endpoint, not a local model.
     uris = set()
     for f in (tmp_path / "artifacts" / "evaluate").glob("*/trajectories.parquet"):
-        uris |= set(stages.read_records(f, "trajectories")["model_uri"])
+        uris |= set(read_records(f, "trajectories")["model_uri"])
     assert f"openai:{served}#mini" in uris and len(uris) == 2
 
 

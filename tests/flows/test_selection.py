@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from eto_core import stages
 from eto_core.config import load_recipe
+from eto_core.records import read_records
 from eto_core.selection import choose_iteration
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def test_selection_picks_the_champion_and_stops_when_it_declines(
     import flows.pipeline as flow_module
     from flows.pipeline import eto_pipeline
 
-    real_select_score = flow_module._select_score
+    real_select_score = flow_module.selection_score
     scored: list[int] = []
 
     def scripted_select_score(recipe: Any, store: Any, model: Any, iteration: int, *args: Any) -> float:
@@ -41,7 +42,7 @@ def test_selection_picks_the_champion_and_stops_when_it_declines(
     # By the selection rule itself: iteration 1 is a gain (go on), iteration 2 a decline (stop).
     assert not choose_iteration([0.5, 0.6], patience=1).stop
     assert choose_iteration([0.5, 0.6, 0.4], patience=1).stop
-    monkeypatch.setattr(flow_module, "_select_score", scripted_select_score)
+    monkeypatch.setattr(flow_module, "selection_score", scripted_select_score)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [
         f"storage.root={tmp_path / 'artifacts'}", f"tracking.mlflow_uri={uri}", "iterations=3",
@@ -66,7 +67,7 @@ def test_selection_picks_the_champion_and_stops_when_it_declines(
     select_trajs = sorted((tmp_path / "artifacts" / "select").glob("*/trajectories.parquet"))
     assert len(select_trajs) == ran + 1
     # Exploration sampled two trajectories per task.
-    explored = stages.read_records(next((tmp_path / "artifacts" / "explore").glob("*/trajectories.parquet")), "trajectories")
+    explored = read_records(next((tmp_path / "artifacts" / "explore").glob("*/trajectories.parquet")), "trajectories")
     assert len(explored) == 2 * 12 and explored["task_id"].value_counts().eq(2).all()
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
