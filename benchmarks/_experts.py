@@ -9,7 +9,7 @@ from typing import Any
 from environments.base import TextEnv
 from environments.registry import make_env
 from eto_core.config import Recipe
-from eto_core.rollout import collect_expert
+from eto_core.experts import collect_expert
 from eto_core.stages import corpus_tokenizer
 
 

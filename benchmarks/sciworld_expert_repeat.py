@@ -15,7 +15,7 @@ import time
 
 from eto_core import stages
 from eto_core.config import load_recipe
-from eto_core.rollout import collect_expert
+from eto_core.experts import collect_expert
 
 
 def main() -> None:

@@ -12,6 +12,10 @@ in memory and each pair costs one reference forward instead of one per epoch. Wi
 ``precompute_ref_logps=False`` a frozen copy of it scores every batch inside the loss instead, as
 ETO's own code and TRL's default do; the training result is the same up to float noise
 (tests/eto_core/test_dpo.py, benchmarks/dpo_reference.py for the time).
+
+One module of ~530 lines on purpose: the loss, the pair rows it reads, the reference scoring and
+the trainer that calls them are one unit, mutation-tested together (`make mutation`,
+docs/testing.md); split, each part would only be read through the others.
 """
 
 from __future__ import annotations

@@ -22,10 +22,11 @@ from eto_core.method_comparison import (
     paired_table,
     task_rewards,
 )
+from eto_core.plots import save_plot
 from eto_core.records import PreferencePair, frame_to_pairs, read_records
 from eto_core.stages import PAIRS_FILE, TRAJ_FILE
 from eto_core.storage import ArtifactError, ArtifactRef, ArtifactStore
-from eto_core.tracking import Tracker, save_plot
+from eto_core.tracking import Tracker
 
 
 def _write_atomically(path: Path, text: str) -> None:

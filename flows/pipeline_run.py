@@ -19,10 +19,11 @@ from prefect.artifacts import create_markdown_artifact
 from eto_core import stages
 from eto_core.config import Recipe
 from eto_core.evaluation import results_table
+from eto_core.plots import reward_plot
 from eto_core.records import EvalSummary
 from eto_core.selection import Choice, choose_iteration
 from eto_core.storage import ArtifactRef
-from eto_core.tracking import Tracker, is_unreachable, lost_server_error, reward_plot
+from eto_core.tracking import Tracker, is_unreachable, lost_server_error
 from flows.stage_clock import StageClock
 from infra.lifecycle import stop_reason
 

@@ -29,6 +29,9 @@ change between runs. Here a price range counts as its lowest price, and the boun
 the same way (two of the next four multiples of $10 above the price, the larger one kept;
 none when fewer than two exist) from an RNG seeded by the goal's asin, position and text.
 
+One module (~520 lines) because the four file formats above and the goal construction are one
+contract, WebShop's: the readers, their checks and the goal list change together.
+
 Anything unusable raises :class:`WebShopDataError` naming the file, the record, the field
 and what to do: files that are read whole into memory deserve one clear message, not a
 KeyError from deep inside an episode.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from eto_core.config import Recipe
 from eto_core.eto_format import load_expert_file
+from eto_core.experts import collect_expert
 from eto_core.pairs import (
     build_pairs,
     build_step_pairs,
@@ -13,7 +14,6 @@ from eto_core.records import (
     to_frame,
     write_records,
 )
-from eto_core.rollout import collect_expert
 from eto_core.stages.artifacts import (
     PAIRS_FILE,
     StageResult,

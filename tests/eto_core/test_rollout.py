@@ -13,11 +13,12 @@ from transformers import PreTrainedTokenizerBase
 
 from environments.base import EnvError, Split, StepResult, TextEnv
 from environments.registry import make_env
+from eto_core.experts import collect_expert, expert_trajectory
 from eto_core.pairs import build_step_pairs, prefix_of
 from eto_core.policy import GenerationSettings, LocalHFPolicy
 from eto_core.prompts import INVALID_FORMAT_OBSERVATION, agent_turn, parse_action
 from eto_core.records import Message, Trajectory, to_frame
-from eto_core.rollout import EMPTY_TURN, PrefixError, collect_expert, expert_trajectory, run_episodes
+from eto_core.rollout import EMPTY_TURN, PrefixError, run_episodes
 from tests.eto_core.test_policy import lively_model
 
 # --- a tiny environment --------------------------------------------------------------------

@@ -16,10 +16,11 @@ from typing import Any
 from environments.base import EnvError, StepResult
 from environments.tidy import TidyEnv
 from eto_core.evaluation import summarize
+from eto_core.experts import collect_expert
 from eto_core.pairs import build_pairs
 from eto_core.prompts import agent_turn
 from eto_core.records import Message, Trajectory
-from eto_core.rollout import collect_expert, run_episodes
+from eto_core.rollout import run_episodes
 from tests.reliability.conftest import ROWS
 
 KW = {"train_size": 8, "seen_size": 2, "unseen_size": 2, "dev_size": 2, "max_steps": 40}
