@@ -141,6 +141,10 @@ def _load_checked_recipe(args: argparse.Namespace, shortcuts: dict[str, str]) ->
 def _report(recipe: Any, result: dict[str, Any], args: argparse.Namespace, title: str, elapsed: float) -> None:
     print(f"\n{title} ({elapsed:.1f} s):\n")
     print(result["table"])
+    if result.get("stage_seconds"):
+        from flows.stage_clock import seconds_table
+
+        print(f"\nWall time by stage:\n\n{seconds_table(result['stage_seconds'])}")
     uri = recipe.tracking.mlflow_uri
     browse = f"open {uri}" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
     print(f"\nMLflow run {result['mlflow_run_id']} at {uri} (browse with: {browse})")

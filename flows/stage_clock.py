@@ -32,8 +32,11 @@ class StageClock:
         return {f"seconds/{name}": round(s, 3) for name, s in self.seconds.items()}
 
     def table(self) -> str:
-        """A markdown table of the stages in the order they ran, with their share of the total."""
-        total = sum(self.seconds.values()) or 1.0
-        rows = [f"| {name} | {s / 60:.1f} | {100 * s / total:.0f}% |" for name, s in self.seconds.items()]
-        return "\n".join(["| stage | minutes | share |", "|---|---:|---:|", *rows,
-                          f"| total | {sum(self.seconds.values()) / 60:.1f} | 100% |"])
+        return seconds_table(self.seconds)
+
+
+def seconds_table(seconds: dict[str, float]) -> str:
+    """A markdown table of the stages in the order they ran, with their share of the total."""
+    total = sum(seconds.values())
+    rows = [f"| {name} | {s / 60:.1f} | {100 * s / (total or 1.0):.0f}% |" for name, s in seconds.items()]
+    return "\n".join(["| stage | minutes | share |", "|---|---:|---:|", *rows, f"| total | {total / 60:.1f} | 100% |"])

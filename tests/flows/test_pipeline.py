@@ -48,7 +48,12 @@ def test_mini_pipeline_runs_tracks_and_caches(tmp_path: Path, prefect_harness: N
         tag = json.loads(parent.data.tags[f"eto.eval.{s['split']}.{s['iteration']}"])
         assert tag == s["artifact"] and tag["uri"].startswith((tmp_path / "artifacts" / "evaluate").as_uri())
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert "reward_per_iteration.png" in artifacts
+    assert "reward_per_iteration.png" in artifacts and "stage_seconds.md" in artifacts
+    # The wall-time breakdown: every stage in the order the loop ran it, logged per stage.
+    assert list(first["stage_seconds"]) == [
+        "expert", "model_init", "sft", "evaluate-seen-iter0", "evaluate-unseen-iter0", "explore-train-iter1",
+        "pairs-iter1", "dpo-iter1", "evaluate-seen-iter1", "evaluate-unseen-iter1"]
+    assert first["stage_seconds"]["sft"] > 0 and parent.data.metrics["seconds/sft"] > 0
     versions = client.search_model_versions(f"name='{recipe.model_name}'")
     assert len(versions) == 2  # SFT and iteration 1
     assert {v.tags["stage"] for v in versions} == {"sft", "dpo"}
