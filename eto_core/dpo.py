@@ -236,11 +236,37 @@ def _pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     return out[0], out[1]
 
 
+def _prefix_shared_pair_logps(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], min_shared: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``_pair_logps`` with the prompt prefix that every side of every pair shares run once
+    (eto_core/prefix_sharing.py) and each side after it on its own, without padding; None when
+    the rows share fewer than ``min_shared`` tokens. For scoring without gradients."""
+    sides = {side: [(batch[f"{side}_input_ids"][i, :n], batch[f"{side}_agent_mask"][i, :n])
+                    for i, n in enumerate(batch[f"{side}_attention_mask"].sum(-1).tolist())]
+             for side in _SIDES}
+    rows = sides["chosen"] + sides["rejected"]
+    shared = shared_length([ids for ids, _ in rows], [agent for _, agent in rows])
+    if shared < min_shared:
+        return None
+    prefix = SharedPrefixGraph(model, rows[0][0][None, :shared])
+    out = []
+    for side in _SIDES:
+        out.append(torch.stack([
+            agent_token_logps(model, ids[None, shared:], None, agent[None, shared:],
+                              position_ids=prefix.positions(len(ids), ids.device),
+                              past_key_values=prefix.cache())[0].sum()
+            for ids, agent in sides[side]]))
+    return out[0], out[1]
+
+
 def score_pairs(
-    model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int, bf16: bool = False
+    model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int, bf16: bool = False,
+    shared_prefix: bool = False,
 ) -> tuple[list[float], list[float]]:
     """Log-probs of every pair's chosen and rejected agent turns, in eval mode, batched, without
-    gradients; ``bf16``: under the same autocast as bf16 training."""
+    gradients; ``bf16``: under the same autocast as bf16 training. ``shared_prefix``: a batch's
+    common prompt prefix runs once (the same scores up to float rounding, fewer tokens)."""
     # torch.no_grad() as a block, not a decorator: mutmut skips decorated functions (make mutation).
     was_training = model.training
     model.eval()
@@ -251,8 +277,11 @@ def score_pairs(
     try:
         for start in range(0, len(rows), batch_size):
             batch = collate(rows[start : start + batch_size])
+            on_device = {k: v.to(device) for k, v in batch.items()}
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                pc, pr = _pair_logps(model, {k: v.to(device) for k, v in batch.items()})
+                scored = (_prefix_shared_pair_logps(model, on_device, MaskedDPOTrainer.MIN_SHARED)
+                          if shared_prefix else None)
+                pc, pr = scored if scored is not None else _pair_logps(model, on_device)
             chosen.extend(pc.tolist())
             rejected.extend(pr.tolist())
     finally:
@@ -261,10 +290,11 @@ def score_pairs(
 
 
 def compute_reference_logps(
-    model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int, bf16: bool = False
+    model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int, bf16: bool = False,
+    shared_prefix: bool = False,
 ) -> None:
     """Store the reference (pre-training) log-probs in the rows, once for all training epochs."""
-    chosen, rejected = score_pairs(model, rows, pad_token_id, batch_size, bf16)
+    chosen, rejected = score_pairs(model, rows, pad_token_id, batch_size, bf16, shared_prefix)
     for row, c, r in zip(rows, chosen, rejected, strict=True):
         row["ref_chosen_logps"] = c
         row["ref_rejected_logps"] = r
@@ -480,7 +510,8 @@ def train_dpo(
     ref_seconds = 0.0
     if settings.precompute_ref_logps:
         start = time.perf_counter()
-        compute_reference_logps(model, rows, pad_id, batch_size=score_batch, bf16=bool(args.bf16))
+        compute_reference_logps(model, rows, pad_id, batch_size=score_batch, bf16=bool(args.bf16),
+                                shared_prefix=settings.shared_prefix)
         ref_seconds = time.perf_counter() - start
     else:
         ref_model = frozen_copy(model)
@@ -516,7 +547,7 @@ def _final_metrics(
 ) -> dict[str, float]:
     """Implicit rewards of the trained policy over all pairs (one forward pass each, no grad)."""
     chosen, rejected = score_pairs(model, rows, pad_id, batch_size=2 * settings.per_device_train_batch_size,
-                                   bf16=use_bf16(settings.bf16))
+                                   bf16=use_bf16(settings.bf16), shared_prefix=settings.shared_prefix)
     pc, pr = torch.tensor(chosen), torch.tensor(rejected)
     rc = torch.tensor([r["ref_chosen_logps"] for r in rows])
     rr = torch.tensor([r["ref_rejected_logps"] for r in rows])

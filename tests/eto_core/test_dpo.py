@@ -484,6 +484,39 @@ def test_score_pairs_batches_in_eval_mode_and_restores_the_mode(
     assert bf16[0] == pytest.approx(chosen, rel=0.1) and bf16[1] == pytest.approx(rejected, rel=0.1)
 
 
+def test_scoring_with_the_shared_prefix_gives_the_plain_scores(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dpo.shared_prefix also scores the reference (and the final metrics) with the batch's common
+    prompt prefix run once: the plain scores, in the rows' order, from one prefix forward plus one
+    forward per side of each pair (no padded batch)."""
+    rows = _scored_rows(tiny_tokenizer)
+    plain = dpo.score_pairs(tiny_model, rows, 0, batch_size=2)
+    monkeypatch.setattr(dpo.MaskedDPOTrainer, "MIN_SHARED", 4)
+    forwards: list[int] = []
+    tiny_model.model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: forwards.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    fast = dpo.score_pairs(tiny_model, rows, 0, batch_size=2, shared_prefix=True)
+    assert fast[0] == pytest.approx(plain[0], abs=1e-4) and fast[1] == pytest.approx(plain[1], abs=1e-4)
+    # Batches of 2, 2 and 1 pairs: a prefix forward, then one per side of each pair, all batch 1.
+    assert forwards == [1] * (1 + 4) + [1] * (1 + 4) + [1] * (1 + 2)
+    batch = {k: v for k, v in PairCollator(0)(rows[:2]).items()}
+    shared = dpo.shared_length([batch[f"{s}_input_ids"][i, :n] for s in ("chosen", "rejected")
+                                for i, n in enumerate(batch[f"{s}_attention_mask"].sum(-1).tolist())],
+                               [batch[f"{s}_agent_mask"][i, :n] for s in ("chosen", "rejected")
+                                for i, n in enumerate(batch[f"{s}_attention_mask"].sum(-1).tolist())])
+    assert shared >= 4
+    # Below the minimum the batch is scored as usual (one padded forward a side).
+    with torch.no_grad():
+        assert dpo._prefix_shared_pair_logps(tiny_model, batch, min_shared=shared + 1) is None
+        assert dpo._prefix_shared_pair_logps(tiny_model, batch, min_shared=shared) is not None
+    forwards.clear()
+    dpo.compute_reference_logps(tiny_model, rows[:2], 0, batch_size=2, shared_prefix=True)
+    assert forwards == [1] * 5
+    assert [r["ref_chosen_logps"] for r in rows[:2]] == pytest.approx(plain[0][:2], abs=1e-4)
+    assert [r["ref_rejected_logps"] for r in rows[:2]] == pytest.approx(plain[1][:2], abs=1e-4)
+
+
 def test_reference_logps_are_stored_in_the_rows(
     tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> None:
