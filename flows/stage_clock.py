@@ -38,5 +38,6 @@ class StageClock:
 def seconds_table(seconds: dict[str, float]) -> str:
     """A markdown table of the stages in the order they ran, with their share of the total."""
     total = sum(seconds.values())
-    rows = [f"| {name} | {s / 60:.1f} | {100 * s / (total or 1.0):.0f}% |" for name, s in seconds.items()]
-    return "\n".join(["| stage | minutes | share |", "|---|---:|---:|", *rows, f"| total | {total / 60:.1f} | 100% |"])
+    rows = [f"| {name} | {s:.1f} | {s / 60:.1f} | {100 * s / (total or 1.0):.0f}% |" for name, s in seconds.items()]
+    return "\n".join(["| stage | seconds | minutes | share |", "|---|---:|---:|---:|", *rows,
+                      f"| total | {total:.1f} | {total / 60:.1f} | 100% |"])

@@ -39,7 +39,8 @@ def test_a_failing_stage_still_counts_and_no_clock_times_nothing() -> None:
 def test_table_gives_minutes_shares_and_total() -> None:
     table = seconds_table({"sft": 90.0, "dpo-iter1": 30.0})
     lines = table.splitlines()
-    assert lines[2] == "| sft | 1.5 | 75% |"
-    assert lines[3] == "| dpo-iter1 | 0.5 | 25% |"
-    assert lines[-1] == "| total | 2.0 | 100% |"
-    assert seconds_table({}).splitlines()[-1] == "| total | 0.0 | 100% |"
+    assert lines[0] == "| stage | seconds | minutes | share |"
+    assert lines[2] == "| sft | 90.0 | 1.5 | 75% |"
+    assert lines[3] == "| dpo-iter1 | 30.0 | 0.5 | 25% |"
+    assert lines[-1] == "| total | 120.0 | 2.0 | 100% |"
+    assert seconds_table({}).splitlines()[-1] == "| total | 0.0 | 0.0 | 100% |"
