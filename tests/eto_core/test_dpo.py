@@ -491,11 +491,13 @@ def test_scoring_with_the_shared_prefix_gives_the_plain_scores(
     prompt prefix run once: the plain scores, in the rows' order, from one prefix forward plus one
     forward per side of each pair (no padded batch)."""
     rows = _scored_rows(tiny_tokenizer)
-    plain = dpo.score_pairs(tiny_model, rows, 0, batch_size=2)
     monkeypatch.setattr(dpo.MaskedDPOTrainer, "MIN_SHARED", 4)
     forwards: list[int] = []
     tiny_model.model.register_forward_pre_hook(
         lambda _m, _a, kwargs: forwards.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    plain = dpo.score_pairs(tiny_model, rows, 0, batch_size=2)
+    assert forwards == [2, 2, 2, 2, 1, 1]  # off: one padded forward per side of each batch
+    forwards.clear()
     fast = dpo.score_pairs(tiny_model, rows, 0, batch_size=2, shared_prefix=True)
     assert fast[0] == pytest.approx(plain[0], abs=1e-4) and fast[1] == pytest.approx(plain[1], abs=1e-4)
     # Batches of 2, 2 and 1 pairs: a prefix forward, then one per side of each pair, all batch 1.
