@@ -124,6 +124,7 @@ def iteration_plot(runs: Sequence[MethodRun], title: str) -> Any:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(SPLITS), figsize=(10, 3.8), sharey=True)
     by_method: dict[str, list[MethodRun]] = defaultdict(list)
@@ -148,6 +149,7 @@ def iteration_plot(runs: Sequence[MethodRun], title: str) -> Any:
                             [m + s for m, s in zip(means, spread, strict=True)], alpha=0.15)
         ax.set_title(split)
         ax.set_xlabel("iteration (0 = SFT / the method's own model)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("average reward")
     if axes[-1].get_legend_handles_labels()[0]:  # runs with only one split's metrics draw nothing here

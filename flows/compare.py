@@ -86,7 +86,7 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
                          + (f" for {scope}" if scope else "") + "; run `eto run` or `eto baseline` first.")
     out = Path(out_dir)
     table = comparison_table(runs)
-    title = f"Methods on {env or 'all envs'} ({recipe or 'all recipes'}), {len(runs)} runs"
+    title = f"Methods on {env or 'all envs'} ({recipe or 'all recipes'}), {len(runs)} run{'' if len(runs) == 1 else 's'}"
     report = (f"# {title}\n\nMean ± standard deviation over seeds; 'seeds' counts the runs in a row. "
               "Best-of-N picks by reward: an oracle's upper reference, not a policy.\n\n"
               f"{table}\n\n![reward per iteration](reward_per_iteration.png)\n")
