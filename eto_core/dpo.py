@@ -236,15 +236,20 @@ def _pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     return out[0], out[1]
 
 
+def _unpadded_sides(batch: dict[str, torch.Tensor]) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Each side's rows of a collated batch without their padding: (ids, agent mask) per pair."""
+    return {side: [(batch[f"{side}_input_ids"][i, :n], batch[f"{side}_agent_mask"][i, :n])
+                   for i, n in enumerate(batch[f"{side}_attention_mask"].sum(-1).tolist())]
+            for side in _SIDES}
+
+
 def _prefix_shared_pair_logps(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], min_shared: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``_pair_logps`` with the prompt prefix that every side of every pair shares run once
     (eto_core/prefix_sharing.py) and each side after it on its own, without padding; None when
     the rows share fewer than ``min_shared`` tokens. For scoring without gradients."""
-    sides = {side: [(batch[f"{side}_input_ids"][i, :n], batch[f"{side}_agent_mask"][i, :n])
-                    for i, n in enumerate(batch[f"{side}_attention_mask"].sum(-1).tolist())]
-             for side in _SIDES}
+    sides = _unpadded_sides(batch)
     rows = sides["chosen"] + sides["rejected"]
     shared = shared_length([ids for ids, _ in rows], [agent for _, agent in rows])
     if shared < min_shared:
@@ -373,9 +378,7 @@ class MaskedDPOTrainer(Trainer):
         if not self.shared_prefix:
             return super().training_step(model, inputs, num_items_in_batch)
         inputs = begin_step(self, model, inputs)
-        sides = {side: [(inputs[f"{side}_input_ids"][i, :n], inputs[f"{side}_agent_mask"][i, :n])
-                        for i, n in enumerate(inputs[f"{side}_attention_mask"].sum(-1).tolist())]
-                 for side in _SIDES}
+        sides = _unpadded_sides(inputs)
         rows = [row for side in _SIDES for row in sides[side]]
         shared = shared_length([ids for ids, _ in rows], [agent for _, agent in rows])
         if shared < self.MIN_SHARED:
