@@ -11,11 +11,11 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from eto_core.locks import file_lock
 from eto_core.records import EvalSummary
 
+T = TypeVar("T")
 PARENT_TAG = "mlflow.parentRunId"
 # Tag prefix of a method run's evaluation artifacts: eto.eval.<split>.<iteration> = {"uri", "digest"}.
 EVAL_TAG = "eto.eval."
@@ -57,6 +58,11 @@ def is_unreachable(exc: BaseException) -> bool:
 
     return isinstance(exc, (MlflowException, requests.exceptions.ConnectionError, requests.exceptions.Timeout)) and \
         any(sign in str(exc) for sign in _UNREACHABLE_SIGNS)
+
+
+def is_locked(exc: BaseException) -> bool:
+    """SQLite's 'database is locked': another process (a stage's logger, the UI) holds the store."""
+    return "database is locked" in str(exc)
 
 
 def lost_server_error(tracking_uri: str, exc: BaseException) -> TrackingError:
@@ -202,15 +208,30 @@ class Tracker:
         return bool(found)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        _retry_locked(lambda: self.client.set_terminated(run_id, status=status))
 
     def end_open_children(self, parent: str, status: str) -> None:
         """End with ``status`` the nested runs of ``parent`` still RUNNING: a stage that was being
         logged when its flow failed or was stopped."""
-        found = self.client.search_runs([self.experiment_id], filter_string=(
-            f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'"))
+        found = _retry_locked(lambda: self.client.search_runs([self.experiment_id], filter_string=(
+            f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'")))
         for run in found:
-            self.client.set_terminated(run.info.run_id, status=status)
+            self.end_run(run.info.run_id, status=status)
+
+    def close_run(self, parent: str, status: str, logger: Any) -> None:
+        """End a flow's parent run with ``status`` (and, unless it finished, its open stage runs).
+
+        Runs in a flow's ``finally``, often while it is being stopped: a tracking server that is
+        itself the failure is logged rather than raised, so the first error stays the one reported.
+        """
+        try:
+            if status != "FINISHED":
+                self.end_open_children(parent, status)
+            self.end_run(parent, status=status)
+        except Exception as exc:
+            if not (is_unreachable(exc) or is_locked(exc)):
+                raise
+            logger.warning("could not mark MLflow run %s %s: %s", parent, status, str(exc).splitlines()[0][:200])
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         flat = flatten("", dict(params))
@@ -382,3 +403,20 @@ def _dataset_input(dataset: Any, context: str) -> Any:
     from mlflow.entities import DatasetInput, InputTag
 
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value=context)])
+
+
+def _retry_locked(call: Callable[[], T], attempts: int = 6, delay: float = 0.25) -> T:
+    """Run ``call``, retrying SQLite's 'database is locked' with a doubling wait (~8 s in all).
+
+    A stopped flow ends its runs while a stage thread, or another run, may still be writing to a
+    SQLite store; SQLite's own busy wait is short, and losing the end status would leave the run
+    RUNNING in the UI.
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:
+            if not is_locked(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(delay * 2**attempt)
+    raise AssertionError("unreachable")

@@ -92,9 +92,7 @@ def baseline_flow(recipe: Recipe, method: Method, state_dir: str = ".eto") -> di
         raise
     finally:
         workers.close()
-        if status != "FINISHED":
-            tracker.end_open_children(parent, status)
-        tracker.end_run(parent, status=status)
+        tracker.close_run(parent, status, logger)
 
 
 class _Context:

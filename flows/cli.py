@@ -245,13 +245,23 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
     watchdog = ChildWatchdog()
     if args.command in PIPELINE_COMMANDS and not os.environ.get("PREFECT_API_URL"):
         _temporary_server_in_own_session()
+    stopping: list[int] = []
     try:
-        with stop_on_signals():
-            return _dispatch(args, watchdog)
+        with stop_on_signals() as stopping:
+            code = _dispatch(args, watchdog)
+        if not stopping:
+            return code
+        # Prefect caught the stop mid-start and reported an error of its own: still a stop.
+        stopped = Interrupted(stopping[0])
     except Interrupted as exc:
-        resume = " Finished stages are kept: the same command resumes from them." if args.command in PIPELINE_COMMANDS else ""
-        print(f"eto {args.command}: {exc}.{resume}", file=sys.stderr)
-        return exc.exit_code
+        stopped = exc
+    except Exception:
+        if not stopping:
+            raise
+        stopped = Interrupted(stopping[0])
+    resume = " Finished stages are kept: the same command resumes from them." if args.command in PIPELINE_COMMANDS else ""
+    print(f"eto {args.command}: {stopped}.{resume}", file=sys.stderr)
+    return stopped.exit_code
 
 
 def _temporary_server_in_own_session() -> None:

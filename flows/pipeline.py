@@ -234,6 +234,4 @@ def evaluate_flow(recipe: Recipe, model: str | None = None, state_dir: str = ".e
         status = ended_status(exc)
         raise
     finally:
-        if status != "FINISHED":
-            tracker.end_open_children(parent, status)
-        tracker.end_run(parent, status=status)
+        tracker.close_run(parent, status, get_run_logger())

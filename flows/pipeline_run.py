@@ -156,15 +156,7 @@ class PipelineRun:
 
     def close(self) -> None:
         """End the parent run (and, unless it finished, its open stage runs) with its status."""
-        try:
-            if self.status != "FINISHED":
-                self.tracker.end_open_children(self.parent, self.status)
-            self.tracker.end_run(self.parent, status=self.status)
-        except Exception as exc:  # the server may be the thing that failed: keep the first error
-            if not is_unreachable(exc):
-                raise
-            self.logger.warning("could not mark MLflow run %s %s: %s", self.parent, self.status,
-                                str(exc).splitlines()[0][:200])
+        self.tracker.close_run(self.parent, self.status, self.logger)
 
 
 def ended_status(exc: BaseException) -> str:

@@ -73,8 +73,12 @@ def stop_reason(exc: BaseException) -> int | None:
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGINT raise ``Interrupted`` in the main thread for as long as this is active."""
+def stop_on_signals() -> Iterator[list[int]]:
+    """SIGTERM and SIGINT raise ``Interrupted`` in the main thread for as long as this is active.
+
+    Yields the signals received: library code (Prefect's task engine, caught mid-start) may turn
+    the ``Interrupted`` into an error of its own, and the command still has to exit as stopped.
+    """
     stopping: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -87,7 +91,7 @@ def stop_on_signals() -> Iterator[None]:
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
-        yield
+        yield stopping
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from eto_core.tracking import Tracker
 
@@ -41,3 +44,48 @@ def test_end_open_children_ends_only_the_running_nested_runs(tmp_path: Path) -> 
     tracker.end_open_children(parent, "KILLED")
     status = {r: tracker.client.get_run(r).info.status for r in (parent, done, open_, other)}
     assert status == {parent: "RUNNING", done: "FINISHED", open_: "KILLED", other: "RUNNING"}
+
+
+def _locked_for(tracker: Tracker, failures: int) -> list[str]:
+    """Make the store answer 'database is locked' to the next ``failures`` set_terminated calls."""
+    from mlflow.exceptions import MlflowException
+
+    real, calls = tracker.client.set_terminated, []
+
+    def set_terminated(run_id: str, status: str = "FINISHED") -> None:
+        calls.append(run_id)
+        if len(calls) <= failures:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        real(run_id, status=status)
+
+    tracker.client.set_terminated = set_terminated  # type: ignore[method-assign]
+    return calls
+
+
+def test_close_run_waits_out_a_locked_sqlite_store_and_ends_parent_and_open_children(tmp_path: Path) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "eto-stop")
+    parent = tracker.start_run("parent")
+    child = tracker.start_run("open", parent=parent)
+    calls = _locked_for(tracker, failures=2)
+    tracker.close_run(parent, "KILLED", logging.getLogger("test"))
+    assert [tracker.client.get_run(r).info.status for r in (parent, child)] == ["KILLED", "KILLED"]
+    assert calls == [child, child, child, parent]  # two locked answers, then the child and the parent
+
+
+def test_close_run_logs_a_lock_that_outlasts_the_retries_instead_of_raising(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("eto_core.tracking.time.sleep", lambda seconds: None)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "eto-stop")
+    parent = tracker.start_run("parent")
+    calls = _locked_for(tracker, failures=100)
+    with caplog.at_level(logging.WARNING):
+        tracker.close_run(parent, "KILLED", logging.getLogger("test"))
+    assert len(calls) == 6 and "could not mark MLflow run" in caplog.text and "locked" in caplog.text
+
+
+def test_end_run_raises_other_store_errors_at_once(tmp_path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "eto-stop")
+    with pytest.raises(MlflowException):
+        tracker.end_run("no-such-run", status="KILLED")

@@ -107,3 +107,28 @@ def test_stop_reason_names_the_signal_of_every_kind_of_stop() -> None:
     assert stop_reason(TerminationSignal(signal.SIGTERM)) == signal.SIGTERM
     assert stop_reason(ValueError("x")) is None
     assert Interrupted(signal.SIGINT).exit_code == 130
+
+
+MASKED_STOP = """
+import os, signal, sys
+import flows.cli as cli
+
+def dispatch(args, watchdog):
+    # As Prefect's task engine does when the stop lands while a task run starts: it catches the
+    # stop and reports an error of its own, which the CLI prints and turns into exit code 2.
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+    except BaseException:
+        pass
+    print("error: Task run is not set", file=sys.stderr)
+    return 2
+
+cli._dispatch = dispatch
+sys.exit(cli.main(["serve", "--model", "unused"], supervise=True))
+"""
+
+
+def test_a_stop_that_library_code_turns_into_an_error_still_exits_as_stopped() -> None:
+    done = subprocess.run([sys.executable, "-c", MASKED_STOP], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
+    assert "eto serve: stopped by SIGTERM." in done.stderr
