@@ -53,6 +53,23 @@ def agent_token_logps(
     With ``past_key_values``, ``input_ids`` continue the cached tokens (give their positions);
     the first token is still not scored, as the cache holds no hidden state to predict it.
     """
+    picked, targets, rows = agent_token_logits(model, input_ids, attention_mask, agent_mask, position_ids,
+                                               past_key_values)
+    # gather - logsumexp avoids a second [n, vocab] tensor from log_softmax
+    target_logits = torch.gather(picked, 1, targets.unsqueeze(-1)).squeeze(-1)
+    return target_logits - torch.logsumexp(picked, dim=-1), rows
+
+
+def agent_token_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    agent_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    past_key_values: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The float32 logits [n, vocab] that predict each agent token, the tokens [n] and their rows
+    [n] (as ``agent_token_logps``, which reads one entry of each; a KL needs the whole row)."""
     predicts = agent_mask[:, 1:].bool()
     rows = torch.nonzero(predicts, as_tuple=True)[0]
     targets = input_ids[:, 1:][predicts]
@@ -76,9 +93,7 @@ def agent_token_logps(
             weight: torch.Tensor = head.weight  # type: ignore[assignment]  # an nn.Linear / Embedding weight
             bias: torch.Tensor | None = getattr(head, "bias", None)
             picked = torch.nn.functional.linear(chosen.float(), weight.float(), None if bias is None else bias.float())
-    # gather - logsumexp avoids a second [n, vocab] tensor from log_softmax
-    target_logits = torch.gather(picked, 1, targets.unsqueeze(-1)).squeeze(-1)
-    return target_logits - torch.logsumexp(picked, dim=-1), rows
+    return picked, targets, rows
 
 
 def sequence_logps(
