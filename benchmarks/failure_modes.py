@@ -1,0 +1,111 @@
+"""How the agent fails, per model: the kinds of wasted steps in its episodes, from the artifacts.
+
+For ETO's diagnosis: are the failures the pairs contrast (the rejected side: the SFT policy's
+own failed exploration) the failures SFT makes on evaluation, and did DPO change them there?
+Counts, over the agent's steps:
+
+- invalid: the environment answered "Nothing happens." (an action that does not apply here,
+  e.g. taking an object the agent imagined) or rejected the format;
+- repeated: the exact action the agent already took earlier in the episode (loops, revisits);
+- unparsed: no "Action:" line.
+
+Models are named like ``benchmarks/paired_rewards.py``: an artifact root and a substring of the
+model URI (give the stage key, e.g. ``/sft/<key>``, where several seeds share a root). ``--pairs``
+adds the rejected sides of a pairs artifact folder (what DPO pushes down).
+
+    .venv/bin/python benchmarks/failure_modes.py --root .eto/artifacts --model sft=/sft/<key> \\
+        --model eto1=/dpo/<key> --pairs .eto/artifacts/pairs/<key> --quote 1
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from environments.tidy.room import NOTHING_HAPPENS
+from eto_core.prompts import INVALID_FORMAT_OBSERVATION, parse_action
+
+
+def step_kinds(messages: Sequence[dict[str, Any]], num_prompt_messages: int) -> dict[str, int]:
+    """Counts of the agent's steps by kind in one episode (turns after the prompt)."""
+    turns = list(messages)[num_prompt_messages:]
+    seen: set[str] = set()
+    out = {"steps": 0, "invalid": 0, "repeated": 0, "unparsed": 0}
+    for i in range(0, len(turns), 2):
+        if turns[i]["role"] != "assistant":
+            continue
+        out["steps"] += 1
+        action = parse_action(turns[i]["content"])
+        observation = turns[i + 1]["content"] if i + 1 < len(turns) else ""
+        if action is None:
+            out["unparsed"] += 1
+        elif action in seen:
+            out["repeated"] += 1
+        if action is not None:
+            seen.add(action)
+        if NOTHING_HAPPENS in observation or INVALID_FORMAT_OBSERVATION in observation:
+            out["invalid"] += 1
+    return out
+
+
+def summarise(label: str, episodes: Iterable[tuple[Sequence[dict[str, Any]], int, bool]]) -> str:
+    total = {"episodes": 0, "failed": 0, "steps": 0, "invalid": 0, "repeated": 0, "unparsed": 0}
+    for messages, n_prompt, success in episodes:
+        total["episodes"] += 1
+        if success:
+            continue
+        total["failed"] += 1
+        for k, v in step_kinds(messages, n_prompt).items():
+            total[k] += v
+    steps = max(total["steps"], 1)
+    return (f"| {label} | {total['episodes']} | {total['failed']} | {total['steps'] / max(total['failed'], 1):.1f} | "
+            f"{total['invalid'] / steps:.1%} | {total['repeated'] / steps:.1%} | {total['unparsed'] / steps:.1%} |")
+
+
+def model_episodes(root: str, model: str, split: str) -> list[tuple[Any, int, bool]]:
+    out = []
+    for path in sorted(Path(root, "evaluate").glob("*/trajectories.parquet")):
+        df = pd.read_parquet(path)
+        if len(df) and model in str(df.model_uri.iloc[0]) and df.split.iloc[0] == split:
+            out += [(r.messages, int(r.num_prompt_messages), bool(r.success)) for r in df.itertuples()]
+    return out
+
+
+def quote(messages: Sequence[dict[str, Any]], num_prompt_messages: int, turns: int) -> str:
+    body = list(messages)[num_prompt_messages - 1 : num_prompt_messages + 2 * turns]
+    return "\n".join(f"    {m['role']}: {m['content'].strip()}".replace("\n", " / ") for m in body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, help="artifact root (the folder holding evaluate/)")
+    parser.add_argument("--model", action="append", default=[], metavar="LABEL=URI_PART", required=True)
+    parser.add_argument("--pairs", help="a pairs artifact folder: its rejected sides are summarised too")
+    parser.add_argument("--quote", type=int, default=0, metavar="N", help="quote N failed seen episodes per model")
+    args = parser.parse_args()
+    print("| episodes | n | failed | steps per failed episode | invalid | repeated | unparsed |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    quotes = []
+    for spec in args.model:
+        label, _, part = spec.partition("=")
+        for split in ("seen", "unseen"):
+            eps = model_episodes(args.root, part, split)
+            if eps:
+                print(summarise(f"{label} {split}", eps))
+            if split == "seen":
+                quotes += [(label, e) for e in [e for e in eps if not e[2]][: args.quote]]
+    if args.pairs:
+        df = pd.read_parquet(Path(args.pairs, "pairs.parquet"))
+        rejected = [([*r.prompt, *r.rejected], len(r.prompt), False) for r in df.itertuples()
+                    if r.kind == "lose"]
+        print(summarise("pairs: rejected (lose) sides", rejected))
+    for label, (messages, n_prompt, _) in quotes:
+        print(f"\n{label}, a failed seen episode (first turns):\n\n{quote(messages, n_prompt, 6)}")
+
+
+if __name__ == "__main__":
+    main()
