@@ -27,6 +27,7 @@ from typing import TypeVar
 from tqdm.auto import tqdm
 
 from environments.base import TextEnv
+from eto_core import stopping
 from eto_core.policy import Policy
 from eto_core.prompts import (
     INVALID_FORMAT_OBSERVATION,
@@ -239,6 +240,7 @@ def run_episodes(
             live = [slot for slot in slots if slot.episode is not None]
             if not live:
                 break
+            stopping.check()  # a stop signal reaches only the main thread; shards run on workers
             turns = policy.generate([slot.episode.messages for slot in live if slot.episode is not None])
             if len(turns) != len(live):
                 raise RuntimeError(

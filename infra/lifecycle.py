@@ -37,6 +37,8 @@ from types import FrameType
 
 import psutil
 
+from eto_core.stopping import clear_stop, request_stop
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 POLL_SECONDS = 0.25
 GRACE_SECONDS = 3.0
@@ -87,6 +89,8 @@ def stop_on_signals() -> Iterator[list[int]]:
             # stops the children that cleanup did not reach.
             os._exit(128 + signum)
         stopping.append(signum)
+        # Rollout shards on worker threads stop at their next step rather than run to their end.
+        request_stop()
         raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
@@ -95,6 +99,7 @@ def stop_on_signals() -> Iterator[list[int]]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        clear_stop()
 
 
 class ChildWatchdog:

@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from environments.base import EnvError, Split, StepResult, TextEnv
 from environments.registry import make_env
+from eto_core import stopping
 from eto_core.experts import collect_expert, expert_trajectory
 from eto_core.pairs import build_step_pairs, prefix_of
 from eto_core.policy import GenerationSettings, LocalHFPolicy
@@ -576,3 +577,43 @@ def test_prefix_of_another_task_is_refused() -> None:
         rollout(["count-1"], ScriptedPolicy({}), prefixes=[prefix_of(expert, 1)])
     with pytest.raises(ValueError, match="one per task"):
         rollout(["count-1", "count-2"], ScriptedPolicy({}), prefixes=[prefix_of(expert, 1)])
+
+
+# --- stopping -----------------------------------------------------------------------------
+
+
+class StopAfter(ScriptedPolicy):
+    """Asks the process to stop (as the CLI's signal handler does) after ``calls`` batches."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__({}, default=act("add"))
+        self.calls = calls
+
+    def generate(self, conversations: Sequence[list[Message]]) -> list[str | None]:
+        if len(self.batch_sizes) + 1 == self.calls:
+            stopping.request_stop()
+        return super().generate(conversations)
+
+
+def test_a_stop_request_ends_the_rollout_at_the_next_step_and_closes_its_envs() -> None:
+    envs: list[CounterEnv] = []
+
+    def make() -> CounterEnv:
+        envs.append(CounterEnv())
+        return envs[-1]
+
+    policy = StopAfter(calls=2)
+    try:
+        with pytest.raises(stopping.StopRequested):
+            rollout([f"count-{n}" for n in (50, 50, 50, 50)], policy, make, batch_size=2)
+    finally:
+        stopping.clear_stop()
+    # Two batches of turns, not the 50 steps the episodes would take: it stopped at the third.
+    assert policy.batch_sizes == [2, 2]
+    assert envs and all(e.closed for e in envs)
+
+
+def test_without_a_stop_request_the_rollout_runs_to_the_end() -> None:
+    assert not stopping.stop_requested()
+    trajs = rollout(["count-1"], ScriptedPolicy({"count-1": [act("add"), act("stop")]}))
+    assert trajs[0].success

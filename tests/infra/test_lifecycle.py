@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infra.lifecycle import GRACE_SECONDS, TREE_ENV, Interrupted, stop_reason
+from infra.lifecycle import GRACE_SECONDS, TREE_ENV, Interrupted, stop_on_signals, stop_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,3 +132,15 @@ def test_a_stop_that_library_code_turns_into_an_error_still_exits_as_stopped() -
     done = subprocess.run([sys.executable, "-c", MASKED_STOP], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
     assert "eto serve: stopped by SIGTERM." in done.stderr
+
+
+def test_a_stop_signal_asks_worker_threads_to_stop_for_as_long_as_the_handler_is_installed() -> None:
+    from eto_core import stopping
+
+    with stop_on_signals() as received:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, in the main thread
+        except Interrupted:
+            assert received == [signal.SIGTERM] and stopping.stop_requested()
+    assert not stopping.stop_requested()  # the caller goes on (tests, in-process use): forgotten
