@@ -9,6 +9,9 @@ split, the mean reward of each, the mean paired difference b - a with a 95% boot
 
     .venv/bin/python benchmarks/paired_rewards.py --a /root/eto-smollm/artifacts --a-model /sft/ \\
         --b /root/eto-hour/artifacts --b-model /sft/
+
+Several seeds: give one --a-model and one --b-model per seed, in the same order (each seed's ETO
+against its own SFT); the tasks of all seeds are pooled, each (seed, task) one paired sample.
 """
 
 from __future__ import annotations
@@ -32,22 +35,25 @@ def rewards(root: str, model: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", required=True)
-    parser.add_argument("--a-model", required=True)
+    parser.add_argument("--a-model", required=True, nargs="+")
     parser.add_argument("--b", required=True)
-    parser.add_argument("--b-model", required=True)
+    parser.add_argument("--b-model", required=True, nargs="+")
     args = parser.parse_args()
-    a, b = rewards(args.a, args.a_model), rewards(args.b, args.b_model)
+    if len(args.a_model) != len(args.b_model):
+        parser.error(f"{len(args.a_model)} --a-model values but {len(args.b_model)} --b-model: give one pair per seed")
+    runs = [(rewards(args.a, am), rewards(args.b, bm)) for am, bm in zip(args.a_model, args.b_model, strict=True)]
     rng = np.random.default_rng(0)
     print("| split | tasks in both | a mean | b mean | b - a | 95% interval | up | down |")
     print("|---|---:|---:|---:|---:|---|---:|---:|")
-    for split in sorted({t.rsplit("-", 1)[0] for t in a}):
-        ids = [t for t in a if t.rsplit("-", 1)[0] == split and t in b]
-        if not ids:
+    for split in sorted({t.rsplit("-", 1)[0] for a, _ in runs for t in a}):
+        pairs = [(a[t], b[t]) for a, b in runs for t in a if t.rsplit("-", 1)[0] == split and t in b]
+        if not pairs:
             continue
-        diff = np.array([b[t] - a[t] for t in ids])
+        a_r, b_r = np.array(pairs).T
+        diff = b_r - a_r
         boots = diff[rng.integers(0, len(diff), (10_000, len(diff)))].mean(1)
         low, high = np.percentile(boots, [2.5, 97.5])
-        print(f"| {split} | {len(ids)} | {np.mean([a[t] for t in ids]):.3f} | {np.mean([b[t] for t in ids]):.3f} | "
+        print(f"| {split} | {len(diff)} | {a_r.mean():.3f} | {b_r.mean():.3f} | "
               f"{diff.mean():+.3f} | [{low:+.3f}, {high:+.3f}] | {(diff > 0).sum()} | {(diff < 0).sum()} |")
 
 
