@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from paired_rewards import evaluation_frames
 
 from environments.tidy.room import NOTHING_HAPPENS
 from eto_core.prompts import INVALID_FORMAT_OBSERVATION, parse_action
@@ -67,12 +68,8 @@ def summarise(label: str, episodes: Iterable[tuple[Sequence[dict[str, Any]], int
 
 
 def model_episodes(root: str, model: str, split: str) -> list[tuple[Any, int, bool]]:
-    out = []
-    for path in sorted(Path(root, "evaluate").glob("*/trajectories.parquet")):
-        df = pd.read_parquet(path)
-        if len(df) and model in str(df.model_uri.iloc[0]) and df.split.iloc[0] == split:
-            out += [(r.messages, int(r.num_prompt_messages), bool(r.success)) for r in df.itertuples()]
-    return out
+    return [(r.messages, int(r.num_prompt_messages), bool(r.success))
+            for df in evaluation_frames(root, model) if df.split.iloc[0] == split for r in df.itertuples()]
 
 
 def quote(messages: Sequence[dict[str, Any]], num_prompt_messages: int, turns: int) -> str:

@@ -17,18 +17,25 @@ against its own SFT); the tasks of all seeds are pooled, each (seed, task) one p
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 
-def rewards(root: str, model: str) -> dict[str, float]:
-    out: dict[str, float] = {}
+def evaluation_frames(root: str, model: str) -> Iterator[pd.DataFrame]:
+    """The trajectories of every evaluation artifact under ``root`` whose model URI contains ``model``."""
     for path in sorted(Path(root, "evaluate").glob("*/trajectories.parquet")):
         df = pd.read_parquet(path)
         if len(df) and model in str(df.model_uri.iloc[0]):
-            out.update(dict(zip(df.task_id, df.reward.astype(float), strict=True)))
+            yield df
+
+
+def rewards(root: str, model: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for df in evaluation_frames(root, model):
+        out.update(dict(zip(df.task_id, df.reward.astype(float), strict=True)))
     return out
 
 
