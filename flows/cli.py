@@ -245,20 +245,21 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
     watchdog = ChildWatchdog()
     if args.command in PIPELINE_COMMANDS and not os.environ.get("PREFECT_API_URL"):
         _temporary_server_in_own_session()
-    stopping: list[int] = []
+    received: list[int] = []
     try:
-        with stop_on_signals() as stopping:
+        with stop_on_signals() as received:
             code = _dispatch(args, watchdog)
-        if not stopping:
-            return code
-        # Prefect caught the stop mid-start and reported an error of its own: still a stop.
-        stopped = Interrupted(stopping[0])
-    except Interrupted as exc:
-        stopped = exc
+    except Interrupted:
+        pass  # only the handler raises it, after recording the signal in ``received``
     except Exception:
-        if not stopping:
+        if not received:
             raise
-        stopped = Interrupted(stopping[0])
+    else:
+        if not received:
+            return code
+    # A stop signal arrived. Prefect may have caught it mid-start and reported an error of its own
+    # (returned or raised): the command still exits as stopped.
+    stopped = Interrupted(received[0])
     resume = " Finished stages are kept: the same command resumes from them." if args.command in PIPELINE_COMMANDS else ""
     print(f"eto {args.command}: {stopped}.{resume}", file=sys.stderr)
     return stopped.exit_code
