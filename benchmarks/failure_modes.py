@@ -14,12 +14,13 @@ model URI (give the stage key, e.g. ``/sft/<key>``, where several seeds share a 
 adds the rejected sides of a pairs artifact folder (what DPO pushes down).
 
     .venv/bin/python benchmarks/failure_modes.py --root .eto/artifacts --model sft=/sft/<key> \\
-        --model eto1=/dpo/<key> --pairs .eto/artifacts/pairs/<key> --quote 1
+        --model eto1=/dpo/<key> --pairs .eto/artifacts/pairs/<key> --quote 1 --changed
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,24 @@ def model_episodes(root: str, model: str, split: str) -> list[tuple[Any, int, bo
             for df in evaluation_frames(root, model) if df.split.iloc[0] == split for r in df.itertuples()]
 
 
+def agent_turns(root: str, model: str) -> dict[tuple[str, str], list[str]]:
+    """(split, task) -> the agent's turns, over a model's evaluation episodes."""
+    return {(df.split.iloc[0], r.task_id): [m["content"] for m in list(r.messages)[int(r.num_prompt_messages):]
+                                            if m["role"] == "assistant"]
+            for df in evaluation_frames(root, model) for r in df.itertuples()}
+
+
+def changed_episodes(ref: dict[tuple[str, str], list[str]], other: dict[tuple[str, str], list[str]]) -> str:
+    """How many of the shared episodes differ from the reference's, and at which turn they first do."""
+    firsts = []
+    for key in ref.keys() & other.keys():
+        a, b = ref[key], other[key]
+        if a != b:
+            firsts.append(next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))) + 1)
+    median = f", first at turn {statistics.median(firsts):g} (median)" if firsts else ""
+    return f"{len(firsts)} of {len(ref.keys() & other.keys())} episodes differ{median}"
+
+
 def quote(messages: Sequence[dict[str, Any]], num_prompt_messages: int, turns: int) -> str:
     body = list(messages)[num_prompt_messages - 1 : num_prompt_messages + 2 * turns]
     return "\n".join(f"    {m['role']}: {m['content'].strip()}".replace("\n", " / ") for m in body)
@@ -82,6 +101,8 @@ def main() -> None:
     parser.add_argument("--root", required=True, help="artifact root (the folder holding evaluate/)")
     parser.add_argument("--model", action="append", default=[], metavar="LABEL=URI_PART", required=True)
     parser.add_argument("--pairs", help="a pairs artifact folder: its rejected sides are summarised too")
+    parser.add_argument("--changed", action="store_true",
+                        help="how many episodes of each model differ from the first --model's, and where")
     parser.add_argument("--quote", type=int, default=0, metavar="N", help="quote N failed seen episodes per model")
     args = parser.parse_args()
     print("| episodes | n | failed | steps per failed episode | invalid | repeated | unparsed |")
@@ -100,6 +121,11 @@ def main() -> None:
         rejected = [([*r.prompt, *r.rejected], len(r.prompt), False) for r in df.itertuples()
                     if r.kind == "lose"]
         print(summarise("pairs: rejected (lose) sides", rejected))
+    if args.changed:
+        (ref_label, _, ref_part), *others = [spec.partition("=") for spec in args.model]
+        ref = agent_turns(args.root, ref_part)
+        for label, _, part in others:
+            print(f"\n{label} vs {ref_label}: {changed_episodes(ref, agent_turns(args.root, part))}")
     for label, (messages, n_prompt, _) in quotes:
         print(f"\n{label}, a failed seen episode (first turns):\n\n{quote(messages, n_prompt, 6)}")
 
