@@ -11,7 +11,10 @@ one process on the same model:
 - ``+ shared-prefix attention, batch N``: also policy.shared_prefix_attention, so every decoding
   step reads the shared prefix's keys/values once for the batch instead of once per row;
 - ``+ finished rows leave, batch N``: also our own greedy loop instead of HF ``generate``, where a
-  row leaves the batch once its turn ends (the pipeline's default: all three on).
+  row leaves the batch once its turn ends, every row's new prompt tokens in one forward padded
+  to the longest;
+- ``+ prefill in groups, batch N``: the loop encodes the new prompt tokens in groups of rows of
+  similar length instead (LocalHFPolicy.PREFILL_CALL_TOKENS; the pipeline's default: all on).
 Episodes per second are per mode over its own tasks (``--tasks``; batch 1 runs ``--batch1-tasks``
 of them, since one at a time is slow); every zero-shot episode here runs to the step cap, so
 per-episode costs compare across task counts. Generation FLOP/s counts 2 x (non-embedding
@@ -54,7 +57,10 @@ def main() -> None:
     parser.add_argument("--shared-batches", type=int, nargs="*", default=[16],
                         help="batches of the episode-cache mode with shared-prefix attention (HF generate)")
     parser.add_argument("--loop-batches", type=int, nargs="*", default=[8, 16, 32],
-                        help="batches of the pipeline's default: shared-prefix attention and our greedy loop")
+                        help="batches of shared-prefix attention and our greedy loop, prefill padded to the longest row")
+    parser.add_argument("--grouped-batches", type=int, nargs="*", default=[16],
+                        help="batches of the pipeline's default: the greedy loop with its prefill in groups of rows")
+    parser.add_argument("--steps", type=int, default=15, help="tidy's step cap")
     parser.add_argument("--max-new-tokens", type=int, default=72)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the rows here")
@@ -68,32 +74,37 @@ def main() -> None:
     embed = model.get_input_embeddings().weight.numel()
     body = sum(p.numel() for p in model.parameters()) - embed  # tied head: embeddings counted once
     head = embed  # the LM head's matmul on each generated token
-    make = partial(make_env, "tidy", max_steps=15)
+    make = partial(make_env, "tidy", max_steps=args.steps)
     env = make()
     all_tasks = env.tasks("train")[: args.tasks]
     env.close()
 
-    # (name, batch, episode cache, shared-prefix attention, greedy loop, tasks)
-    modes: list[tuple[str, int, bool, bool, bool, list[str]]] = []
+    # (name, batch, episode cache, shared-prefix attention, greedy loop, grouped prefill, tasks)
+    modes: list[tuple[str, int, bool, bool, bool, bool, list[str]]] = []
     if args.landed_batch:
-        modes.append((f"landed engine, batch {args.landed_batch}", args.landed_batch, False, False, False,
+        modes.append((f"landed engine, batch {args.landed_batch}", args.landed_batch, False, False, False, False,
                       all_tasks[: max(args.landed_batch, 1)]))
     for b in args.batches:
         tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
-        modes.append((f"episode KV cache, batch {b}", b, True, False, False, tasks))
+        modes.append((f"episode KV cache, batch {b}", b, True, False, False, False, tasks))
     for b in args.shared_batches:
-        modes.append((f"+ shared-prefix attention, batch {b}", b, True, True, False, all_tasks))
+        modes.append((f"+ shared-prefix attention, batch {b}", b, True, True, False, False, all_tasks))
     for b in args.loop_batches:
         tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
-        modes.append((f"+ finished rows leave, batch {b}", b, True, True, True, tasks))
+        modes.append((f"+ finished rows leave, batch {b}", b, True, True, True, False, tasks))
+    for b in args.grouped_batches:
+        tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
+        modes.append((f"+ prefill in groups, batch {b}", b, True, True, True, True, tasks))
 
     peak, n = matmul_peak([1024, 2048, 3072], repeats=3)
     rows = []
     reference: dict[str, object] = {}
-    for name, batch, episode_cache, shared_attention, loop, tasks in modes:
+    for name, batch, episode_cache, shared_attention, loop, grouped, tasks in modes:
         gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=4096)
         policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache,
                                shared_prefix_attention=shared_attention, greedy_loop=loop)
+        if not grouped:  # one forward for all rows' prompt tokens, padded to the longest
+            policy.PREFILL_CALL_TOKENS = 10**9
         start = time.perf_counter()
         trajs = run_episodes(make, tasks, policy, env_name="tidy", split="train", source="eval", iteration=0,
                              one_shot=True, batch_size=batch, progress=False)
@@ -107,7 +118,7 @@ def main() -> None:
                "peak_fraction": round(flops / seconds / peak, 3), "same_as_first_mode": f"{sum(same)}/{len(same)}"}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\nSmolLM2-135M-Instruct on tidy (one-shot prompt, 15-step cap, greedy), torch threads "
+    print(f"\nSmolLM2-135M-Instruct on tidy (one-shot prompt, {args.steps}-step cap, greedy), torch threads "
           f"{torch.get_num_threads()}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (n={n})\n")
     print("| mode | episodes | s / episode | episodes/s | vs landed | prompt tokens encoded | generated | "
           "GFLOP/s | of peak | turns as first mode |")

@@ -8,6 +8,7 @@ episode of a batch starts with the same instruction + one-shot example. ``KVCach
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -164,6 +165,11 @@ class KVCache:
         for each new token, which costs more than the decoding step itself at long contexts."""
         cache = StaticCache(config=self.model.config, max_cache_len=max_len)
         if width == 0:
+            # Allocated now rather than on the first write, so row_view can slice it.
+            config = self.model.config.get_text_config()
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+            kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+            cache.early_initialization(len(starts), kv_heads, head_dim, self.model.dtype, device)
             return cache
         some = next(e for c, e in starts if e is not None).own
         with torch.inference_mode():
@@ -207,6 +213,46 @@ class KVCache:
         self.rows[tuple(tokens.tolist())] = CacheEntry(tokens, own, shared.own if shared else None, p)
         while len(self.rows) > self.row_entries:
             self.rows.popitem(last=False)
+
+
+def row_view(cache: Any, lo: int, hi: int, length: int) -> Any:
+    """Rows ``lo``..``hi`` of an allocated static batch cache as a cache of their own, its next
+    token written at column ``length``: its tensors are views, so a forward on those rows
+    writes their keys/values into the batch's cache."""
+    view = copy.copy(cache)
+    view.layers = []
+    for layer in cache.layers:
+        part = copy.copy(layer)
+        part.keys, part.values = layer.keys[lo:hi], layer.values[lo:hi]
+        part.batch_size = hi - lo
+        # update() advances the length in place: the view needs its own.
+        part.cumulative_length = torch.tensor(length, dtype=layer.cumulative_length.dtype,
+                                              device=layer.cumulative_length.device)
+        view.layers.append(part)
+    return view
+
+
+def set_length(cache: Any, length: int) -> None:
+    """Where a static cache writes its next token (after its rows were filled through views)."""
+    for layer in cache.layers:
+        layer.cumulative_length.fill_(length)
+
+
+def prefill_groups(lengths: list[int], call_tokens: int) -> list[tuple[int, int]]:
+    """Split rows sorted by length, longest first, into contiguous groups, each run as one
+    forward padded to its first (longest) row: the split with the fewest padded tokens plus
+    ``call_tokens`` per forward (what a forward's fixed cost is worth in prompt tokens)."""
+    n = len(lengths)
+    best = [0] + [0] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        best[end], cut[end] = min((best[a] + (end - a) * lengths[a] + call_tokens, a) for a in range(end))
+    groups: list[tuple[int, int]] = []
+    end = n
+    while end > 0:
+        groups.append((cut[end], end))
+        end = cut[end]
+    return groups[::-1]
 
 
 def layer_kv(cache: Any) -> LayerKV:

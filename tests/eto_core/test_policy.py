@@ -287,3 +287,32 @@ def test_greedy_loop_drops_finished_rows_and_writes_what_generate_writes(
     # In a batch of 4 a quarter is one row: each row left at the step it ended, so every
     # row-step decoded produced a token of a live turn.
     assert fast.decoded_row_steps == fast.generated_tokens
+
+
+@pytest.mark.parametrize("call_tokens", [0, 10**9])
+def test_prefill_in_groups_of_similar_length_writes_the_plain_turns(tiny_tokenizer: PreTrainedTokenizerBase,
+                                                                    call_tokens: int) -> None:
+    """The greedy loop encodes the rows' new prompt tokens in groups of similar length (each
+    group's forward writes into its rows of the batch cache), the rows reordered longest first;
+    the turns come back in the caller's order and equal plain generation's, step after step.
+    ``call_tokens`` 0: every distinct length its own forward; 10**9: one forward, all padded."""
+    settings = GenerationSettings(max_new_tokens=10, max_context_tokens=512)
+    model = lively_model(tiny_tokenizer)
+    plain = LocalHFPolicy(model, tiny_tokenizer, settings)
+    fast = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
+                         shared_prefix_attention=True)
+    fast.PREFILL_CALL_TOKENS = call_tokens
+    convs = shared_prefix_conversations()
+    calls = 0
+    for step in range(3):
+        expected = plain.generate(convs)
+        assert fast.generate(convs) == expected
+        calls += 1
+        # Observations of different lengths, in no length order.
+        convs = [[*c, {"role": "assistant", "content": t or "x"},
+                  {"role": "user", "content": "Observation: " + "a mug " * ((3 * i + step) % 5)}]
+                 for i, (c, t) in enumerate(zip(convs, expected, strict=True))]
+    if call_tokens:
+        assert fast.prefill_calls == calls
+    else:  # the rows' suffixes differ in length at every step
+        assert fast.prefill_calls >= 2 * calls
