@@ -6,6 +6,8 @@ model (the recipe's SFT stage, found by key under --artifact-root or computed th
 own fresh artifact root, so nothing is reused between modes; the trajectories must be identical.
 
     .venv/bin/python benchmarks/runner_scaleout.py --config recipes/default.yaml --artifact-root .eto/artifacts
+    .venv/bin/python benchmarks/runner_scaleout.py --config recipes/smollm-tidy.yaml --artifact-root <workdir>/.eto/artifacts \
+        --shard-size 8 --set data.explore_tasks=16 --no-dask
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ def main() -> None:
     parser.add_argument("--artifact-root", default=".eto/artifacts")
     parser.add_argument("--shard-size", type=int, default=40)
     parser.add_argument("--workdir", default=None, help="scratch artifact roots (default: a temp folder)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override, e.g. data.explore_tasks=16 (repeatable)")
+    parser.add_argument("--no-dask", action="store_true", help="skip the local Dask cluster mode")
     args = parser.parse_args()
 
     recipe = load_recipe(args.config, [f"storage.root={Path(args.artifact_root).resolve()}",
-                                       f"explore.shard_size={args.shard_size}"])
+                                       f"explore.shard_size={args.shard_size}", *args.set])
     store = stages.make_store(recipe, ".eto")
     expert = stages.expert_stage(recipe, store, progress=False)
     base = stages.model_init_stage(recipe, store, expert.ref)
@@ -60,6 +65,8 @@ def main() -> None:
         "local Dask cluster, 2 worker processes, 1 torch thread each": {
             "runner": {"kind": "dask", "workers": 2, "torch_threads": 1}},
     }
+    if args.no_dask:
+        modes = {name: mode for name, mode in modes.items() if mode["runner"]["kind"] != "dask"}
     rows = []
     digests = set()
     n = stages.task_count(recipe, "train", "explore")
