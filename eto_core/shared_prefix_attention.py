@@ -19,6 +19,7 @@ the attention mask stay the model's own); this function skips them. Outside a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -87,16 +88,36 @@ def supports(model: PreTrainedModel) -> bool:
 
 @contextmanager
 def shared_prefix(model: PreTrainedModel, prefix: SharedPrefix) -> Iterator[None]:
-    """Within the block, the model attends to ``prefix`` in place of its cache's first ``prefix.length`` columns."""
+    """Within the block, the model attends to ``prefix`` in place of its cache's first ``prefix.length`` columns.
+
+    The prefix is per thread (a context variable), but the attention implementation is the
+    model's: rollout shards on a thread pool share one loaded model. So the first block to
+    enter switches it to this module's attention and the last to leave switches it back; a
+    thread outside any block meanwhile gets plain SDPA from ``attention`` (no prefix set)."""
     _register()
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(NAME)
+    with _USERS_LOCK:
+        count, previous = _USERS.get(id(model), (0, model.config._attn_implementation))
+        if count == 0:
+            model.set_attn_implementation(NAME)
+        _USERS[id(model)] = (count + 1, previous)
     token = _ACTIVE.set(prefix)
     try:
         yield
     finally:
         _ACTIVE.reset(token)
-        model.set_attn_implementation(previous)
+        with _USERS_LOCK:
+            count, previous = _USERS.pop(id(model))
+            if count == 1:
+                model.set_attn_implementation(previous)
+            else:
+                _USERS[id(model)] = (count - 1, previous)
+
+
+_USERS_LOCK = threading.Lock()
+
+_USERS: dict[int, tuple[int, str | None]] = {}
+"""Per model (by id) inside a ``shared_prefix`` block: how many blocks, and the implementation
+to restore when the last one leaves."""
 
 
 _registered = False

@@ -73,3 +73,64 @@ def test_bfloat16_is_refused_rather_than_computed_another_way() -> None:
     with torch.inference_mode(), shared_prefix(model, SharedPrefix(3, layers)), \
             pytest.raises(RuntimeError, match="shared_prefix_attention: false"):
         model(input_ids=torch.ones(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 4, dtype=torch.long))
+
+
+def test_overlapping_blocks_on_one_model_from_two_threads_keep_their_prefix() -> None:
+    """Rollout shards on a thread pool share one loaded model. When one thread leaves its block
+    while another is still inside, the other must keep attending to its prefix (the model's
+    implementation switches back only when the last block leaves); a thread outside any block
+    meanwhile gets plain attention."""
+    import threading
+
+    model = gqa_model()
+    p = 7
+    ids = torch.randint(0, 100, (2, 12))
+    ids[:, :p] = ids[0, :p]
+    mask = torch.ones_like(ids)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        reference = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        prefix_cache = DynamicCache(config=model.config)
+        model(input_ids=ids[:1, :p], use_cache=True, cache=prefix_cache)
+    layers = [(layer.keys, layer.values) for layer in prefix_cache.layers]
+
+    def own_part() -> torch.Tensor:
+        cache = StaticCache(config=model.config, max_cache_len=12)
+        for layer in cache.layers:  # the prefix columns stay empty: zeros
+            layer.update(torch.zeros(2, 2, p, 8), torch.zeros(2, 2, p, 8))
+        return model(input_ids=ids[:, p:], attention_mask=mask, position_ids=positions[:, p:], cache=cache,
+                     use_cache=True).logits
+
+    a_inside, a_left = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def thread_a() -> None:
+        try:
+            with torch.inference_mode(), shared_prefix(model, SharedPrefix(p, layers)):
+                a_inside.set()
+                assert b_inside.wait(10)
+        except BaseException as exc:  # noqa: BLE001  # reported by the main thread
+            errors.append(exc)
+        finally:
+            a_inside.set()
+            a_left.set()
+
+    b_inside = threading.Event()
+    a = threading.Thread(target=thread_a)
+    a.start()
+    assert a_inside.wait(10)
+    with torch.inference_mode(), shared_prefix(model, SharedPrefix(p, layers)):
+        b_inside.set()
+        assert a_left.wait(10)
+        a.join(10)
+        inside = own_part()  # A has left; this block is still open
+        outside: list[torch.Tensor] = []
+        plain = threading.Thread(target=lambda: outside.append(
+            model(input_ids=ids, attention_mask=mask, position_ids=positions).logits))
+        with torch.inference_mode():
+            plain.start()
+            plain.join(10)
+    assert not errors
+    assert torch.allclose(inside, reference[:, p:], atol=1e-5)
+    assert outside and torch.allclose(outside[0], reference, atol=1e-5)
+    assert model.config._attn_implementation == "sdpa"  # restored when the last block left
