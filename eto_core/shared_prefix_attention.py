@@ -115,7 +115,7 @@ def shared_prefix(model: PreTrainedModel, prefix: SharedPrefix) -> Iterator[None
 
 _USERS_LOCK = threading.Lock()
 
-_USERS: dict[int, tuple[int, str | None]] = {}
+_USERS: dict[int, tuple[int, Any]] = {}
 """Per model (by id) inside a ``shared_prefix`` block: how many blocks, and the implementation
 to restore when the last one leaves."""
 
