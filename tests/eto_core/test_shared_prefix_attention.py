@@ -17,6 +17,17 @@ def gqa_model(**overrides: object) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
+def scored_with_prefix(model: LlamaForCausalLM, ids: torch.Tensor, mask: torch.Tensor, p: int
+                       ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The plain model's logits over the padded batch, and the keys/values of its shared first ``p`` tokens."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        reference = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        prefix_cache = DynamicCache(config=model.config)
+        model(input_ids=ids[:1, :p], use_cache=True, cache=prefix_cache)
+    return reference, [(layer.keys, layer.values) for layer in prefix_cache.layers]
+
+
 def test_split_attention_equals_sdpa_on_a_padded_batch_in_prefill_and_decode() -> None:
     model = gqa_model()
     p = 7
@@ -26,11 +37,8 @@ def test_split_attention_equals_sdpa_on_a_padded_batch_in_prefill_and_decode() -
     mask[1, p : p + 3] = 0  # padding between the prefix and each row's own tokens
     mask[2, p : p + 5] = 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    reference, layers = scored_with_prefix(model, ids, mask, p)
     with torch.inference_mode():
-        reference = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-        prefix_cache = DynamicCache(config=model.config)
-        model(input_ids=ids[:1, :p], use_cache=True, cache=prefix_cache)
-        layers = [(layer.keys, layer.values) for layer in prefix_cache.layers]
         cache = StaticCache(config=model.config, max_cache_len=21)
         for layer in cache.layers:  # the prefix columns stay empty: zeros
             layer.update(torch.zeros(3, 2, p, 8), torch.zeros(3, 2, p, 8))
@@ -88,11 +96,7 @@ def test_overlapping_blocks_on_one_model_from_two_threads_keep_their_prefix() ->
     ids[:, :p] = ids[0, :p]
     mask = torch.ones_like(ids)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.inference_mode():
-        reference = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-        prefix_cache = DynamicCache(config=model.config)
-        model(input_ids=ids[:1, :p], use_cache=True, cache=prefix_cache)
-    layers = [(layer.keys, layer.values) for layer in prefix_cache.layers]
+    reference, layers = scored_with_prefix(model, ids, mask, p)
 
     def own_part() -> torch.Tensor:
         cache = StaticCache(config=model.config, max_cache_len=12)
