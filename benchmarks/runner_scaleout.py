@@ -7,7 +7,7 @@ own fresh artifact root, so nothing is reused between modes; the trajectories mu
 
     .venv/bin/python benchmarks/runner_scaleout.py --config recipes/default.yaml --artifact-root .eto/artifacts
     .venv/bin/python benchmarks/runner_scaleout.py --config recipes/smollm-tidy.yaml --artifact-root <workdir>/.eto/artifacts \
-        --shard-size 8 --set data.explore_tasks=16 --no-dask
+        --shard-size 16 --set data.explore_tasks=32 --no-dask
 """
 
 from __future__ import annotations

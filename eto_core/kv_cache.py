@@ -243,7 +243,7 @@ def prefill_groups(lengths: list[int], call_tokens: int) -> list[tuple[int, int]
     forward padded to its first (longest) row: the split with the fewest padded tokens plus
     ``call_tokens`` per forward (what a forward's fixed cost is worth in prompt tokens)."""
     n = len(lengths)
-    best = [0] + [0] * n
+    best = [0] * (n + 1)  # best[end]: the cheapest split of rows 0..end
     cut = [0] * (n + 1)
     for end in range(1, n + 1):
         best[end], cut[end] = min((best[a] + (end - a) * lengths[a] + call_tokens, a) for a in range(end))

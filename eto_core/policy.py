@@ -310,17 +310,18 @@ class LocalHFPolicy:
         # Longest prompt suffix first, so rows of similar length sit together for the prefill.
         order = sorted(range(n), key=lambda i: len(batch[i]) - starts[i][0], reverse=True)
         batch, starts = [batch[i] for i in order], [starts[i] for i in order]
+        lengths = [len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True)]  # each row's new tokens
         own = max(c - p for c, _ in starts)
-        suffix = max(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
+        suffix = lengths[0]
         width = own + suffix
         input_ids = torch.full((n, suffix), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
-        for row, (ids, (c, _)) in enumerate(zip(batch, starts, strict=True)):
+        for row, (ids, (c, _), length) in enumerate(zip(batch, starts, lengths, strict=True)):
             mask[row, own - (c - p) : own] = 1
-            input_ids[row, suffix - (len(ids) - c) :] = torch.tensor(ids[c:], dtype=torch.long)
-            mask[row, width - (len(ids) - c) :] = 1
+            input_ids[row, suffix - length :] = torch.tensor(ids[c:], dtype=torch.long)
+            mask[row, width - length :] = 1
         positions = (p + mask.cumsum(-1) - 1).clamp(min=0)
-        self.prefilled_tokens += sum(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
+        self.prefilled_tokens += sum(lengths)
         device = self.model.device
         cache = kv.batch_cache(starts, own, device, width + s.max_new_tokens, skip=p)
         if self._stop is None:
@@ -334,7 +335,6 @@ class LocalHFPolicy:
         new: list[list[int]] = [[] for _ in range(n)]
         live = list(range(n))  # batch position -> row
         done: set[int] = set()  # rows finished but still in the batch
-        lengths = [len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True)]
         input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
         with torch.inference_mode(), attention:
             # The prompts' new tokens, in groups of rows of similar length rather than all rows
