@@ -145,20 +145,8 @@ def read_eto_file(path: str | Path, *, num_prompt_messages: int = 3) -> list[Eto
 
 def _trajectory(task_id: str, env: str, split: str, messages: list[Message], num_prompt: int,
                 reward: float) -> Trajectory:
-    return Trajectory(
-        task_id=task_id,
-        env=env,
-        split=split,
-        source="expert",
-        iteration=0,
-        model_uri="expert",
-        messages=messages,
-        num_prompt_messages=num_prompt,
-        reward=reward,
-        success=reward >= 1.0,
-        num_steps=sum(m["role"] == "assistant" for m in messages[num_prompt:]),
-        terminate_reason="success" if reward >= 1.0 else "failure",
-    )
+    num_steps = sum(m["role"] == "assistant" for m in messages[num_prompt:])
+    return Trajectory.from_expert(task_id, env, split, messages, num_prompt, reward, reward >= 1.0, num_steps)
 
 
 def import_eto_file(

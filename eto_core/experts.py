@@ -52,21 +52,7 @@ def expert_trajectory(
     if not (ended and success):
         # An expert that never terminates with success would teach the agent a wrong path.
         return None
-    return Trajectory(
-        task_id=task_id,
-        env=env_name,
-        split=split,
-        source="expert",
-        iteration=0,
-        model_uri="expert",
-        messages=messages,
-        num_prompt_messages=num_prompt,
-        reward=reward,
-        success=True,
-        num_steps=steps,
-        terminate_reason="success",
-        seed=0,
-    )
+    return Trajectory.from_expert(task_id, env_name, split, messages, num_prompt, reward, True, steps)
 
 
 def collect_expert(

@@ -47,6 +47,25 @@ class Trajectory:
     terminate_reason: str
     seed: int = 0
 
+    @classmethod
+    def from_expert(cls, task_id: str, env: str, split: str, messages: list[Message], num_prompt_messages: int,
+                    reward: float, success: bool, num_steps: int) -> Trajectory:
+        """An expert's trajectory (replayed from the benchmark or imported): iteration 0, no model."""
+        return cls(
+            task_id=task_id,
+            env=env,
+            split=split,
+            source="expert",
+            iteration=0,
+            model_uri="expert",
+            messages=messages,
+            num_prompt_messages=num_prompt_messages,
+            reward=reward,
+            success=success,
+            num_steps=num_steps,
+            terminate_reason="success" if success else "failure",
+        )
+
 
 @dataclass
 class PreferencePair:
