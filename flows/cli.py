@@ -13,7 +13,9 @@ live here; the commands that are not flows (import-eto, data, stack, models, ser
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -241,6 +243,9 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
         return _dispatch(args, None)
     from infra.lifecycle import ChildWatchdog, Interrupted, stop_on_signals
 
+    # `kill -USR1 <pid>` prints every thread's stack to stderr and the command goes on: where a
+    # run that seems stuck (or slow to stop) is waiting, without a debugger.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Started first, so it sees every child from the first one on.
     watchdog = ChildWatchdog()
     if args.command in PIPELINE_COMMANDS and not os.environ.get("PREFECT_API_URL"):

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 
 GONE_WITHIN = 10.0  # seconds for the whole tree to be gone after the command ended
 START_TIMEOUT = 420.0  # a run reaching its stop point on 2 busy cores
+STOP_TIMEOUT = 120.0  # for the command to exit after the signal
 
 
 @dataclass
@@ -103,7 +104,13 @@ def stop(argv: list[str], sig: int, when: Callable[[str], bool], *, env: dict[st
             os.killpg(proc.pid, sig)
         else:
             os.kill(proc.pid, sig)
-        returncode = proc.wait(timeout=120)
+        try:
+            returncode = proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGUSR1)  # the CLI prints every thread's stack: where it waits
+            time.sleep(3)
+            raise AssertionError(f"{signal.Signals(sig).name}: still running {STOP_TIMEOUT} s after the signal; "
+                                 f"its output and threads:\n{b''.join(chunks).decode(errors='replace')[-12000:]}") from None
         seconds = time.monotonic() - signalled
         ended = time.monotonic()
         left = dict(tree)
@@ -259,6 +266,33 @@ def test_eto_serve_stops_on_sigterm_and_its_watchdog_on_sigkill(tmp_path: Path) 
         assert _has(done.tree, "infra.lifecycle")
     killed = stop(argv, signal.SIGKILL, serving)
     assert killed.returncode == -signal.SIGKILL
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_command_goes_on(tmp_path: Path) -> None:
+    """The diagnostic a stop test prints when a command does not exit: SIGUSR1 dumps the threads."""
+    model = _mini_model(tmp_path)
+    with socket_port() as port:
+        argv = ["serve", "--model", str(model), "--port", str(port)]
+
+    def serving() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with _started(argv) as (proc, chunks):
+        deadline = time.monotonic() + START_TIMEOUT
+        while not serving():
+            assert proc.poll() is None and time.monotonic() < deadline, b"".join(chunks).decode()[-3000:]
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while b"most recent call first" not in b"".join(chunks):
+            assert time.monotonic() < deadline, b"".join(chunks).decode()[-3000:]
+            time.sleep(0.1)
+        output = b"".join(chunks).decode(errors="replace")
+        assert "Current thread" in output and output.count("(most recent call first)") >= 2  # all threads
+        assert serving() and proc.poll() is None
 
 
 @contextmanager
