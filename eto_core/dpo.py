@@ -533,7 +533,8 @@ def train_dpo(
     )
     trainer.shared_prefix = settings.shared_prefix
     quiet_trainer(trainer, __name__)
-    base = run_trainer(trainer, num_examples=len(rows), num_truncated=num_truncated)
+    base = run_trainer(trainer, num_examples=len(rows), num_truncated=num_truncated,
+                       tokens_per_epoch=sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in rows))
     if ref_model is not None:
         ref_seconds = trainer.ref_logps_seconds
         # The final metrics compare against the reference over all pairs, as the precomputed mode does.

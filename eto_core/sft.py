@@ -265,4 +265,5 @@ def train_sft(
         )
         trainer.shared_prefix = settings.shared_prefix
         quiet_trainer(trainer, __name__)
-        return run_trainer(trainer, num_examples=len(dataset), num_truncated=num_truncated)
+        return run_trainer(trainer, num_examples=len(dataset), num_truncated=num_truncated,
+                           tokens_per_epoch=sum(len(ids) for ids in dataset["input_ids"]))

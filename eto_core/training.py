@@ -95,6 +95,10 @@ class TrainResult:
     num_examples: int
     num_truncated: int
     """Examples cut at max_length (their tail is not trained on)."""
+    num_tokens: float
+    """Tokens trained on: every example's tokens (prompt and observations included; both sides of
+    a DPO pair) times the epochs run. Over ``runtime_s``, the training tokens/s that
+    docs/benchmarks.md and issue 27's target count."""
     peak_memory_mb: float
     """Peak memory of the run in MiB. On CUDA: ``torch.cuda.max_memory_allocated`` during
     ``trainer.train()`` (tensors only, not the allocator's cache). On CPU: the process's peak
@@ -181,8 +185,8 @@ def quiet_trainer(trainer: Trainer, name: str) -> None:
     trainer.add_callback(StepProgressCallback(name.rsplit(".", 1)[-1].upper()))
 
 
-def run_trainer(trainer: Trainer, *, num_examples: int, num_truncated: int) -> TrainResult:
-    """Train, time it, and collect the trained model, its loss curve and peak memory."""
+def run_trainer(trainer: Trainer, *, num_examples: int, num_truncated: int, tokens_per_epoch: int) -> TrainResult:
+    """Train, time it, and collect the trained model, its loss curve, tokens and peak memory."""
     reset_peak_memory()
     start = time.perf_counter()
     trainer.train()
@@ -201,5 +205,7 @@ def run_trainer(trainer: Trainer, *, num_examples: int, num_truncated: int) -> T
         runtime_s=runtime,
         num_examples=num_examples,
         num_truncated=num_truncated,
+        # state.epoch: the epochs actually run (fractional when max_steps ends training early).
+        num_tokens=tokens_per_epoch * float(trainer.state.epoch or 0.0),
         peak_memory_mb=peak,
     )

@@ -131,6 +131,7 @@ def save_trained(folder: Path, result: TrainResult, tokenizer: Any, prefix: str)
         f"{prefix}_last_loss": result.last_loss,
         f"{prefix}_steps": float(result.num_steps),
         f"{prefix}_runtime_s": result.runtime_s,
+        f"{prefix}_tokens_per_s": result.num_tokens / result.runtime_s if result.runtime_s > 0 else 0.0,
         f"{prefix}_truncated": float(result.num_truncated),
         f"{prefix}_peak_memory_mb": result.peak_memory_mb,
     }

@@ -361,15 +361,18 @@ def test_group_by_length_batches_pairs_of_similar_length(
 
 
 @pytest.mark.trains
-def test_train_dpo_reports_peak_memory(
+def test_train_dpo_reports_peak_memory_and_its_tokens(
     tiny_model: LlamaForCausalLM,
     tiny_tokenizer: PreTrainedTokenizerFast,
     toy_pairs: list[PreferencePair],
     tmp_path: Any,
 ) -> None:
-    settings = DPOSettings(num_train_epochs=1, per_device_train_batch_size=6, precompute_ref_logps=False)
+    settings = DPOSettings(num_train_epochs=2, per_device_train_batch_size=6, precompute_ref_logps=False)
     result = train_dpo(tiny_model, tiny_tokenizer, toy_pairs, settings, str(tmp_path))
     assert 0 < result.peak_memory_mb < 100_000  # MiB, not bytes or KiB
+    rows, _ = build_pair_rows(tiny_tokenizer, toy_pairs, settings.max_length)
+    # both sides of every pair, prompt included, each epoch
+    assert result.num_tokens == 2 * sum(len(r["chosen_input_ids"]) + len(r["rejected_input_ids"]) for r in rows)
 
 
 # --------------------------------------------------------------------------------------------

@@ -68,6 +68,9 @@ def test_sft_loss_goes_down_and_weights_change(
     assert result.first_loss > 4.0  # ~log(vocab) for a random model
     assert result.last_loss < result.first_loss / 2
     assert result.runtime_s > 0
+    tokens = sum(len(encode_conversation(tiny_tokenizer, t.messages, t.num_prompt_messages, settings.max_length).input_ids)
+                 for t in toy_trajectories)
+    assert result.num_tokens == 20 * tokens  # every epoch's tokens, the prompt's included
     after = result.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     # TRL's fused-head patch is removed: the model we hand back has its class's forward.

@@ -111,3 +111,19 @@ def test_two_runs_reaching_a_stage_at_once_compute_it_once(tmp_path: Path) -> No
     # One trained, the other waited for it and reused its artifact (not a second copy over it).
     assert sorted(r.cached for r in results) == [False, True]
     assert results[0].ref == results[1].ref
+
+
+def test_sft_stage_reports_its_training_tokens_per_second(tmp_path: Path) -> None:
+    """The stage's tokens/s (MLflow's sft_tokens_per_s) counts every expert token of every epoch."""
+    from eto_core.sft import _sft_dataset
+
+    recipe = load_recipe(ROOT / "recipes" / "mini.yaml", [f"storage.root={tmp_path / 'artifacts'}",
+                                                          "sft.num_train_epochs=2"])
+    store = stages.make_store(recipe, tmp_path / "state")
+    expert = stages.expert_stage(recipe, store, progress=False)
+    model = stages.model_init_stage(recipe, store, expert.ref)
+    sft = stages.sft_stage(recipe, store, model.ref, expert.ref)
+    _, tokenizer = stages.load_stage_model(recipe, store, model.ref)
+    dataset, _ = _sft_dataset(tokenizer, stages.read_trajectories(store, expert.ref), recipe.sft.max_length)
+    tokens = 2 * sum(len(ids) for ids in dataset["input_ids"])
+    assert abs(sft.metrics["sft_tokens_per_s"] * sft.metrics["sft_runtime_s"] - tokens) < 1e-6 * tokens
