@@ -205,7 +205,8 @@ def run_trainer(trainer: Trainer, *, num_examples: int, num_truncated: int, toke
         runtime_s=runtime,
         num_examples=num_examples,
         num_truncated=num_truncated,
-        # state.epoch: the epochs actually run (fractional when max_steps ends training early).
+        # state.epoch: the epochs run. A fractional num_train_epochs counts its last epoch's
+        # share of batches, so the token count is then approximate (batch lengths vary).
         num_tokens=tokens_per_epoch * float(trainer.state.epoch or 0.0),
         peak_memory_mb=peak,
     )
