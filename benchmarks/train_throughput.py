@@ -10,7 +10,11 @@ sequences) and the peak resident memory. Modes:
   one forward instead of one at a time: padded to the longest, or joined into one row
   (``sft.padding_free``). The same optimizer steps and loss as ``lora-fp32``;
 - ``lora-fp32-shared`` / ``full-fp32-shared``: the same batch with ``sft.shared_prefix``: the prompt prefix the batch
-  shares (instruction + one-shot example) runs once per batch, each trajectory's rest after it.
+  shares (instruction + one-shot example) runs once per batch, each trajectory's rest after it;
+- ``full-fp32-compiled``: ``full-fp32`` with every decoder layer compiled by ``torch.compile``
+  (inductor, dynamic shapes: one compiled layer serves all 30 and every sequence length),
+  compiled before training by one short forward and backward, timed as ``compile_s`` and left
+  out of ``train_s`` (a recompile during training would count).
 
     .venv/bin/python benchmarks/train_throughput.py --tasks 8 --threads 2
 
@@ -28,7 +32,7 @@ from pathlib import Path
 from _experts import result_in_fresh_process, tidy_experts
 
 MODES = ("trl-full-fp32", "full-fp32", "full-bf16", "lora-fp32", "lora-bf16", "lora-fp32-padded", "lora-fp32-padfree",
-         "lora-fp32-shared", "full-fp32-shared")
+         "lora-fp32-shared", "full-fp32-shared", "full-fp32-compiled")
 
 
 def run_one(mode: str, args: argparse.Namespace) -> dict:
@@ -59,6 +63,19 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
         shared_prefix=mode.endswith("-shared"),
         lora=LoraSettings(r=16, alpha=32) if mode.startswith("lora") else None,
     )
+    compile_s = 0.0
+    if mode.endswith("-compiled"):
+        # Regional compilation: the layers share their code, so inductor compiles one graph (per
+        # direction) instead of the whole model's; it compiles lazily, at the first step, timed here.
+        for layer in model.model.layers:
+            layer.compile(dynamic=True)
+        probe = encode_conversation(tokenizer, experts[0].messages, experts[0].num_prompt_messages, args.max_length)
+        start = time.perf_counter()
+        model.train()  # the mode the trainer runs in (a mode switch would recompile)
+        ids = torch.tensor([probe.input_ids[:64]])
+        model(input_ids=ids, use_cache=False).logits.sum().backward()
+        model.zero_grad(set_to_none=True)
+        compile_s = time.perf_counter() - start
     if mode.startswith("trl-"):
         sft_module.AgentSFTTrainer = SFTTrainer  # type: ignore[misc]  # the stock trainer, for the before/after ratio
     start = time.perf_counter()
@@ -67,7 +84,7 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     return {"mode": mode, "sequences": len(experts), "tokens": tokens, "agent_tokens": agent,
             "train_s": round(result.runtime_s, 1), "tokens_per_s": round(tokens / result.runtime_s, 1),
             "first_loss": round(result.first_loss, 4), "last_loss": round(result.last_loss, 4),
-            "peak_rss_mb": round(peak_memory_mb()), "wall_s": round(seconds, 1)}
+            "peak_rss_mb": round(peak_memory_mb()), "wall_s": round(seconds, 1), "compile_s": round(compile_s, 1)}
 
 
 def matmul_rates(threads: int) -> dict[str, float]:
@@ -116,11 +133,11 @@ def main() -> None:
     if not rows:
         return
     base = rows[0]["tokens_per_s"]
-    print("\n| mode | tokens/s | vs first | peak RSS MB | loss first -> last |")
-    print("|---|---|---|---|---|")
+    print("\n| mode | tokens/s | vs first | peak RSS MB | loss first -> last | compile s |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} | {r['tokens_per_s']} | {r['tokens_per_s'] / base:.2f}x | {r['peak_rss_mb']} | "
-              f"{r['first_loss']} -> {r['last_loss']} |")
+              f"{r['first_loss']} -> {r['last_loss']} | {r['compile_s']} |")
 
 
 if __name__ == "__main__":

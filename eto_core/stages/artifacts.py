@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eto_core.config import Recipe
+from eto_core.memory import release_memory
 from eto_core.modeling import load_model, save_model
 from eto_core.records import (
     frame_to_pairs,
@@ -74,7 +75,12 @@ def claim(store: ArtifactStore, stage: str, key: str) -> Iterator[StageResult | 
     A stage computes and publishes inside the claim, so a second run reaching the same key at
     the same time waits and reuses the first one's artifact instead of computing it again."""
     with store.claim(store.uri_for(stage, key)):
-        yield _reuse(store, stage, key)
+        hit = _reuse(store, stage, key)
+        if hit is None:
+            # Before computing: what the stages before this one freed (on other threads' malloc
+            # arenas) goes back to the system instead of staying beside this stage's memory.
+            release_memory()
+        yield hit
 
 
 def publish(store: ArtifactStore, stage: str, key: str, folder: Path, metrics: dict[str, float], info: dict[str, Any]) -> StageResult:
