@@ -16,11 +16,16 @@ def test_memory_a_worker_thread_freed_goes_back_to_the_system() -> None:
     """The pipeline's case: one thread frees (a training stage), another allocates next (rollout
     shards). glibc keeps the freed pages in the first thread's arena until trimmed."""
 
+    pinned: list[torch.Tensor] = []
+
     def work() -> None:
         # A large block first: freeing it raises glibc's mmap threshold, so the megabyte tensors
         # after it come from the arena (as a training step's activations do) instead of mmap.
         torch.empty(8 << 20, dtype=torch.uint8)
         held = [torch.ones(1 << 20, dtype=torch.uint8) for _ in range(256)]
+        # A live block above them: glibc's own trimming at free() only cuts the top of a heap,
+        # so what lies below stays with the arena until malloc_trim, whatever ran before.
+        pinned.append(torch.ones(4096, dtype=torch.uint8))
         del held
 
     before = _rss_mb()
