@@ -27,6 +27,9 @@ from eto_core.records import PreferencePair
 
 METRICS = ("avg_reward", "success_rate", "mean_steps")
 SPLITS = ("seen", "unseen")
+SELECTED = -1
+"""The pseudo-iteration under which a run with iteration selection (tag ``eto.best_iteration``)
+repeats the numbers of the iteration its dev split picked: the model that method delivers."""
 
 
 @dataclass
@@ -47,7 +50,20 @@ def _is_eto_family(method: str) -> bool:
     return method.startswith("eto") and method != "eto-no-sft"
 
 
+def with_selection(run: MethodRun, best: int) -> MethodRun:
+    """``run`` with its selected iteration's metrics and evaluations repeated under ``SELECTED``."""
+    for by_iteration in run.values.values():
+        if best in by_iteration:
+            by_iteration[SELECTED] = by_iteration[best]
+    for (split, iteration), ref in list(run.evals.items()):
+        if iteration == best:
+            run.evals[(split, SELECTED)] = ref
+    return run
+
+
 def row_label(method: str, iteration: int) -> str:
+    if iteration == SELECTED:
+        return f"{method}, the dev-selected iteration"
     if _is_eto_family(method):
         return "sft" if iteration == 0 else f"{method} iter {iteration}"
     if iteration == 0:
@@ -135,7 +151,8 @@ def iteration_plot(runs: Sequence[MethodRun], title: str) -> Any:
             points: dict[int, list[float]] = defaultdict(list)
             for run in group:
                 for iteration, value in run.values.get((split, "avg_reward"), {}).items():
-                    points[iteration].append(value)
+                    if iteration != SELECTED:  # a repeat of one of the iterations drawn
+                        points[iteration].append(value)
             if not points:
                 continue
             xs = sorted(points)
@@ -244,7 +261,7 @@ def own_start_rows(runs: Sequence[MethodRun], rewards: Mapping[str, Mapping[str,
             continue
         for (split, iteration), ref in run.evals.items():
             start = run.evals.get((split, 0))
-            if iteration == 0 or start is None or start["uri"] not in rewards or ref["uri"] not in rewards:
+            if iteration in (0, SELECTED) or start is None or start["uri"] not in rewards or ref["uri"] not in rewards:
                 continue
             groups[row_label(run.method, iteration)][split].append((rewards[start["uri"]], rewards[ref["uri"]]))
     return _differences(groups, **kwargs)

@@ -157,7 +157,7 @@ class Tracker:
 
         Of several runs of one recipe, method and seed (a rerun, cached or not) only the latest
         counts: a repeat is not another seed."""
-        from eto_core.method_comparison import METRICS, SPLITS, MethodRun
+        from eto_core.method_comparison import METRICS, SPLITS, MethodRun, with_selection
 
         filters = ["attributes.status = 'FINISHED'", "tags.`eto.method` LIKE '%'"]
         if recipe:
@@ -185,7 +185,8 @@ class Tracker:
                     history = self.client.get_metric_history(run.info.run_id, f"{split}_{metric}")
                     if history:
                         found.values[(split, metric)] = {int(m.step): float(m.value) for m in history}
-            out.append(found)
+            best = run.data.tags.get("eto.best_iteration")
+            out.append(with_selection(found, int(best)) if best is not None else found)
         return out
 
     def latest_stage_artifact(self, stage: str, *, recipe: str | None = None) -> str | None:

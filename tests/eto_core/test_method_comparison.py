@@ -18,6 +18,7 @@ from eto_core.method_comparison import (
     paired_rows,
     paired_table,
     task_rewards,
+    with_selection,
 )
 from eto_core.records import PreferencePair, to_frame
 from tests.eto_core.test_pairs import PROMPT, traj
@@ -89,6 +90,23 @@ def test_paired_rows_compare_each_run_with_its_own_seeds_sft() -> None:
     table = paired_table(rows)
     assert "| eto iter 1 | 2 | +0.250 [" in table and "| 1 / 0 / 4 | - | - |" in table
     assert "| rft | 1 | -0.500 [" in table
+
+
+def test_the_dev_selected_iteration_is_a_row_of_its_own_paired_with_sft() -> None:
+    rewards = {"sft0": {"a": 0.0, "b": 0.0}, "it0": {"a": 1.0, "b": 0.0}, "sft1": {"a": 0.0, "b": 1.0},
+               "it1": {"a": 1.0, "b": 1.0}}
+    seed0 = MethodRun("r0", "eto-select", "0", {("seen", "avg_reward"): {0: 0.0, 1: 0.5}},
+                      {("seen", 0): {"uri": "sft0", "digest": "x"}, ("seen", 1): {"uri": "it0", "digest": "x"}})
+    seed1 = MethodRun("r1", "eto-select", "1", {("seen", "avg_reward"): {0: 0.5, 1: 1.0}},
+                      {("seen", 0): {"uri": "sft1", "digest": "x"}, ("seen", 1): {"uri": "it1", "digest": "x"}})
+    runs = [with_selection(seed0, 1), with_selection(seed1, 0)]  # seed 1's dev split kept SFT
+    table = comparison_table(runs)
+    assert "| eto-select, the dev-selected iteration | 2 | 0.500 ± 0.000 |" in table  # 0.5 (iter 1), 0.5 (SFT)
+    rows = paired_rows(runs, rewards, resamples=200)
+    # seed 0: +1 and 0 against its SFT; seed 1 delivers its SFT itself: 0 and 0
+    assert rows["eto-select, the dev-selected iteration"]["seen"].mean == pytest.approx(0.25)
+    fig = iteration_plot(runs, "t")
+    assert all(x >= 0 for line in fig.axes[0].get_lines() for x in line.get_xdata())  # no pseudo-iteration drawn
 
 
 def test_own_start_rows_measure_the_eto_half_of_methods_without_sft() -> None:

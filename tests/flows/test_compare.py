@@ -35,12 +35,20 @@ def test_compare_writes_and_logs_the_report(tmp_path: Path, prefect_harness: Non
                                                                      "eto.artifact": pairs_dir.as_uri()})
             tracker.end_run(child)
         tracker.end_run(run)
+    for seed, best, rewards in [("0", "0", [0.2, 0.1]), ("1", "1", [0.3, 0.5])]:  # dev selection picked these
+        run = tracker.start_run("eto-select", tags={"eto.method": "eto-select", "eto.seed": seed, "eto.recipe": "r",
+                                                    "eto.best_iteration": best})
+        for i, r in enumerate(rewards):
+            tracker.log_metrics(run, {"seen_avg_reward": r, "unseen_avg_reward": r / 2}, step=i)
+        tracker.end_run(run)
     failed = tracker.start_run("broken", tags={"eto.method": "eto", "eto.recipe": "r"})
     tracker.end_run(failed, status="FAILED")  # unfinished runs are not compared
 
     out = compare_flow(uri, "eto", str(tmp_path / "report"), recipe="r")
     report = (tmp_path / "report" / "compare.md").read_text()
     assert "| eto iter 1 | 2 | 0.450 ± 0.071" in report and "| rft | 1 | 0.350" in report
+    # the model each seed's selection delivers: seed 0's SFT (0.2), seed 1's iteration 1 (0.5)
+    assert "| eto-select, the dev-selected iteration | 2 | 0.350 ± 0.212" in report
     assert set(out["files"]) == {"compare.md", "reward_per_iteration.png", "viewer.html"}
     assert "tidy-7" in (tmp_path / "report" / "viewer.html").read_text()
     client = MlflowClient(tracking_uri=uri)
