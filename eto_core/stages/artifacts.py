@@ -79,7 +79,7 @@ def claim(store: ArtifactStore, stage: str, key: str) -> Iterator[StageResult | 
         if hit is None:
             # Before computing: what the stages before this one freed (on other threads' malloc
             # arenas) goes back to the system instead of staying beside this stage's memory.
-            release_memory()
+            release_memory(collect=False)
         yield hit
 
 
@@ -129,6 +129,9 @@ def save_trained(folder: Path, result: TrainResult, tokenizer: Any, prefix: str)
     """Save the trained model and its loss curve into the stage folder; the stage's metrics."""
     save_model(result.model, tokenizer, folder / MODEL_DIR)
     drop_trainer_dir(folder)
+    # The Trainer is garbage by now, but its cycles keep the optimizer state and activations'
+    # memory until a collection: free them before the next stage allocates.
+    release_memory()
     # The loss curve goes to the manifest's meta and MLflow, not into a file: it holds wall
     # times, which would make the artifact's content digest (and every key after it) differ
     # between two runs that trained the very same weights.
