@@ -46,3 +46,26 @@ def result_in_fresh_process(script: str, mode: str, argv: list[str]) -> dict[str
     out = subprocess.run([sys.executable, script, "--one", mode, *argv], capture_output=True, text=True,
                          check=True).stdout
     return dict(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
+
+
+def converted_model(model: str, model_dir: str) -> str:
+    """``model_dir``, holding ``model`` (a GGUF spec such as the package's SmolLM2) converted to
+    a Hugging Face folder; converted on the first call, reused after."""
+    from pathlib import Path
+
+    if not Path(model_dir, "config.json").is_file():
+        from eto_core.model_source import convert_gguf, resolve_model_path
+
+        convert_gguf(resolve_model_path(model), model_dir)
+    return model_dir
+
+
+def modes_in_fresh_processes(script: str, modes: list[str], argv: list[str]) -> list[dict[str, Any]]:
+    """``result_in_fresh_process`` for each mode in turn, each row printed as JSON as it comes."""
+    import json
+
+    rows = []
+    for mode in modes:
+        rows.append(result_in_fresh_process(script, mode, argv))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows

@@ -23,9 +23,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
-from _experts import result_in_fresh_process, tidy_experts
+from _experts import converted_model, modes_in_fresh_processes, tidy_experts
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -105,15 +104,8 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, args)), flush=True)
         return
-    if not Path(args.model_dir, "config.json").is_file():
-        from eto_core.model_source import convert_gguf, resolve_model_path
-
-        convert_gguf(resolve_model_path(args.model), args.model_dir)
-    rows = []
-    for mode in args.modes:
-        row = result_in_fresh_process(__file__, mode, sys.argv[1:])
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    converted_model(args.model, args.model_dir)
+    rows = modes_in_fresh_processes(__file__, args.modes, sys.argv[1:])
     print("\n| mode | RSS after training MB | after the release MB | rollout peak RSS MB | rollout s |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

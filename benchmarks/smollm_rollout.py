@@ -37,6 +37,7 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
+from _experts import converted_model
 from generation_flops import matmul_peak
 
 from environments.registry import make_env
@@ -66,10 +67,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if not Path(args.model_dir, "config.json").is_file():
-        from eto_core.model_source import convert_gguf, resolve_model_path
-
-        convert_gguf(resolve_model_path(args.model), args.model_dir)
+    converted_model(args.model, args.model_dir)
     model, tokenizer = load_model(args.model_dir)
     embed = model.get_input_embeddings().weight.numel()
     body = sum(p.numel() for p in model.parameters()) - embed  # tied head: embeddings counted once

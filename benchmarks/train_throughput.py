@@ -27,9 +27,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-from _experts import result_in_fresh_process, tidy_experts
+from _experts import converted_model, modes_in_fresh_processes, tidy_experts
 
 MODES = ("trl-full-fp32", "full-fp32", "full-bf16", "lora-fp32", "lora-bf16", "lora-fp32-padded", "lora-fp32-padfree",
          "lora-fp32-shared", "full-fp32-shared", "full-fp32-compiled")
@@ -120,16 +119,9 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, args)), flush=True)
         return
-    if not Path(args.model_dir, "config.json").is_file():
-        from eto_core.model_source import convert_gguf, resolve_model_path
-
-        convert_gguf(resolve_model_path(args.model), args.model_dir)
+    converted_model(args.model, args.model_dir)
     print("matmul GFLOP/s:", json.dumps(matmul_rates(args.threads)), flush=True)
-    rows = []
-    for mode in args.modes:
-        row = result_in_fresh_process(__file__, mode, sys.argv[1:])
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    rows = modes_in_fresh_processes(__file__, args.modes, sys.argv[1:])
     if not rows:
         return
     base = rows[0]["tokens_per_s"]
