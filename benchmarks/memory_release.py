@@ -8,7 +8,9 @@ a fresh process: SmolLM2 SFT on ``--tasks`` tidy expert trajectories (one batch 
 prefix, full weights), the trainer and its gradients dropped, then the trained model's rollout
 of ``--rollout-tasks`` tidy tasks in one batch on a worker thread. The process's RSS is sampled
 every 0.1 s; printed: after training, after the release (mode ``release``), and the peak during
-the rollout.
+the rollout. Modes: ``keep`` (neither), ``collect`` (a garbage collection only, which frees
+what the finished Trainer's reference cycles hold) and ``release`` (the collection and glibc's
+``malloc_trim``, what a training stage now does).
 
     .venv/bin/python benchmarks/memory_release.py --tasks 8 --rollout-tasks 16 --threads 1
 """
@@ -28,7 +30,7 @@ from _experts import converted_model, modes_in_fresh_processes, tidy_experts
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-MODES = ("keep", "release")
+MODES = ("keep", "collect", "release")
 
 
 def run_one(mode: str, args: argparse.Namespace) -> dict:
@@ -65,6 +67,11 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     trained.zero_grad(set_to_none=True)
     after_training = rss()
     after_release = after_training
+    if mode == "collect":  # the garbage collection alone: what cycles held, without the trim
+        import gc
+
+        gc.collect()
+        after_release = rss()
     if mode == "release":
         release_memory()
         after_release = rss()

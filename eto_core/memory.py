@@ -1,11 +1,11 @@
 """Freed memory handed back to the operating system before a stage computes.
 
-PyTorch's CPU tensors come from the C library's ``malloc``. glibc keeps what a stage frees in the
-arena of the thread that freed it and hands it out again only from there; it returns little of
-it to the system by itself. The flow's thread trains (DPO: ~10 GB at its peak with SmolLM2) and
+PyTorch's CPU tensors come from the C library's ``malloc``. glibc returns a freed block to the
+arena it came from, which serves the thread that allocated it; it gives little of it back to the
+system by itself. The flow's thread trains (DPO: ~10 GB at its peak with SmolLM2) and
 the rollout shards run on worker threads, whose KV caches then came from fresh memory: a
-SmolLM2 tidy run (two evaluation shards after DPO in one process) reached 19 GB of the
-machine's 24 and was killed by the OOM killer. ``malloc_trim(0)`` returns the free pages of
+SmolLM2 tidy run (DPO, two evaluation shards, exploration and DPO again in one process) had
+reached a 23 GB peak and was killed by the OOM killer in the next evaluation. ``malloc_trim(0)`` returns the free pages of
 every arena (docs/benchmarks.md has the measurement). A training stage collects and trims once
 it has saved its model; every stage trims before it computes.
 """
@@ -13,17 +13,22 @@ it has saved its model; every stage trims before it computes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 from collections.abc import Callable
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None  # type: ignore[no-any-return]
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
-        return None
+    # By name, not ctypes.util.find_library (which runs ldconfig or a compiler in a subprocess,
+    # and finds nothing on an image without them); the running process's own symbols next.
+    for name in ("libc.so.6", None):
+        try:
+            trim = ctypes.CDLL(name).malloc_trim
+        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
+            continue
+        trim.argtypes = [ctypes.c_size_t]
+        trim.restype = ctypes.c_int
+        return trim  # type: ignore[no-any-return]
+    return None
 
 
 _TRIM = _malloc_trim()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 
 import psutil
+import pytest
 import torch
 
 from eto_core.memory import release_memory
@@ -33,6 +34,7 @@ def test_memory_a_worker_thread_freed_goes_back_to_the_system() -> None:
     worker.start()
     worker.join()
     freed_but_held = _rss_mb() - before
-    assert release_memory()
+    if not release_memory():
+        pytest.skip("not glibc: no malloc_trim to call")
     given_back = before + freed_but_held - _rss_mb()
     assert freed_but_held > 128 and given_back > 128, (freed_but_held, given_back)
