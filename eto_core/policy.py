@@ -25,6 +25,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from eto_core import stopping
 from eto_core.kv_cache import CacheEntry, KVCache, RowStart, layer_kv, prefill_groups, row_view, set_length
 from eto_core.records import Message
 from eto_core.shared_prefix_attention import SharedPrefix, shared_prefix, supports
@@ -85,6 +86,16 @@ class GenerationSettings(BaseModel):
 # The action line is complete once a non-empty "Action: ..." is followed by a newline; the
 # format has nothing after it, so decoding further only wastes time (eos is the usual stop).
 ACTION_LINE_DONE = re.compile(r"Action:[ \t]*\S[^\n]*\n")
+
+
+class StopOnRequest(StoppingCriteria):
+    """Every row stops at once when the process was asked to stop (``eto_core.stopping``): a
+    sampled batch's ``generate`` call can run for minutes, and a stop signal would otherwise
+    wait for it to end."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), stopping.stop_requested(),  # type: ignore[return-value]
+                          dtype=torch.bool, device=input_ids.device)
 
 
 class ActionLineStop(StoppingCriteria):
@@ -250,7 +261,7 @@ class LocalHFPolicy:
             "max_new_tokens": s.max_new_tokens,
             "eos_token_id": self.tokenizer.eos_token_id,
             "pad_token_id": self.pad_token_id,
-            "stopping_criteria": StoppingCriteriaList([self._stop]),
+            "stopping_criteria": StoppingCriteriaList([self._stop, StopOnRequest()]),
         }
         if s.temperature > 0:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=None)
@@ -269,6 +280,7 @@ class LocalHFPolicy:
             torch.manual_seed(s.seed * 1_000_003 + self._calls)
             generate: Any = self.model.generate  # typed loosely by transformers
             output = generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        stopping.check()  # a stop ended the call early: its turns are cut, not to be used
         sequences = output.sequences if kv is not None else output
         new = sequences[:, width:].cpu()
         texts: list[str] = []
@@ -351,6 +363,7 @@ class LocalHFPolicy:
             next_logits = torch.cat(logits)
             next_pos = positions[:, -1:] + 1
             for step in range(s.max_new_tokens):
+                stopping.check()  # between decoding steps, as generate's StopOnRequest does
                 self.decoded_row_steps += len(live)
                 tokens = next_logits.argmax(-1).tolist()
                 for i, row in enumerate(live):

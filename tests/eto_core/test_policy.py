@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pydantic
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from eto_core import stopping
 from eto_core.modeling import TinyModelConfig, build_tiny_model
 from eto_core.policy import ActionLineStop, GenerationSettings, LocalHFPolicy, Policy
 from eto_core.records import Message
@@ -316,3 +319,32 @@ def test_prefill_in_groups_of_similar_length_writes_the_plain_turns(tiny_tokeniz
         assert fast.prefill_calls == calls
     else:  # the rows' suffixes differ in length at every step
         assert fast.prefill_calls >= 2 * calls
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_a_stop_request_ends_generation_between_decoding_steps(tiny_tokenizer: PreTrainedTokenizerBase,
+                                                                sampled: bool) -> None:
+    """Asked to stop mid-turn (a signal's handler calls ``request_stop``), the policy raises
+    ``StopRequested`` after the current decoding step, not after ``max_new_tokens`` of them: HF
+    ``generate`` (sampling) through ``StopOnRequest``, our greedy loop by its own check."""
+    model = lively_model(tiny_tokenizer)
+    settings = GenerationSettings(max_new_tokens=40, max_context_tokens=512, temperature=1.0 if sampled else 0.0)
+    policy = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
+                           shared_prefix_attention=True)
+    calls = 0
+    forward = model.forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            stopping.request_stop()
+        return forward(*args, **kwargs)
+
+    model.forward = counting  # type: ignore[method-assign]
+    try:
+        with pytest.raises(stopping.StopRequested):
+            policy.generate(shared_prefix_conversations())
+    finally:
+        stopping.clear_stop()
+    assert calls <= 5  # the forward that asked, then at most one more step
