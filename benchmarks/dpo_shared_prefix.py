@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from _experts import result_in_fresh_process
+from _experts import modes_in_fresh_processes
 
 MODES = ("plain", "shared")
 
@@ -65,10 +65,7 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, args)), flush=True)
         return
-    argv = [a for a in sys.argv[1:]]
-    rows = [result_in_fresh_process(str(Path(__file__).resolve()), mode, argv) for mode in args.modes]
-    for row in rows:
-        print(json.dumps(row), flush=True)
+    rows = modes_in_fresh_processes(str(Path(__file__).resolve()), args.modes, sys.argv[1:])
     base = rows[0]["tokens_per_s"]
     print("\n| mode | pairs | tokens | train s | tokens/s | vs first | reference precompute s | loss first -> last | peak RSS MB |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|")

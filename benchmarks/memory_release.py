@@ -1,6 +1,6 @@
 """Peak memory of a rollout on a worker thread after training on the main thread, with and
-without handing the freed memory back first (``eto_core.memory.release_memory``, which every
-stage now calls before it computes).
+without handing the freed memory back first (``eto_core.memory.release_memory``, which a
+training stage now calls once it has saved its model).
 
 The pipeline's order: a training stage (SFT or DPO) runs on the flow's thread, then the
 evaluation's or exploration's shards run on the task runner's worker threads. Each mode runs in
@@ -18,6 +18,7 @@ what the finished Trainer's reference cycles hold) and ``release`` (the collecti
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -66,15 +67,11 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
     del result
     trained.zero_grad(set_to_none=True)
     after_training = rss()
-    after_release = after_training
     if mode == "collect":  # the garbage collection alone: what cycles held, without the trim
-        import gc
-
         gc.collect()
-        after_release = rss()
-    if mode == "release":
+    elif mode == "release":
         release_memory()
-        after_release = rss()
+    after_release = rss()
 
     make = partial(make_env, "tidy", max_steps=args.steps)
     env = make()

@@ -15,9 +15,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-from _experts import result_in_fresh_process, tidy_experts
+from _experts import converted_model, modes_in_fresh_processes, tidy_experts
 
 MODES = {"full": 2e-5, "lora": 2e-4}
 
@@ -78,15 +77,11 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, args)), flush=True)
         return
-    if not Path(args.model_dir, "config.json").is_file():
-        from eto_core.model_source import SMOLLM2_GGUF, convert_gguf, resolve_model_path
+    from eto_core.model_source import SMOLLM2_GGUF
 
-        convert_gguf(resolve_model_path(SMOLLM2_GGUF), args.model_dir)
+    converted_model(SMOLLM2_GGUF, args.model_dir)
     start = time.perf_counter()
-    rows = []
-    for mode in args.modes:
-        rows.append(result_in_fresh_process(__file__, mode, sys.argv[1:]))
-        print(json.dumps(rows[-1]), flush=True)
+    rows = modes_in_fresh_processes(__file__, args.modes, sys.argv[1:])
     print(f"\n{time.perf_counter() - start:.0f} s in all\n")
     print("| mode | lr | train min | held-out NLL before -> after | NLL drop per min | peak RSS MB |")
     print("|---|---|---|---|---|---|")
