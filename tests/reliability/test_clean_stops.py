@@ -255,10 +255,7 @@ def test_eto_serve_stops_on_sigterm_and_its_watchdog_on_sigkill(tmp_path: Path) 
         argv = ["serve", "--model", str(model), "--port", str(port)]
 
     def serving(_: str) -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return _serves(port)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         done = stop(argv, sig, serving)
@@ -274,15 +271,9 @@ def test_sigusr1_prints_every_threads_stack_and_the_command_goes_on(tmp_path: Pa
     with socket_port() as port:
         argv = ["serve", "--model", str(model), "--port", str(port)]
 
-    def serving() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     with _started(argv) as (proc, chunks):
         deadline = time.monotonic() + START_TIMEOUT
-        while not serving():
+        while not _serves(port):
             assert proc.poll() is None and time.monotonic() < deadline, b"".join(chunks).decode()[-3000:]
             time.sleep(0.2)
         os.kill(proc.pid, signal.SIGUSR1)
@@ -295,7 +286,15 @@ def test_sigusr1_prints_every_threads_stack_and_the_command_goes_on(tmp_path: Pa
         while not dumped():
             assert time.monotonic() < deadline, b"".join(chunks).decode()[-3000:]
             time.sleep(0.1)
-        assert serving() and proc.poll() is None
+        assert _serves(port) and proc.poll() is None
+
+
+def _serves(port: int) -> bool:
+    """Whether `eto serve` on ``port`` answers its model list."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @contextmanager
