@@ -1,7 +1,7 @@
 """Rollouts of the real model (SmolLM2-135M-Instruct) on tidy: the landed engine vs each
 episode's KV cache kept across its steps, at several batch sizes.
 
-The policy is the untrained instruct model (the zero-shot row), greedy, with ETO's one-shot
+The policy is the untrained instruct model (the zero-shot row), greedy (``--temperature`` 0), with ETO's one-shot
 prompt and tidy's 15-step cap, on the first training tasks. Modes, one after another in this
 one process on the same model:
 - ``landed``: the batched engine with the shared-prefix cache only (policy.episode_cache off):
@@ -10,7 +10,7 @@ one process on the same model:
   each step encodes only the new observation;
 - ``+ shared-prefix attention, batch N``: also policy.shared_prefix_attention, so every decoding
   step reads the shared prefix's keys/values once for the batch instead of once per row;
-- ``+ finished rows leave, batch N``: also our own greedy loop instead of HF ``generate``, where a
+- ``+ finished rows leave, batch N``: also our own decoding loop instead of HF ``generate``, where a
   row leaves the batch once its turn ends, every row's new prompt tokens in one forward padded
   to the longest;
 - ``+ prefill in groups, batch N``: the loop encodes the new prompt tokens in groups of rows of
@@ -23,6 +23,12 @@ tokens, not attention; the peak is fp32 torch.matmul on square matrices, best of
 
     .venv/bin/python benchmarks/smollm_rollout.py --tasks 32 --batch1-tasks 4 --batches 1 16 \
         --shared-batches 16 --loop-batches 8 16 32
+
+Sampled (RFT's, Best-of-N's and the k-sample methods' exploration): HF ``generate`` vs our loop,
+both drawing from the per-row sampler, so their turns must agree:
+
+    .venv/bin/python benchmarks/smollm_rollout.py --tasks 16 --landed-batch 0 --batches \
+        --shared-batches 16 --loop-batches --grouped-batches 16 --temperature 0.7 --steps 6
 """
 
 from __future__ import annotations
@@ -58,11 +64,14 @@ def main() -> None:
     parser.add_argument("--shared-batches", type=int, nargs="*", default=[16],
                         help="batches of the episode-cache mode with shared-prefix attention (HF generate)")
     parser.add_argument("--loop-batches", type=int, nargs="*", default=[8, 16, 32],
-                        help="batches of shared-prefix attention and our greedy loop, prefill padded to the longest row")
+                        help="batches of shared-prefix attention and our decoding loop, prefill padded to the longest row")
     parser.add_argument("--grouped-batches", type=int, nargs="*", default=[16],
-                        help="batches of the pipeline's default: the greedy loop with its prefill in groups of rows")
+                        help="batches of the pipeline's default: our decoding loop with its prefill in groups of rows")
     parser.add_argument("--steps", type=int, default=15, help="tidy's step cap")
     parser.add_argument("--max-new-tokens", type=int, default=72)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy; above 0 every mode samples (seeded, each row its own stream)")
+    parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
@@ -77,7 +86,7 @@ def main() -> None:
     all_tasks = env.tasks("train")[: args.tasks]
     env.close()
 
-    # (name, batch, episode cache, shared-prefix attention, greedy loop, grouped prefill, tasks)
+    # (name, batch, episode cache, shared-prefix attention, decoding loop, grouped prefill, tasks)
     modes: list[tuple[str, int, bool, bool, bool, bool, list[str]]] = []
     if args.landed_batch:
         modes.append((f"landed engine, batch {args.landed_batch}", args.landed_batch, False, False, False, False,
@@ -98,9 +107,10 @@ def main() -> None:
     rows = []
     reference: dict[str, object] = {}
     for name, batch, episode_cache, shared_attention, loop, grouped, tasks in modes:
-        gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=4096)
+        gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=4096,
+                                 temperature=args.temperature, top_p=args.top_p)
         policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache,
-                               shared_prefix_attention=shared_attention, greedy_loop=loop)
+                               shared_prefix_attention=shared_attention, decode_loop=loop)
         if not grouped:  # one forward for all rows' prompt tokens, padded to the longest
             policy.PREFILL_CALL_TOKENS = 10**9
         start = time.perf_counter()
@@ -116,9 +126,11 @@ def main() -> None:
                "peak_fraction": round(flops / seconds / peak, 3), "same_as_first_mode": f"{sum(same)}/{len(same)}"}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\nSmolLM2-135M-Instruct on tidy (one-shot prompt, {args.steps}-step cap, greedy), torch threads "
+    print(f"\nSmolLM2-135M-Instruct on tidy (one-shot prompt, {args.steps}-step cap, "
+          f"{'greedy' if args.temperature == 0 else f'sampled at temperature {args.temperature}, top-p {args.top_p}'}), "
+          f"torch threads "
           f"{torch.get_num_threads()}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (n={n})\n")
-    print("| mode | episodes | s / episode | episodes/s | vs landed | prompt tokens encoded | generated | "
+    print("| mode | episodes | s / episode | episodes/s | vs first mode | prompt tokens encoded | generated | "
           "GFLOP/s | of peak | turns as first mode |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = rows[0]["s_per_episode"]

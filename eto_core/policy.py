@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
@@ -28,6 +29,7 @@ from transformers import (
 from eto_core import stopping
 from eto_core.kv_cache import CacheEntry, KVCache, RowStart, layer_kv, prefill_groups, row_view, set_length
 from eto_core.records import Message
+from eto_core.sampling import RowSampler, SampledTokenProcessor
 from eto_core.shared_prefix_attention import SharedPrefix, shared_prefix, supports
 
 
@@ -134,8 +136,11 @@ class LocalHFPolicy:
     Each ``generate`` call runs one ``model.generate`` per ``settings.batch_size`` conversations
     (one call when the engine keeps ``batch_size`` episodes live). Greedy decoding when
     temperature is 0, so the same conversations give the same turns whatever the batch holds.
-    Sampling is seeded from ``settings.seed`` and a per-policy call counter, so a rollout
-    repeated from a fresh policy reproduces; the global torch RNG is left untouched.
+    Sampling is seeded from ``settings.seed``, a per-policy call counter and the row's place in
+    the call, so a rollout repeated from a fresh policy reproduces, a row's tokens do not depend
+    on which rows share its batch, and the global torch RNG is left untouched
+    (``eto_core.sampling``). With a KV cache, greedy and sampled turns alike come from our own
+    decoding loop, where finished rows leave the batch; without one, from HF ``generate``.
     """
 
     PREFILL_CALL_TOKENS = 24
@@ -153,7 +158,7 @@ class LocalHFPolicy:
         prefix_cache: bool = False,
         episode_cache: bool = False,
         shared_prefix_attention: bool = False,
-        greedy_loop: bool = True,
+        decode_loop: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -179,15 +184,15 @@ class LocalHFPolicy:
         """New tokens produced so far (for throughput reports)."""
         self.prefilled_tokens = 0
         """Prompt tokens run through the model so far (those served from the prefix cache excluded)."""
-        self.greedy_loop = greedy_loop
-        """With a KV cache and temperature 0: decode in our own loop, finished rows leaving the
-        batch (False: HF ``generate``, which the benchmarks compare against)."""
+        self.decode_loop = decode_loop
+        """With a KV cache: decode in our own loop, finished rows leaving the batch (False: HF
+        ``generate``, which the benchmarks and tests compare against)."""
         self.shared_prefix_batches = 0
         """Batches whose rows attended to their shared prefix once (shared-prefix attention)."""
         self.decoded_row_steps = 0
-        """Rows run through a decoding step by the greedy loop (finished rows leave the batch)."""
+        """Rows run through a decoding step by our decoding loop (finished rows leave the batch)."""
         self.prefill_calls = 0
-        """Forwards the greedy loop ran to encode prompts (one per group of rows of similar length)."""
+        """Forwards our decoding loop ran to encode prompts (one per group of rows of similar length)."""
         self.kv_cache = (KVCache(model, shared=prefix_cache, episodes=episode_cache,
                                   row_entries=self.settings.batch_size + 4)
                          if prefix_cache or episode_cache else None)
@@ -236,8 +241,11 @@ class LocalHFPolicy:
             p = len(shared.tokens)
             self.shared_prefix_batches += 1
             starts = [(c, e) if c >= p else (p, shared) for c, e in starts]
-        if kv is not None and self.settings.temperature == 0 and self.greedy_loop:
-            return self._greedy_from_cache(batch, starts, shared)
+        self._calls += 1
+        sampler = (RowSampler(self.settings.seed, self._calls, len(batch), self.settings.temperature,
+                              self.settings.top_p) if self.settings.temperature > 0 else None)
+        if kv is not None and self.decode_loop:
+            return self._decode_from_cache(batch, starts, shared, sampler)
         cached = max(c for c, _ in starts)
         suffix = max(len(ids) - c for ids, (c, _) in zip(batch, starts, strict=True))
         width = cached + suffix
@@ -263,21 +271,18 @@ class LocalHFPolicy:
             "pad_token_id": self.pad_token_id,
             "stopping_criteria": StoppingCriteriaList([self._stop, StopOnRequest()]),
         }
-        if s.temperature > 0:
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=None)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        # Greedy in HF's terms either way: a sampled token comes from our per-row sampler, so
+        # generate samples what our loop samples (eto_core.sampling).
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if sampler is not None:
+            kwargs["logits_processor"] = LogitsProcessorList([SampledTokenProcessor(sampler)])
         if kv is not None:
             kwargs["return_dict_in_generate"] = True
             kwargs[kv.cache_kwarg] = kv.batch_cache(starts, cached, device, width + s.max_new_tokens, skip=p)
-        self._calls += 1
         self.model.eval()
         attention = (shared_prefix(self.model, SharedPrefix(p, shared.own, columns=p)) if shared is not None
                      else contextlib.nullcontext())
-        with torch.inference_mode(), torch.random.fork_rng(devices=[]), attention:
-            # fork_rng keeps the caller's RNG stream as it was; seeding per call makes a
-            # sampled rollout reproducible from the settings alone.
-            torch.manual_seed(s.seed * 1_000_003 + self._calls)
+        with torch.inference_mode(), attention:
             generate: Any = self.model.generate  # typed loosely by transformers
             output = generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         stopping.check()  # a stop ended the call early: its turns are cut, not to be used
@@ -304,8 +309,10 @@ class LocalHFPolicy:
         return texts
 
 
-    def _greedy_from_cache(self, batch: list[list[int]], starts: list[RowStart], shared: CacheEntry | None) -> list[str]:
-        """Greedy decoding in our own loop, so that a row leaves the batch once its turn ends.
+    def _decode_from_cache(self, batch: list[list[int]], starts: list[RowStart], shared: CacheEntry | None,
+                           sampler: RowSampler | None) -> list[str]:
+        """Decoding in our own loop (greedy, or sampled by ``sampler``), so that a row leaves the
+        batch once its turn ends.
 
         ``generate`` decodes every row until the slowest one ends, and turns vary in length
         (tidy: 33 tokens on average, the longest of a step ~51), so finished rows would cost
@@ -340,7 +347,6 @@ class LocalHFPolicy:
             self._stop = ActionLineStop(self.tokenizer, 0)
         newlines = set(self._stop.newline_ids.tolist())
         eos = self.tokenizer.eos_token_id
-        self._calls += 1
         self.model.eval()
         attention = (shared_prefix(self.model, SharedPrefix(p, shared.own, columns=0)) if shared is not None
                      else contextlib.nullcontext())
@@ -365,7 +371,9 @@ class LocalHFPolicy:
             for step in range(s.max_new_tokens):
                 stopping.check()  # between decoding steps, as generate's StopOnRequest does
                 self.decoded_row_steps += len(live)
-                tokens = next_logits.argmax(-1).tolist()
+                picked = (next_logits.argmax(-1) if sampler is None
+                          else sampler.pick(next_logits, [order[row] for row in live]))
+                tokens = picked.tolist()
                 for i, row in enumerate(live):
                     if row in done:
                         continue

@@ -1,4 +1,4 @@
-"""kv_cache helpers: how the greedy loop groups rows for the prefill, and its cache views."""
+"""kv_cache helpers: how the decoding loop groups rows for the prefill, and its cache views."""
 
 from __future__ import annotations
 

@@ -208,14 +208,14 @@ def test_episode_cache_starts_where_the_last_step_ended_and_scores_as_from_scrat
                                   atol=1e-4)
 
 
-@pytest.mark.parametrize("greedy_loop", [True, False])
+@pytest.mark.parametrize("decode_loop", [True, False])
 def test_episode_cache_writes_the_same_turns_step_after_step(tiny_tokenizer: PreTrainedTokenizerBase,
-                                                             greedy_loop: bool) -> None:
+                                                             decode_loop: bool) -> None:
     settings = GenerationSettings(max_new_tokens=8, max_context_tokens=512)
     model = lively_model(tiny_tokenizer)
     plain = LocalHFPolicy(model, tiny_tokenizer, settings)
     cached = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
-                           greedy_loop=greedy_loop)
+                           decode_loop=decode_loop)
     convs = shared_prefix_conversations()
     for step in range(3):
         expected = plain.generate(convs)
@@ -226,9 +226,9 @@ def test_episode_cache_writes_the_same_turns_step_after_step(tiny_tokenizer: Pre
     assert cached.prefilled_tokens < plain.prefilled_tokens / 3
 
 
-@pytest.mark.parametrize("greedy_loop", [True, False])
+@pytest.mark.parametrize("decode_loop", [True, False])
 def test_shared_prefix_attention_writes_the_same_turns_step_after_step(tiny_tokenizer: PreTrainedTokenizerBase,
-                                                                       greedy_loop: bool) -> None:
+                                                                       decode_loop: bool) -> None:
     """The batch cache leaves the shared prefix's columns empty (zeros) and the rows attend to
     the one shared copy instead; were that copy not read, the turns would differ."""
     settings = GenerationSettings(max_new_tokens=8, max_context_tokens=512)
@@ -242,7 +242,7 @@ def test_shared_prefix_attention_writes_the_same_turns_step_after_step(tiny_toke
                 p.normal_(0.0, 0.3, generator=gen)
     plain = LocalHFPolicy(gqa, tiny_tokenizer, settings)
     split = LocalHFPolicy(gqa, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
-                          shared_prefix_attention=True, greedy_loop=greedy_loop)
+                          shared_prefix_attention=True, decode_loop=decode_loop)
     assert split.shared_prefix_attention
     convs = shared_prefix_conversations()
     for step in range(3):
@@ -260,7 +260,7 @@ def test_shared_prefix_attention_writes_the_same_turns_step_after_step(tiny_toke
     assert split.shared_prefix_batches == 6
 
 
-def test_greedy_loop_drops_finished_rows_and_writes_what_generate_writes(
+def test_decode_loop_drops_finished_rows_and_writes_what_generate_writes(
     tiny_tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     """With the cache, greedy turns come from our own decoding loop, where a row leaves the
@@ -295,7 +295,7 @@ def test_greedy_loop_drops_finished_rows_and_writes_what_generate_writes(
 @pytest.mark.parametrize("call_tokens", [0, 10**9])
 def test_prefill_in_groups_of_similar_length_writes_the_plain_turns(tiny_tokenizer: PreTrainedTokenizerBase,
                                                                     call_tokens: int) -> None:
-    """The greedy loop encodes the rows' new prompt tokens in groups of similar length (each
+    """The decoding loop encodes the rows' new prompt tokens in groups of similar length (each
     group's forward writes into its rows of the batch cache), the rows reordered longest first;
     the turns come back in the caller's order and equal plain generation's, step after step.
     ``call_tokens`` 0: every distinct length its own forward; 10**9: one forward, all padded."""
@@ -322,15 +322,16 @@ def test_prefill_in_groups_of_similar_length_writes_the_plain_turns(tiny_tokeniz
 
 
 @pytest.mark.parametrize("sampled", [False, True])
+@pytest.mark.parametrize("decode_loop", [True, False])
 def test_a_stop_request_ends_generation_between_decoding_steps(tiny_tokenizer: PreTrainedTokenizerBase,
-                                                                sampled: bool) -> None:
+                                                                sampled: bool, decode_loop: bool) -> None:
     """Asked to stop mid-turn (a signal's handler calls ``request_stop``), the policy raises
     ``StopRequested`` after the current decoding step, not after ``max_new_tokens`` of them: HF
-    ``generate`` (sampling) through ``StopOnRequest``, our greedy loop by its own check."""
+    ``generate`` through ``StopOnRequest``, our decoding loop by its own check."""
     model = lively_model(tiny_tokenizer)
     settings = GenerationSettings(max_new_tokens=40, max_context_tokens=512, temperature=1.0 if sampled else 0.0)
     policy = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
-                           shared_prefix_attention=True)
+                           shared_prefix_attention=True, decode_loop=decode_loop)
     calls = 0
     forward = model.forward
 
@@ -348,3 +349,60 @@ def test_a_stop_request_ends_generation_between_decoding_steps(tiny_tokenizer: P
     finally:
         stopping.clear_stop()
     assert calls <= 5  # the forward that asked, then at most one more step
+
+
+def test_sampled_turns_are_the_same_from_our_loop_and_from_generate_step_after_step(
+    tiny_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Sampling (temperature and top-p) runs in our decoding loop, where finished rows leave
+    the batch; each row draws from its own seeded stream, so HF ``generate`` (every row to the
+    end) and plain uncached generation write the same sampled turns."""
+    settings = GenerationSettings(max_new_tokens=10, max_context_tokens=512, temperature=0.8, top_p=0.9, seed=5)
+    model = lively_model(tiny_tokenizer)
+    plain = LocalHFPolicy(model, tiny_tokenizer, settings)
+    hf = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
+                       shared_prefix_attention=True, decode_loop=False)
+    loop = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
+                         shared_prefix_attention=True)
+    greedy = LocalHFPolicy(model, tiny_tokenizer, settings.model_copy(update={"temperature": 0.0}))
+    convs = shared_prefix_conversations()
+    for step in range(3):
+        expected = plain.generate(convs)
+        assert hf.generate(convs) == expected
+        assert loop.generate(convs) == expected
+        assert expected != greedy.generate(convs)  # it did sample
+        convs = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
+                 for c, t in zip(convs, expected, strict=True)]
+    assert loop.decoded_row_steps > 0  # the sampled turns came from our loop
+    assert loop.decoded_row_steps < hf.generated_tokens + 3 * len(convs) * settings.max_new_tokens
+
+
+def test_sampled_first_tokens_follow_the_models_warped_distribution(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    """Many rows of one conversation through our loop: the frequency of each first token is
+    the model's probability under HF's temperature and top-p warpers."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    model = lively_model(tiny_tokenizer)
+    conv = shared_prefix_conversations()[2]
+    rows = 3000
+    settings = GenerationSettings(max_new_tokens=1, max_context_tokens=512, temperature=1.5, top_p=0.95,
+                                  batch_size=rows)
+    policy = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True)
+    ids = policy.encode(conv)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[:, -1]
+    warped = TopPLogitsWarper(0.95)(torch.tensor([ids]), TemperatureLogitsWarper(1.5)(torch.tensor([ids]), logits))
+    expected = warped.softmax(-1)[0].double()
+    turns = policy.generate([conv] * rows)
+    assert policy.decoded_row_steps == rows
+    # A one-token turn is that token's text (stripped; special tokens decode to ""), so the
+    # expected frequency of a text is the mass of the tokens that write it.
+    texts = [str(tiny_tokenizer.decode([t], skip_special_tokens=True)).strip() for t in range(expected.numel())]
+    keys = sorted(set(texts))
+    index = {k: i for i, k in enumerate(keys)}
+    expected_texts = torch.zeros(len(keys), dtype=torch.float64).index_add_(
+        0, torch.tensor([index[t] for t in texts]), expected)
+    observed = torch.bincount(torch.tensor([index[t or ""] for t in turns]), minlength=len(keys)).double() / rows
+    assert expected_texts.max() < 0.5  # a spread distribution, or the check would say little
+    tolerance = 4 * (expected_texts * (1 - expected_texts) / rows).sqrt() + 1e-9
+    assert torch.all((observed - expected_texts).abs() <= tolerance)
