@@ -125,13 +125,15 @@ def test_policy_encoding_and_training_encoding_agree(smollm2: dict[str, Any]) ->
         assert enc.agent_mask[len(before) : len(before) + len(turn)] == [1] * len(turn)
 
 
-def test_cached_shared_prefix_rollout_writes_the_plain_turns(smollm2: dict[str, Any]) -> None:
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_cached_shared_prefix_rollout_writes_the_plain_turns(smollm2: dict[str, Any], temperature: float) -> None:
     """On the real model (9 query heads over 3 key/value heads): episode caches plus the shared
-    prefix read once per batch write, step after step, what plain batched generation writes."""
+    prefix read once per batch, in our decoding loop, write step after step what plain batched
+    generation (HF ``generate``) writes, greedy or sampled."""
     from eto_core.policy import GenerationSettings
 
     model, tok = smollm2["model"], smollm2["tokenizer"]
-    settings = GenerationSettings(max_new_tokens=12, batch_size=3)
+    settings = GenerationSettings(max_new_tokens=12, batch_size=3, temperature=temperature)
     plain = LocalHFPolicy(model, tok, settings)
     fast = LocalHFPolicy(model, tok, settings, prefix_cache=True, episode_cache=True, shared_prefix_attention=True)
     instruction = "Interact with a household to solve a task. Answer with a Thought line and an Action line. " * 2
