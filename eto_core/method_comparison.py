@@ -96,7 +96,7 @@ def aggregate(runs: Sequence[MethodRun]) -> dict[str, dict[tuple[str, str], Cell
 
 
 def _order(label: str) -> tuple[int, str]:
-    if label == "sft":
+    if label in ("base", "sft"):  # the zero-shot model, then SFT: the references first
         return (0, label)
     if label.startswith("best-of"):
         return (9, label)  # the oracle reference last

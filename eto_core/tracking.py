@@ -30,6 +30,11 @@ T = TypeVar("T")
 PARENT_TAG = "mlflow.parentRunId"
 # Tag prefix of a method run's evaluation artifacts: eto.eval.<split>.<iteration> = {"uri", "digest"}.
 EVAL_TAG = "eto.eval."
+# The zero-shot base model's evaluations, logged beside a run's SFT (iteration 0) rather than as
+# an iteration: metrics base_<split>_<metric>, artifacts eto.base_eval.<split> = {"uri", "digest"}.
+BASE_METRIC = "base_"
+BASE_EVAL_TAG = "eto.base_eval."
+BASE_METHOD = "base"
 _MAX_PARAM = 500
 CHAMPION = "champion"
 # Model versions are compared on the seen split: unseen stays a held-out report, never a selector.
@@ -187,6 +192,31 @@ class Tracker:
                         found.values[(split, metric)] = {int(m.step): float(m.value) for m in history}
             best = run.data.tags.get("eto.best_iteration")
             out.append(with_selection(found, int(best)) if best is not None else found)
+        return out + self._base_runs(runs)
+
+    @staticmethod
+    def _base_runs(runs: Sequence[Any]) -> list[Any]:
+        """The zero-shot base model as a method of its own (row "base"), one per recipe and seed,
+        from the latest run that evaluated it (every run of a seed evaluates the same cached base)."""
+        from eto_core.method_comparison import METRICS, SPLITS, MethodRun
+
+        latest: dict[tuple[str, str], Any] = {}
+        for run in runs:  # oldest first
+            metrics = run.data.metrics
+            if PARENT_TAG not in run.data.tags and any(f"{BASE_METRIC}{s}_avg_reward" in metrics for s in SPLITS):
+                latest[(run.data.tags.get("eto.recipe", ""), run.data.tags.get("eto.seed", "?"))] = run
+        out = []
+        for (_, seed), run in latest.items():
+            found = MethodRun(run.info.run_id, BASE_METHOD, seed)
+            for split in SPLITS:
+                for metric in METRICS:
+                    value = run.data.metrics.get(f"{BASE_METRIC}{split}_{metric}")
+                    if value is not None:
+                        found.values[(split, metric)] = {0: float(value)}
+                ref = run.data.tags.get(f"{BASE_EVAL_TAG}{split}")
+                if ref:
+                    found.evals[(split, 0)] = json.loads(ref)
+            out.append(found)
         return out
 
     def latest_stage_artifact(self, stage: str, *, recipe: str | None = None) -> str | None:
@@ -264,6 +294,14 @@ class Tracker:
                                       f"{s.split}_mean_steps": s.mean_steps}, step=s.iteration)
         self.set_tags(run_id, {f"{EVAL_TAG}{s.split}.{s.iteration}": json.dumps(s.artifact)
                                for s in summaries if s.artifact})
+
+    def log_base_summaries(self, run_id: str, summaries: Sequence[EvalSummary]) -> None:
+        """The base model's evaluations beside the run's SFT (``BASE_METRIC`` / ``BASE_EVAL_TAG``)."""
+        for s in summaries:
+            self.log_metrics(run_id, {f"{BASE_METRIC}{s.split}_avg_reward": s.avg_reward,
+                                      f"{BASE_METRIC}{s.split}_success_rate": s.success_rate,
+                                      f"{BASE_METRIC}{s.split}_mean_steps": s.mean_steps})
+        self.set_tags(run_id, {f"{BASE_EVAL_TAG}{s.split}": json.dumps(s.artifact) for s in summaries if s.artifact})
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

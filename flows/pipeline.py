@@ -128,9 +128,6 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
                 break
 
         stage_metrics: dict[str, float] = {**expert.metrics, **base.metrics, **sft.metrics}
-        for s in base_summaries:  # beside iteration 0 (SFT), not as a step of its own
-            stage_metrics.update({f"base_{s.split}_avg_reward": s.avg_reward,
-                                  f"base_{s.split}_success_rate": s.success_rate})
         return run.finish(base_summaries, summaries, stage_metrics, policy)
     except BaseException as exc:
         run.fail(exc)

@@ -93,6 +93,7 @@ class PipelineRun:
             tracker.set_tags(parent, {"eto.best_iteration": str(self.choice.best_iteration),
                                       "eto.selection": self.choice.reason})
         tracker.log_summaries(parent, summaries)
+        tracker.log_base_summaries(parent, base)  # beside iteration 0 (SFT), not as a step of its own
         self._tag_versions(summaries)
         self._move_champion()
         tracker.log_metrics(parent, stage_metrics)

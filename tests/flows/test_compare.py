@@ -81,15 +81,22 @@ def test_compare_pairs_tasks_with_the_same_seeds_sft(tmp_path: Path, prefect_har
     sft, eto = evaluation("sft", [0.0, 0.5, 1.0, 0.0], 0), evaluation("eto", [1.0, 0.5, 1.0, 0.0], 1)
     rft = evaluation("rft", [0.0, 0.0, 0.0, 0.0], 0)
     start, after = evaluation("start", [0.0, 0.0, 0.5, 0.0], 0), evaluation("after", [0.5, 0.0, 0.5, 0.0], 1)
+    base = evaluation("base", [0.0, 0.0, 0.0, 0.5], 0)
     for method, summaries in [("eto", [sft, eto]), ("rft", [rft]), ("rft-eto", [start, after])]:
         run = tracker.start_run(method, tags={"eto.method": method, "eto.seed": "0", "eto.recipe": "r"})
         tracker.log_summaries(run, summaries)
+        if method == "eto":  # the zero-shot model, evaluated beside SFT
+            tracker.log_base_summaries(run, [base])
         tracker.end_run(run)
     out = compare_flow(uri, "eto", str(tmp_path / "report"), cache_dir=str(tmp_path / "cache"))
     report = (tmp_path / "report" / "compare.md").read_text()
     assert "Per task, against the same seed's SFT" in report
     assert "| eto iter 1 | 1 | +0.250 [" in out["paired_table"] and "| 1 / 0 / 4 |" in out["paired_table"]
     assert "| rft | 1 | -0.375 [" in out["paired_table"] and "| 0 / 2 / 4 |" in out["paired_table"]
+    # The base model is a row of its own, first, paired with its seed's SFT: (0 + -0.5 + -1 + 0.5) / 4.
+    assert "| base | 1 | -0.250 [" in out["paired_table"] and "| 1 / 2 / 4 |" in out["paired_table"]
+    table = out["table"].splitlines()
+    assert table[2].startswith("| base | 1 | 0.125 |") and table[3].startswith("| sft | 1 | 0.375 |")
 
     assert "ETO iterations against their own start" in report
     assert out["own_start_table"].count("\n| ") == 1 and "| rft-eto iter 1 | 1 | +0.125 [" in out["own_start_table"]

@@ -109,4 +109,7 @@ def test_evaluate_base_adds_the_zero_shot_row(tmp_path: Path, prefect_harness: N
     assert base["seen"]["artifact"]["uri"] != sft["seen"]["artifact"]["uri"]  # another model's rollout
     parent = MlflowClient(tracking_uri=uri).get_run(result["mlflow_run_id"])
     assert parent.data.metrics["base_seen_avg_reward"] == pytest.approx(base["seen"]["avg_reward"])
+    assert parent.data.metrics["base_unseen_mean_steps"] == pytest.approx(base["unseen"]["mean_steps"])
+    # eto compare pairs the base model's tasks with SFT's through this tag
+    assert json.loads(parent.data.tags["eto.base_eval.seen"]) == base["seen"]["artifact"]
     assert parent.data.metrics["seen_avg_reward"] == pytest.approx(sft["seen"]["avg_reward"])  # step 0 stays SFT
