@@ -49,15 +49,20 @@ class RowSampler:
             raise ValueError(f"sampling needs a temperature above 0, got {temperature}")
         self.temperature = temperature
         self.top_p = top_p
-        self.generators = [torch.Generator().manual_seed(row_seed(seed, call, row)) for row in range(rows)]
+        self.seeds = [row_seed(seed, call, row) for row in range(rows)]
+        self.generators: list[torch.Generator] = []
 
     def pick(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
         """The sampled token of each batch row (``logits[i]`` belongs to caller row ``rows[i]``)."""
-        uniform = torch.stack([torch.rand(logits.shape[-1], generator=self.generators[r]) for r in rows])
+        if not self.generators:
+            # On the logits' device, so a GPU's draws are not made on the CPU and copied every step
+            # (a device's stream differs from the CPU's: the same seed samples other tokens there).
+            self.generators = [torch.Generator(device=logits.device).manual_seed(s) for s in self.seeds]
+        uniform = torch.stack([torch.rand(logits.shape[-1], generator=self.generators[r], device=logits.device)
+                               for r in rows])
         # -log(-log(u)) is Gumbel(0, 1); u = 0 gives -inf noise (never picked), which is harmless.
         gumbel = -torch.log(-torch.log(uniform))
-        weights = warp(logits, self.temperature, self.top_p)
-        return (weights + gumbel.to(weights.device)).argmax(-1)
+        return (warp(logits, self.temperature, self.top_p) + gumbel).argmax(-1)
 
 
 class SampledTokenProcessor(LogitsProcessor):

@@ -86,7 +86,9 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
                          + (f" for {scope}" if scope else "") + "; run `eto run` or `eto baseline` first.")
     out = Path(out_dir)
     table = comparison_table(runs)
-    title = f"Methods on {env or 'all envs'} ({recipe or 'all recipes'}), {len(runs)} run{'' if len(runs) == 1 else 's'}"
+    # The base rows repeat a method run's zero-shot evaluation: count the tracked runs once.
+    count = len({r.run_id for r in runs})
+    title = f"Methods on {env or 'all envs'} ({recipe or 'all recipes'}), {count} run{'' if count == 1 else 's'}"
     report = (f"# {title}\n\nMean ± standard deviation over seeds; 'seeds' counts the runs in a row. "
               "Best-of-N picks by reward: an oracle's upper reference, not a policy.\n\n"
               f"{table}\n\n![reward per iteration](reward_per_iteration.png)\n")
@@ -117,6 +119,6 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
     tracker.end_run(run_id)
     create_markdown_artifact(key="eto-compare", markdown=report.replace("![reward per iteration](reward_per_iteration.png)\n", ""),
                              description="Methods side by side: reward, success and steps per split")
-    logger.info("comparison of %d runs:\n%s", len(runs), table)
+    logger.info("comparison of %d runs:\n%s", count, table)
     return {"table": table, "paired_table": paired_text, "own_start_table": own_text,
             "folder": str(out.resolve()), "files": files, "mlflow_run_id": run_id}

@@ -148,9 +148,10 @@ def rollout_key(
                 "policy": recipe.policy.key_fields()}
     if (samples := samples_for(recipe, stage)) > 1:
         settings["samples_per_task"] = samples
-    if gen.temperature > 0:
+    if gen.temperature > 0 and recipe.policy.backend == "hf":
         # sampler 2: per-row seeded streams (eto_core.sampling) replaced HF's sampler, so the same
-        # seed draws other tokens; greedy rollouts are unchanged and keep their cache.
+        # seed draws other tokens; greedy rollouts and the other backends' are unchanged and keep
+        # their cache.
         settings["sampler"] = 2
     if stage == "select":
         settings["selection"] = {"split": recipe.selection.split, "train_tasks": recipe.data.train_tasks}

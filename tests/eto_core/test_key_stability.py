@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from eto_core import stages
+from eto_core.stages import keys
 from eto_core.config import load_recipe
 from eto_core.storage import ArtifactRef
 
@@ -43,3 +44,19 @@ def _keys(recipe_name: str) -> str:
 @pytest.mark.parametrize("recipe_name", sorted(RECORDED))
 def test_stage_keys_are_the_recorded_ones(recipe_name: str) -> None:
     assert _keys(recipe_name) == RECORDED[recipe_name]
+
+
+@pytest.mark.parametrize(("backend", "sampled"), [("hf", True), ("vllm", False), ("openai", False)])
+def test_only_the_hf_backends_sampled_rollouts_name_the_new_sampler(
+    backend: str, sampled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-row sampler replaced HF's in our policy only: vLLM's and a served model's sampled
+    rollouts draw as before and keep their cached keys; greedy ones never name a sampler."""
+    seen: list[dict[str, object]] = []
+    monkeypatch.setattr(keys, "cache_key", lambda stage, *, settings, inputs=None: seen.append(dict(settings)) or "k")
+    r = load_recipe(ROOT / "recipes" / "default.yaml", [f"policy.backend={backend}"]
+                    + (["policy.base_url=http://127.0.0.1:1/v1", "policy.model=m"] if backend == "openai" else []))
+    for stage in ("best_of_n", "evaluate"):
+        stages.rollout_key(r, A, stage=stage, split="seen", iteration=1, gen=stages.sampling(r, stage))
+    assert stages.sampling(r, "best_of_n").temperature > 0 and stages.sampling(r, "evaluate").temperature == 0
+    assert [s.get("sampler") for s in seen] == [2 if sampled else None, None]
