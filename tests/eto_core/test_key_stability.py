@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from eto_core import stages
-from eto_core.stages import keys
 from eto_core.config import load_recipe
+from eto_core.stages import keys
 from eto_core.storage import ArtifactRef
 
 ROOT = Path(__file__).resolve().parents[2]
