@@ -53,7 +53,12 @@ def test_only_the_hf_backends_sampled_rollouts_name_the_new_sampler(
     """The per-row sampler replaced HF's in our policy only: vLLM's and a served model's sampled
     rollouts draw as before and keep their cached keys; greedy ones never name a sampler."""
     seen: list[dict[str, object]] = []
-    monkeypatch.setattr(keys, "cache_key", lambda stage, *, settings, inputs=None: seen.append(dict(settings)) or "k")
+
+    def recording(stage: str, *, settings: dict[str, object], inputs: object = None) -> str:
+        seen.append(dict(settings))
+        return "k"
+
+    monkeypatch.setattr(keys, "cache_key", recording)
     r = load_recipe(ROOT / "recipes" / "default.yaml", [f"policy.backend={backend}"]
                     + (["policy.base_url=http://127.0.0.1:1/v1", "policy.model=m"] if backend == "openai" else []))
     for stage in ("best_of_n", "evaluate"):
