@@ -6,9 +6,10 @@ uses the row's k-th draw whoever else is in the batch, whether finished rows lea
 decoding loop) or stay in it (HF ``generate``), so both engines sample the same tokens from
 the same logits.
 
-A draw is Gumbel-max: adding independent Gumbel(0, 1) noise to the log-probabilities and
-taking the argmax samples exactly from their softmax, and one uniform vector per row and step
-is all the randomness it needs.
+A draw is one uniform number per row and step, turned into a token by the inverse of the
+distribution's cumulative sum (in float64): first over blocks of the vocabulary, then within
+the block it falls in, which costs a fifth of a cumulative sum over the whole vocabulary
+(or of Gumbel noise for every token).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class RowSampler:
     """Samples the next token of each row with temperature and top-p, every row from its own
     seeded generator (see the module's docstring)."""
 
+    BLOCK = 256
+    """Vocabulary entries per block of the two-level inverse-CDF draw."""
+
     def __init__(self, seed: int, call: int, rows: int, temperature: float, top_p: float) -> None:
         if temperature <= 0:
             raise ValueError(f"sampling needs a temperature above 0, got {temperature}")
@@ -52,17 +56,37 @@ class RowSampler:
         self.seeds = [row_seed(seed, call, row) for row in range(rows)]
         self.generators: list[torch.Generator] = []
 
-    def pick(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        """The sampled token of each batch row (``logits[i]`` belongs to caller row ``rows[i]``)."""
+    def uniforms(self, rows: Sequence[int], device: torch.device) -> torch.Tensor:
+        """The next draw in [0, 1) of each row's stream (float64)."""
         if not self.generators:
             # On the logits' device, so a GPU's draws are not made on the CPU and copied every step
             # (a device's stream differs from the CPU's: the same seed samples other tokens there).
-            self.generators = [torch.Generator(device=logits.device).manual_seed(s) for s in self.seeds]
-        uniform = torch.stack([torch.rand(logits.shape[-1], generator=self.generators[r], device=logits.device)
-                               for r in rows])
-        # -log(-log(u)) is Gumbel(0, 1); u = 0 gives -inf noise (never picked), which is harmless.
-        gumbel = -torch.log(-torch.log(uniform))
-        return (warp(logits, self.temperature, self.top_p) + gumbel).argmax(-1)
+            self.generators = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
+        return torch.cat([torch.rand(1, generator=self.generators[r], device=device, dtype=torch.float64)
+                          for r in rows])
+
+    def pick(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """The sampled token of each batch row (``logits[i]`` belongs to caller row ``rows[i]``)."""
+        weights = warp(logits, self.temperature, self.top_p)
+        n, vocab = weights.shape
+        # Unnormalised probabilities (tokens outside the nucleus: 0), padded to whole blocks.
+        mass = (weights - weights.max(-1, keepdim=True).values).exp()
+        blocks = -(-vocab // self.BLOCK)
+        mass = torch.nn.functional.pad(mass, (0, blocks * self.BLOCK - vocab)).view(n, blocks, self.BLOCK)
+        cumulative = mass.sum(-1, dtype=torch.float64).cumsum(-1)
+        total = cumulative[:, -1]
+        # A target strictly below the total, so the block (and token) found has mass; right=True
+        # skips zero-mass entries, whose cumulative sum equals the one before.
+        below = torch.nextafter(total, torch.zeros_like(total))
+        target = torch.minimum(self.uniforms(rows, weights.device) * total, below)
+        block = torch.searchsorted(cumulative, target[:, None], right=True).squeeze(1)
+        start = torch.where(block > 0, cumulative.gather(1, (block - 1).clamp(min=0)[:, None]).squeeze(1),
+                            torch.zeros_like(target))
+        inner = mass[torch.arange(n, device=weights.device), block].double().cumsum(-1)
+        # The block's own running sum may round differently from its total above: stay below it.
+        rest = torch.minimum(target - start, torch.nextafter(inner[:, -1], torch.zeros_like(target)))
+        within = torch.searchsorted(inner, rest[:, None], right=True).squeeze(1)
+        return block * self.BLOCK + within
 
 
 class SampledTokenProcessor(LogitsProcessor):

@@ -149,10 +149,10 @@ def rollout_key(
     if (samples := samples_for(recipe, stage)) > 1:
         settings["samples_per_task"] = samples
     if gen.temperature > 0 and recipe.policy.backend == "hf":
-        # sampler 2: per-row seeded streams (eto_core.sampling) replaced HF's sampler, so the same
-        # seed draws other tokens; greedy rollouts and the other backends' are unchanged and keep
-        # their cache.
-        settings["sampler"] = 2
+        # Per-row seeded streams (eto_core.sampling) replaced HF's sampler, so the same seed
+        # draws other tokens: sampler 2 drew by Gumbel-max, 3 by the two-level inverse CDF.
+        # Greedy rollouts and the other backends' are unchanged and keep their cache.
+        settings["sampler"] = 3
     if stage == "select":
         settings["selection"] = {"split": recipe.selection.split, "train_tasks": recipe.data.train_tasks}
     inputs: dict[str, ArtifactRef | None] = {"model": model}

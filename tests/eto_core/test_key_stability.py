@@ -2,7 +2,7 @@
 code must not change them. These are the keys of the default and mini recipes on fixed inputs,
 recorded when eto_core/pipeline.py was split into eto_core/stages/ (issue 26). A change here is
 only right together with a STAGE_VERSIONS / CACHE_VERSION bump or a key setting that says why
-(the sampled rollouts, best-of-n and RFT's exploration, changed with ``sampler: 2``, the per-row
+(the sampled rollouts, best-of-n and RFT's exploration, changed with ``sampler: 2`` then ``3``, the per-row
 sampler of eto_core.sampling)."""
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ A, B, C = (ArtifactRef(f"file:///x/{c}", c * 64) for c in "abc")
 RECORDED = {
     "default.yaml": ("4e70f3a62e9c20dd 888b175705d82cb7 6808aa74d5ade31f b8027fa5296b8a5e 6f5392953de87df4 "
         "c42aaf3f1bc769b5 823d49e9d4a695c6 b4580dc878ce968d 9185a4af582185b4 f63bee469f6f68c4 "
-        "6ecb5e91322f575f 2bebb37b4413806c 84cd18d0da9e933d"),
+        "6ecb5e91322f575f 2a644ed3a7628286 c1552570df763fae"),
     "mini.yaml": ("a6f56197c55bc567 545a1c0adcb4a401 8962f66f47e83da1 2b35dd53f43af64c 6f5392953de87df4 "
         "c42aaf3f1bc769b5 bae79ade3ef8c50c 3e424b83622ddd97 a28eb337ade63271 49b7eca32dadc791 "
-        "ebf10cc0e8a4b637 b7a7ce8737e31278 8e1744f858d2073a"),
+        "ebf10cc0e8a4b637 fb7a032a7799a271 52f22e8a6dc81fb6"),
 }
 
 
@@ -64,4 +64,4 @@ def test_only_the_hf_backends_sampled_rollouts_name_the_new_sampler(
     for stage in ("best_of_n", "evaluate"):
         stages.rollout_key(r, A, stage=stage, split="seen", iteration=1, gen=stages.sampling(r, stage))
     assert stages.sampling(r, "best_of_n").temperature > 0 and stages.sampling(r, "evaluate").temperature == 0
-    assert [s.get("sampler") for s in seen] == [2 if sampled else None, None]
+    assert [s.get("sampler") for s in seen] == [3 if sampled else None, None]

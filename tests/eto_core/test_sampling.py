@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
@@ -70,3 +72,36 @@ def test_the_processor_leaves_only_the_sampled_token() -> None:
 def test_sampling_needs_a_positive_temperature() -> None:
     with pytest.raises(ValueError, match="temperature above 0"):
         RowSampler(0, 0, 1, 0.0, 1.0)
+
+
+class FixedDraws(RowSampler):
+    """A sampler whose draws are given: the extremes of [0, 1) that rounding could push astray."""
+
+    def __init__(self, draws: list[float], temperature: float = 1.0, top_p: float = 1.0) -> None:
+        super().__init__(0, 0, len(draws), temperature, top_p)
+        self.draws = torch.tensor(draws, dtype=torch.float64)
+
+    def uniforms(self, rows: Sequence[int], device: torch.device) -> torch.Tensor:
+        return self.draws[list(rows)]
+
+
+def test_the_extreme_draws_land_on_tokens_with_mass() -> None:
+    """u = 0 picks the first token with mass, u just below 1 the last; zero-mass tokens (outside
+    the nucleus, or the padding of the last block) are never picked, even at the block edges."""
+    vocab = 300  # not a whole number of blocks
+    logits = torch.full((4, vocab), -1e9)
+    logits[0, [3, 200]] = 0.0  # mass in two blocks, none at the ends
+    logits[1, 255:257] = 0.0  # mass on both sides of the first block edge
+    logits[2, -1] = 0.0  # only the last token
+    logits[3] = torch.linspace(0, 1, vocab)  # everywhere, top-p cuts the low end
+    last = float(torch.nextafter(torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)))
+    for top_p in (1.0, 0.5):
+        kept = warp(logits, 1.0, top_p) > -1e8
+        first = FixedDraws([0.0] * 4, top_p=top_p).pick(logits, range(4))
+        end = FixedDraws([last] * 4, top_p=top_p).pick(logits, range(4))
+        for picks in (first, end):
+            assert all(bool(kept[row, int(token)]) for row, token in enumerate(picks)), picks
+        # The lowest and the highest token with mass in each row.
+        ids = [torch.nonzero(kept[row]).flatten() for row in range(4)]
+        assert first.tolist() == [int(i[0]) for i in ids] and end.tolist() == [int(i[-1]) for i in ids]
+    assert ids[2].tolist() == [vocab - 1] and 0 < len(ids[3]) < vocab  # top-p 0.5 did cut row 3
