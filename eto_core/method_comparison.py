@@ -185,6 +185,18 @@ def task_rewards(frame: pd.DataFrame) -> dict[str, float]:
     return {str(k): float(v) for k, v in scored.groupby("task_id")["reward"].max().items()}
 
 
+def task_solved_steps(frame: pd.DataFrame) -> dict[str, float]:
+    """Per task that was solved, the steps its solving episode took: the one episode of a
+    greedy evaluation, or Best-of-N's pick (its best reward, the first of equals), if that
+    succeeded. Paired with SFT's (``paired_rows``) these compare steps on the tasks both solved,
+    which is what the paper's action efficiency asks; a mean over all episodes mostly counts
+    the failures that ran to the step cap."""
+    scored = frame[frame["terminate_reason"] != "env_error"]
+    picked = scored.loc[scored.groupby("task_id")["reward"].idxmax()]
+    solved = picked[picked["success"]]
+    return {str(t): float(n) for t, n in zip(solved["task_id"], solved["num_steps"], strict=True)}
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """Mean per-task reward difference (method - SFT) over the tasks both evaluated, its
@@ -277,11 +289,11 @@ def _differences(groups: _Groups, **kwargs: Any) -> dict[str, dict[str, PairedDi
     return out
 
 
-def paired_table(rows: Mapping[str, Mapping[str, PairedDifference]]) -> str:
+def paired_table(rows: Mapping[str, Mapping[str, PairedDifference]], quantity: str = "reward") -> str:
     """Markdown: per row and split, the mean difference from its reference (SFT, or the method's
     own start) with its 95% interval, and the tasks that went up / down out of those compared
     (tasks x seeds)."""
-    header = "| method | seeds | " + " | ".join(f"{s} Δ reward [95% CI] | {s} tasks ↑ / ↓ / n" for s in SPLITS) + " |"
+    header = "| method | seeds | " + " | ".join(f"{s} Δ {quantity} [95% CI] | {s} tasks ↑ / ↓ / n" for s in SPLITS) + " |"
     lines = [header, "|---|---:|" + "---:|---:|" * len(SPLITS)]
     for label in sorted(rows, key=_order):
         parts = [str(max(d.seeds for d in rows[label].values()))]

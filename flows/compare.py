@@ -21,6 +21,7 @@ from eto_core.method_comparison import (
     paired_rows,
     paired_table,
     task_rewards,
+    task_solved_steps,
 )
 from eto_core.plots import save_plot
 from eto_core.records import PreferencePair, frame_to_pairs, read_records
@@ -52,11 +53,13 @@ def load_pairs(source: str) -> list[PreferencePair]:
     return frame_to_pairs(read_records(path, "pairs"))
 
 
-def load_task_rewards(runs: list[MethodRun], cache_dir: str) -> dict[str, dict[str, float]]:
-    """Evaluation URI -> per-task rewards, for every evaluation the runs tagged. One that can no
-    longer be read (its artifact deleted or replaced) is left out with a warning: the table of
-    means does not need it."""
+def load_task_results(runs: list[MethodRun], cache_dir: str) -> tuple[dict[str, dict[str, float]],
+                                                                        dict[str, dict[str, float]]]:
+    """Evaluation URI -> per-task rewards, and -> the steps of each solved task, for every
+    evaluation the runs tagged. One that can no longer be read (its artifact deleted or
+    replaced) is left out with a warning: the table of means does not need it."""
     out: dict[str, dict[str, float]] = {}
+    steps: dict[str, dict[str, float]] = {}
     for run in runs:
         for ref in run.evals.values():
             if ref["uri"] in out:
@@ -69,8 +72,9 @@ def load_task_rewards(runs: list[MethodRun], cache_dir: str) -> dict[str, dict[s
             except ArtifactError as exc:
                 get_run_logger().warning("per-task comparison without %s: %s", ref["uri"], exc)
                 continue
-            out[ref["uri"]] = task_rewards(read_records(folder / TRAJ_FILE, "trajectories"))
-    return out
+            frame = read_records(folder / TRAJ_FILE, "trajectories")
+            out[ref["uri"]], steps[ref["uri"]] = task_rewards(frame), task_solved_steps(frame)
+    return out, steps
 
 
 @flow(name="eto-compare", log_prints=True)
@@ -92,14 +96,21 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
     report = (f"# {title}\n\nMean ± standard deviation over seeds; 'seeds' counts the runs in a row. "
               "Best-of-N picks by reward: an oracle's upper reference, not a policy.\n\n"
               f"{table}\n\n![reward per iteration](reward_per_iteration.png)\n")
-    rewards = load_task_rewards(runs, cache_dir)
+    rewards, solved_steps = load_task_results(runs, cache_dir)
     paired, own = paired_rows(runs, rewards), own_start_rows(runs, rewards)
     paired_text, own_text = paired_table(paired) if paired else "", paired_table(own) if own else ""
+    steps = paired_rows(runs, solved_steps)
+    steps_text = paired_table(steps, quantity="steps") if steps else ""
     if paired_text:
         report += ("\n## Per task, against the same seed's SFT\n\nReward minus the SFT policy's on the same task "
                    "and seed, averaged over tasks x seeds; the interval is a bootstrap over tasks (resampled within "
                    "each seed), so it is the spread even a one-seed run has. ↑ / ↓: tasks that scored higher / lower "
                    f"than SFT, of n compared.\n\n{paired_text}\n")
+    if steps_text:
+        report += ("\n## Steps on the tasks both solved, against the same seed's SFT\n\nSteps minus SFT's on each "
+                   "task that both solved (Best-of-N: its pick), averaged over those tasks x seeds, with the same "
+                   "bootstrap; negative is fewer steps. This is action efficiency without the failures, which run to "
+                   f"the step cap and dominate the mean steps above. ↑ / ↓: more / fewer steps.\n\n{steps_text}\n")
     if own_text:
         report += ("\n## ETO iterations against their own start (methods without SFT)\n\nThe same difference, "
                    "but from the model the method's ETO iterations started from (RFT's model for RFT->ETO, the "
@@ -120,5 +131,5 @@ def compare_flow(mlflow_uri: str, experiment: str = "eto", out_dir: str = "eto-c
     create_markdown_artifact(key="eto-compare", markdown=report.replace("![reward per iteration](reward_per_iteration.png)\n", ""),
                              description="Methods side by side: reward, success and steps per split")
     logger.info("comparison of %d runs:\n%s", count, table)
-    return {"table": table, "paired_table": paired_text, "own_start_table": own_text,
+    return {"table": table, "paired_table": paired_text, "own_start_table": own_text, "steps_table": steps_text,
             "folder": str(out.resolve()), "files": files, "mlflow_run_id": run_id}

@@ -18,6 +18,7 @@ from eto_core.method_comparison import (
     paired_rows,
     paired_table,
     task_rewards,
+    task_solved_steps,
     with_selection,
 )
 from eto_core.records import PreferencePair, to_frame
@@ -71,6 +72,33 @@ def test_task_rewards_takes_each_tasks_best_and_skips_env_faults() -> None:
     broken.terminate_reason = "env_error"
     frame = to_frame([traj("a", ["x"], 0.2), traj("a", ["y"], 0.6), traj("b", ["x"], 0.1), broken], "trajectories")
     assert task_rewards(frame) == {"a": 0.6, "b": 0.1}
+
+
+def test_task_solved_steps_keeps_the_picked_episode_of_each_solved_task() -> None:
+    broken = traj("d", ["x"], 1.0)
+    broken.terminate_reason = "env_error"
+    frame = to_frame([
+        traj("a", ["x", "y", "z"], 1.0), traj("a", ["x"], 1.0),  # equals: the first (3 steps) is the pick
+        traj("b", ["x", "y"], 0.5),  # not solved: no entry
+        traj("c", ["x"], 0.2), traj("c", ["x", "y", "z", "w"], 1.0),  # the best is the success
+        broken,  # a fault is not a solve
+    ], "trajectories")
+    assert task_solved_steps(frame) == {"a": 3.0, "c": 4.0}
+
+
+def test_steps_pair_only_the_tasks_both_solved() -> None:
+    """Fed ``task_solved_steps``'s maps, ``paired_rows`` compares steps on the tasks both the
+    method and its seed's SFT solved, so a task only one of them solved does not count."""
+    sft = task_solved_steps(to_frame([traj("a", ["x"] * 6, 1.0), traj("b", ["x"] * 3, 1.0),
+                                      traj("c", ["x"] * 9, 0.0)], "trajectories"))
+    eto = task_solved_steps(to_frame([traj("a", ["x"] * 4, 1.0), traj("b", ["x"] * 9, 0.0),
+                                      traj("c", ["x"] * 2, 1.0)], "trajectories"))
+    runs = [MethodRun("r", "eto", "0", evals={("seen", 0): {"uri": "sft", "digest": "x"},
+                                              ("seen", 1): {"uri": "eto", "digest": "x"}})]
+    rows = paired_rows(runs, {"sft": sft, "eto": eto}, resamples=100)
+    d = rows["eto iter 1"]["seen"]
+    assert (d.tasks, d.mean, d.better, d.worse) == (1, -2.0, 0, 1)  # task a only: 4 - 6 steps
+    assert "seen Δ steps [95% CI]" in paired_table(rows, quantity="steps")
 
 
 def test_paired_rows_compare_each_run_with_its_own_seeds_sft() -> None:

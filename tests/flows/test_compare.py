@@ -98,6 +98,12 @@ def test_compare_pairs_tasks_with_the_same_seeds_sft(tmp_path: Path, prefect_har
     table = out["table"].splitlines()
     assert table[2].startswith("| base | 1 | 0.125 |") and table[3].startswith("| sft | 1 | 0.375 |")
 
+    # Steps on the tasks both solved: SFT solved t2, ETO t0 and t2 (one step each); RFT, RFT->ETO
+    # and the base model solved none (no reward of 1.0), so they have no row.
+    assert "Steps on the tasks both solved" in report
+    assert out["steps_table"].count("\n| ") == 1 and "| 1 | +0.000 [+0.000, +0.000] | 0 / 0 / 1 |" in out["steps_table"]
+    assert "| eto iter 1 |" in out["steps_table"] and "| rft |" not in out["steps_table"]
+
     assert "ETO iterations against their own start" in report
     assert out["own_start_table"].count("\n| ") == 1 and "| rft-eto iter 1 | 1 | +0.125 [" in out["own_start_table"]
 
