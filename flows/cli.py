@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         help="compare methods from their MLflow runs: markdown table, plot and an HTML pair viewer",
         description="Read every finished `eto run`, `eto baseline` and `eto evaluate` run of the experiment and "
         "write OUT/compare.md (method x split: reward, success, steps; mean ± std over seeds; and each "
-        "row's per-task reward difference from its seed's SFT with a bootstrap 95% interval), "
+        "row's per-task reward difference from its seed's SFT with a bootstrap 95% interval, and its steps "
+        "against SFT's on the tasks both solved; the zero-shot base model is a row where it was evaluated), "
         "OUT/reward_per_iteration.png and OUT/viewer.html (failures next to their paired successes); the same "
         "files go to MLflow as a 'compare' run and the table to Prefect as a markdown artifact.",
     )
