@@ -9,9 +9,14 @@ of the shard first, minutes after the user asked to stop. The CLI's signal handl
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 _REQUESTED = threading.Event()
+_depth = 0
+"""How many ``uninterrupted`` blocks the main thread is in (signals only interrupt that thread)."""
+_deferred: list[BaseException] = []
 
 
 class StopRequested(BaseException):
@@ -26,6 +31,7 @@ def request_stop() -> None:
 def clear_stop() -> None:
     """Forget a stop request (the handler that made it is gone: an in-process caller goes on)."""
     _REQUESTED.clear()
+    _deferred.clear()
 
 
 def stop_requested() -> bool:
@@ -36,3 +42,34 @@ def check() -> None:
     """Raise ``StopRequested`` if a stop was requested."""
     if _REQUESTED.is_set():
         raise StopRequested("stopped on request: the work in flight was abandoned at a step boundary")
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A block a stop signal's exception must not cut in half; it is raised when the block ends.
+
+    Writes to a SQLite tracking store are the case: interrupted mid-transaction, the connection
+    stays referenced by the exception's frames while the flow's ``finally`` marks its runs
+    stopped, and its open write transaction locks that very write out (a stopped `eto baseline`
+    hung retrying 'database is locked'). Only the main thread receives signals, so elsewhere
+    this does nothing."""
+    global _depth
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0 and _deferred:
+            raise _deferred.pop()
+
+
+def defer(exc: BaseException) -> bool:
+    """For a signal handler: keep ``exc`` for the end of the current ``uninterrupted`` block and
+    return True, or return False when the main thread is in none (the handler raises it now)."""
+    if _depth == 0:
+        return False
+    _deferred[:] = [exc]
+    return True

@@ -6,6 +6,7 @@ because Prefect may run stages on worker threads where that stack is not shared.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import urllib.error
@@ -23,6 +24,7 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from eto_core import stopping
 from eto_core.locks import file_lock
 from eto_core.records import EvalSummary
 
@@ -136,7 +138,7 @@ class Tracker:
         self.tracking_uri = tracking_uri
         check_server(tracking_uri)
         with sqlite_init_lock(tracking_uri):
-            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            self.client: Any = _Uninterrupted(MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri))
             found = self.client.get_experiment_by_name(experiment)
             if found:
                 self.experiment_id = found.experiment_id
@@ -442,6 +444,26 @@ def _dataset_input(dataset: Any, context: str) -> Any:
     from mlflow.entities import DatasetInput, InputTag
 
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value=context)])
+
+
+class _Uninterrupted:
+    """An ``MlflowClient`` whose calls a stop signal does not cut in half: the signal's exception
+    is raised once the call returns (``eto_core.stopping.uninterrupted``)."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with stopping.uninterrupted():
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def _retry_locked(call: Callable[[], T], attempts: int = 6, delay: float = 0.25) -> T:

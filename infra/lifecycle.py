@@ -37,7 +37,7 @@ from types import FrameType
 
 import psutil
 
-from eto_core.stopping import clear_stop, request_stop
+from eto_core.stopping import clear_stop, defer, request_stop
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 POLL_SECONDS = 0.25
@@ -91,7 +91,10 @@ def stop_on_signals() -> Iterator[list[int]]:
         stopping.append(signum)
         # Rollout shards on worker threads stop at their next step rather than run to their end.
         request_stop()
-        raise Interrupted(signum)
+        # Inside a tracking-store write the exception waits for the write to end (see
+        # eto_core.stopping.uninterrupted).
+        if not defer(Interrupted(signum)):
+            raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:

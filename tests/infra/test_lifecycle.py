@@ -144,3 +144,47 @@ def test_a_stop_signal_asks_worker_threads_to_stop_for_as_long_as_the_handler_is
         except Interrupted:
             assert received == [signal.SIGTERM] and stopping.stop_requested()
     assert not stopping.stop_requested()  # the caller goes on (tests, in-process use): forgotten
+
+
+def test_a_stop_signal_waits_for_the_uninterrupted_block_then_raises() -> None:
+    from eto_core import stopping
+
+    done = []
+    with pytest.raises(Interrupted), stop_on_signals() as received:
+        with stopping.uninterrupted():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, in the main thread
+            done.append("the block's work")
+        done.append("after the block")  # never: the deferred exception is raised at the block's end
+    assert done == ["the block's work"] and received == [signal.SIGTERM]
+    # Outside a block the handler raises at once, as before.
+    with pytest.raises(Interrupted), stop_on_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        done.append("never")
+    assert done == ["the block's work"]
+
+
+def test_a_stop_signal_mid_write_lets_the_tracking_write_finish(tmp_path: Path) -> None:
+    """A stopped flow's ``finally`` marks its MLflow runs stopped. Had the signal cut a SQLite
+    write in half, the interrupted transaction would hold the store's lock against that very
+    write; the write in flight finishes first, then the stop unwinds."""
+    from eto_core.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "eto")
+    run = tracker.start_run("r")
+    client = tracker.client._client
+    real = client.log_batch
+
+    def log_batch(*args: object, **kwargs: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)  # the signal arrives in the middle of the write
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    client.log_batch = log_batch
+    with pytest.raises(Interrupted), stop_on_signals():
+        tracker.log_metrics(run, {"x": 1.0})
+    client.log_batch = real
+    assert tracker.client.get_run(run).data.metrics == {"x": 1.0}
+    tracker.end_run(run, status="KILLED")  # the store is not left locked
+    assert tracker.client.get_run(run).info.status == "KILLED"
