@@ -292,17 +292,14 @@ class Tracker:
         """Per-split metrics at step = iteration, and each evaluation's artifact as a tag, so
         `eto compare` can pair the methods' per-task rewards."""
         for s in summaries:
-            self.log_metrics(run_id, {f"{s.split}_avg_reward": s.avg_reward, f"{s.split}_success_rate": s.success_rate,
-                                      f"{s.split}_mean_steps": s.mean_steps}, step=s.iteration)
+            self.log_metrics(run_id, _summary_metrics(s), step=s.iteration)
         self.set_tags(run_id, {f"{EVAL_TAG}{s.split}.{s.iteration}": json.dumps(s.artifact)
                                for s in summaries if s.artifact})
 
     def log_base_summaries(self, run_id: str, summaries: Sequence[EvalSummary]) -> None:
         """The base model's evaluations beside the run's SFT (``BASE_METRIC`` / ``BASE_EVAL_TAG``)."""
         for s in summaries:
-            self.log_metrics(run_id, {f"{BASE_METRIC}{s.split}_avg_reward": s.avg_reward,
-                                      f"{BASE_METRIC}{s.split}_success_rate": s.success_rate,
-                                      f"{BASE_METRIC}{s.split}_mean_steps": s.mean_steps})
+            self.log_metrics(run_id, _summary_metrics(s, BASE_METRIC))
         self.set_tags(run_id, {f"{BASE_EVAL_TAG}{s.split}": json.dumps(s.artifact) for s in summaries if s.artifact})
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
@@ -444,6 +441,12 @@ def _dataset_input(dataset: Any, context: str) -> Any:
     from mlflow.entities import DatasetInput, InputTag
 
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value=context)])
+
+
+def _summary_metrics(s: EvalSummary, prefix: str = "") -> dict[str, float]:
+    """An evaluation's metrics under their tracked names: ``<prefix><split>_<metric>``."""
+    return {f"{prefix}{s.split}_avg_reward": s.avg_reward, f"{prefix}{s.split}_success_rate": s.success_rate,
+            f"{prefix}{s.split}_mean_steps": s.mean_steps}
 
 
 class _Uninterrupted:

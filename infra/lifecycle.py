@@ -93,8 +93,9 @@ def stop_on_signals() -> Iterator[list[int]]:
         request_stop()
         # Inside a tracking-store write the exception waits for the write to end (see
         # eto_core.stopping.uninterrupted).
-        if not defer(Interrupted(signum)):
-            raise Interrupted(signum)
+        interrupted = Interrupted(signum)
+        if not defer(interrupted):
+            raise interrupted
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
