@@ -345,8 +345,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: not valid YAML ({exc}).") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of settings, got {type(raw).__name__}.")
+    keys = []
     for item in overrides or []:
-        _apply_override(raw, item, path)
+        keys.append(_apply_override(raw, item, path))
+    _trim_dpo_iterations(raw, keys)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
@@ -358,7 +360,23 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: invalid recipe:\n" + "\n".join(problems)) from None
 
 
-def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
+def _trim_dpo_iterations(raw: dict[str, Any], override_keys: list[str]) -> None:
+    """Drop the recipe's dpo_iterations entries beyond an iterations count lowered by an override.
+
+    A recipe written for two iterations may be run for one (`--iterations 1`): the entries for
+    iterations that will not run are unused, not a mistake, and each iteration's settings (hence
+    its cache keys) are unchanged by the cut. A list given on the command line itself is left for
+    the recipe check to judge."""
+    entries = raw.get("dpo_iterations")
+    iterations = raw.get("iterations")
+    if ("iterations" not in override_keys or "dpo_iterations" in override_keys or not isinstance(entries, list)
+            or not isinstance(iterations, int) or iterations < 1):
+        return
+    raw["dpo_iterations"] = entries[:iterations]
+
+
+def _apply_override(raw: dict[str, Any], item: str, path: Path) -> str:
+    """Set one ``key.sub=value`` override in ``raw``; returns its key."""
     if "=" not in item:
         raise RecipeError(f"{path}: override '{item}' must look like key.sub=value, e.g. --set dpo.beta=0.2")
     key, value = item.split("=", 1)
@@ -370,6 +388,7 @@ def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
             raise RecipeError(f"{path}: override '{item}': '{part}' is not a section")
         node = child
     node[parts[-1]] = yaml.safe_load(value)
+    return key
 
 
 def describe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[str]:

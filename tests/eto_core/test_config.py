@@ -72,3 +72,15 @@ def test_global_seed_reaches_every_component() -> None:
         assert seeded(getattr(r3, part), r3).seed == getattr(r3, part).seed + 3
         assert seeded(getattr(r0, part), r0) == getattr(r0, part)  # seed 0 leaves settings as written
     assert seeded(r3.model.tiny, r3).seed == 3 and seeded(r3.model.pretrain, r3).seed == 3
+
+
+def test_lowering_iterations_on_the_command_line_drops_the_unused_dpo_iteration_entries(tmp_path: Path) -> None:
+    text = "iterations: 2\ndpo_iterations: [{beta: 0.1, learning_rate: 5.0e-5}, {beta: 0.5}]"
+    full = load_recipe(_write(tmp_path, text))
+    one = load_recipe(_write(tmp_path, text), ["iterations=1"])
+    assert one.iterations == 1 and len(one.dpo_iterations) == 1
+    # Iteration 1 keeps exactly the settings (and so the cache keys) of the two-iteration run.
+    assert one.dpo_for_iteration(1) == full.dpo_for_iteration(1)
+    # A list given on the command line is still checked against iterations.
+    with pytest.raises(RecipeError, match="dpo_iterations has 2 entries"):
+        load_recipe(_write(tmp_path, text), ["iterations=1", "dpo_iterations=[{beta: 0.1}, {beta: 0.2}]"])
