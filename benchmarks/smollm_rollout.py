@@ -67,6 +67,10 @@ def main() -> None:
                         help="batches of shared-prefix attention and our decoding loop, prefill padded to the longest row")
     parser.add_argument("--grouped-batches", type=int, nargs="*", default=[16],
                         help="batches of the pipeline's default: our decoding loop with its prefill in groups of rows")
+    parser.add_argument("--draft-batches", type=int, nargs="*", default=[],
+                        help="batches of the default plus drafts looked up in each row's context (greedy)")
+    parser.add_argument("--draft-tokens", type=int, nargs="*", default=[4],
+                        help="draft tokens checked per forward in the --draft-batches modes (policy.lookup_draft)")
     parser.add_argument("--steps", type=int, default=15, help="tidy's step cap")
     parser.add_argument("--max-new-tokens", type=int, default=72)
     parser.add_argument("--temperature", type=float, default=0.0,
@@ -86,31 +90,35 @@ def main() -> None:
     all_tasks = env.tasks("train")[: args.tasks]
     env.close()
 
-    # (name, batch, episode cache, shared-prefix attention, decoding loop, grouped prefill, tasks)
-    modes: list[tuple[str, int, bool, bool, bool, bool, list[str]]] = []
+    # (name, batch, episode cache, shared-prefix attention, decoding loop, grouped prefill, tasks, drafts)
+    modes: list[tuple[str, int, bool, bool, bool, bool, list[str], int]] = []
     if args.landed_batch:
         modes.append((f"landed engine, batch {args.landed_batch}", args.landed_batch, False, False, False, False,
-                      all_tasks[: max(args.landed_batch, 1)]))
+                      all_tasks[: max(args.landed_batch, 1)], 0))
     for b in args.batches:
         tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
-        modes.append((f"episode KV cache, batch {b}", b, True, False, False, False, tasks))
+        modes.append((f"episode KV cache, batch {b}", b, True, False, False, False, tasks, 0))
     for b in args.shared_batches:
-        modes.append((f"+ shared-prefix attention, batch {b}", b, True, True, False, False, all_tasks))
+        modes.append((f"+ shared-prefix attention, batch {b}", b, True, True, False, False, all_tasks, 0))
     for b in args.loop_batches:
         tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
-        modes.append((f"+ finished rows leave, batch {b}", b, True, True, True, False, tasks))
+        modes.append((f"+ finished rows leave, batch {b}", b, True, True, True, False, tasks, 0))
     for b in args.grouped_batches:
         tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
-        modes.append((f"+ prefill in groups, batch {b}", b, True, True, True, True, tasks))
+        modes.append((f"+ prefill in groups, batch {b}", b, True, True, True, True, tasks, 0))
+    for b in args.draft_batches:
+        tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
+        for k in args.draft_tokens:
+            modes.append((f"+ lookup drafts of {k}, batch {b}", b, True, True, True, True, tasks, k))
 
     peak, n = matmul_peak([1024, 2048, 3072], repeats=3)
     rows = []
     reference: dict[str, object] = {}
-    for name, batch, episode_cache, shared_attention, loop, grouped, tasks in modes:
+    for name, batch, episode_cache, shared_attention, loop, grouped, tasks, drafts in modes:
         gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=4096,
                                  temperature=args.temperature, top_p=args.top_p)
         policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache,
-                               shared_prefix_attention=shared_attention, decode_loop=loop)
+                               shared_prefix_attention=shared_attention, decode_loop=loop, lookup_draft=drafts)
         if not grouped:  # one forward for all rows' prompt tokens, padded to the longest
             policy.PREFILL_CALL_TOKENS = 10**9
         start = time.perf_counter()
@@ -123,7 +131,10 @@ def main() -> None:
                "seconds": round(seconds, 1), "s_per_episode": round(seconds / len(trajs), 2),
                "episodes_per_s": round(len(trajs) / seconds, 3), "prefilled_tokens": policy.prefilled_tokens,
                "generated_tokens": policy.generated_tokens, "gflop_per_s": round(flops / seconds / 1e9, 1),
-               "peak_fraction": round(flops / seconds / peak, 3), "same_as_first_mode": f"{sum(same)}/{len(same)}"}
+               "peak_fraction": round(flops / seconds / peak, 3), "same_as_first_mode": f"{sum(same)}/{len(same)}",
+               # tokens each row got per forward of our loop (1 without drafts; HF generate: not counted)
+               "tokens_per_row_forward": (round(policy.generated_tokens / policy.decoded_row_steps, 2)
+                                          if policy.decoded_row_steps else None)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"\nSmolLM2-135M-Instruct on tidy (one-shot prompt, {args.steps}-step cap, "
@@ -131,13 +142,14 @@ def main() -> None:
           f"torch threads "
           f"{torch.get_num_threads()}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (n={n})\n")
     print("| mode | episodes | s / episode | episodes/s | vs first mode | prompt tokens encoded | generated | "
-          "GFLOP/s | of peak | turns as first mode |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "GFLOP/s | of peak | tokens per row-forward | turns as first mode |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = rows[0]["s_per_episode"]
     for r in rows:
         print(f"| {r['mode']} | {r['episodes']} | {r['s_per_episode']} | {r['episodes_per_s']} | "
               f"{float(base) / float(r['s_per_episode']):.1f}x | {r['prefilled_tokens']:,} | {r['generated_tokens']:,} | "
-              f"{r['gflop_per_s']} | {float(r['peak_fraction']):.1%} | {r['same_as_first_mode']} |")
+              f"{r['gflop_per_s']} | {float(r['peak_fraction']):.1%} | {r['tokens_per_row_forward'] or '-'} | "
+              f"{r['same_as_first_mode']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

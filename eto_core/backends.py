@@ -28,7 +28,8 @@ def make_policy(
         model, tokenizer = load_hf()
         return LocalHFPolicy(model, tokenizer, gen, model_uri=model_uri, prefix_cache=settings.prefix_cache,
                              episode_cache=settings.episode_cache,
-                             shared_prefix_attention=settings.shared_prefix_attention)
+                             shared_prefix_attention=settings.shared_prefix_attention,
+                             lookup_draft=settings.lookup_draft)
     if settings.backend == "vllm":
         from eto_core.vllm_policy import VLLMPolicy
 

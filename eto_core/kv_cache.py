@@ -238,6 +238,26 @@ def set_length(cache: Any, length: int) -> None:
         layer.cumulative_length.fill_(length)
 
 
+def squeeze_columns(cache: Any, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Move each row's unmasked columns from ``start`` on to the left, in order, and cut the
+    cache's length to the longest row's: the masked columns that rejected draft tokens left
+    are dropped. Positions are given explicitly, so a token's column need not match its
+    position. Returns the mask of the squeezed cache."""
+    length = mask.shape[1]
+    region = mask[:, start:]
+    index = torch.sort(region, dim=1, descending=True, stable=True).indices
+    keep = int(region.sum(1).max().item())
+    index = index[:, :keep]
+    with torch.inference_mode():
+        for layer in cache.layers:
+            for tensor in (layer.keys, layer.values):
+                moved = tensor[:, :, start:length].gather(
+                    2, index[:, None, :, None].expand(-1, tensor.shape[1], -1, tensor.shape[3]))
+                tensor[:, :, start : start + keep] = moved
+    set_length(cache, start + keep)
+    return torch.cat([mask[:, :start], region.gather(1, index)], dim=1)
+
+
 def prefill_groups(lengths: list[int], call_tokens: int) -> list[tuple[int, int]]:
     """Split rows sorted by length, longest first, into contiguous groups, each run as one
     forward padded to its first (longest) row: the split with the fewest padded tokens plus

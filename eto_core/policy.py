@@ -27,7 +27,17 @@ from transformers import (
 )
 
 from eto_core import stopping
-from eto_core.kv_cache import CacheEntry, KVCache, RowStart, layer_kv, prefill_groups, row_view, set_length
+from eto_core.draft_lookup import LookupDrafter, accepted
+from eto_core.kv_cache import (
+    CacheEntry,
+    KVCache,
+    RowStart,
+    layer_kv,
+    prefill_groups,
+    row_view,
+    set_length,
+    squeeze_columns,
+)
 from eto_core.records import Message
 from eto_core.sampling import RowSampler, SampledTokenProcessor
 from eto_core.shared_prefix_attention import SharedPrefix, shared_prefix, supports
@@ -159,6 +169,7 @@ class LocalHFPolicy:
         episode_cache: bool = False,
         shared_prefix_attention: bool = False,
         decode_loop: bool = True,
+        lookup_draft: int = 0,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -187,6 +198,11 @@ class LocalHFPolicy:
         self.decode_loop = decode_loop
         """With a KV cache: decode in our own loop, finished rows leaving the batch (False: HF
         ``generate``, which the benchmarks and tests compare against)."""
+        if lookup_draft < 0:
+            raise ValueError(f"lookup_draft must be 0 or more, got {lookup_draft}")
+        self.lookup_draft = lookup_draft
+        """Greedy turns in our decoding loop: up to this many tokens looked up in the row's own
+        context are checked per forward (eto_core.draft_lookup); 0 decodes one token per forward."""
         self.shared_prefix_batches = 0
         """Batches whose rows attended to their shared prefix once (shared-prefix attention)."""
         self.decoded_row_steps = 0
@@ -342,7 +358,11 @@ class LocalHFPolicy:
         positions = (p + mask.cumsum(-1) - 1).clamp(min=0)
         self.prefilled_tokens += sum(lengths)
         device = self.model.device
-        cache = kv.batch_cache(starts, own, device, width + s.max_new_tokens, skip=p)
+        # Drafted tokens (greedy only) add up to k columns per forward, some of them rejected:
+        # room for a few forwards' worth before the rejected columns are squeezed out.
+        k = self.lookup_draft if sampler is None else 0
+        room = width + s.max_new_tokens + 8 * k
+        cache = kv.batch_cache(starts, own, device, room, skip=p)
         if self._stop is None:
             self._stop = ActionLineStop(self.tokenizer, 0)
         newlines = set(self._stop.newline_ids.tolist())
@@ -351,9 +371,27 @@ class LocalHFPolicy:
         attention = (shared_prefix(self.model, SharedPrefix(p, shared.own, columns=0)) if shared is not None
                      else contextlib.nullcontext())
         new: list[list[int]] = [[] for _ in range(n)]
+        drafters = [LookupDrafter(ids) for ids in batch] if k else []
         live = list(range(n))  # batch position -> row
         done: set[int] = set()  # rows finished but still in the batch
         input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+
+        def finish(row: int, i: int) -> None:
+            done.add(row)
+            if not kv.episodes:
+                return
+            ids, (c, _) = batch[row], starts[row]
+            # The layers' tensors are replaced when the batch is compacted: read them now.
+            layers = layer_kv(cache)
+            if k:
+                # Rejected drafts left masked columns among the turn's: keep the fed ones only.
+                fed = torch.nonzero(mask[i, width:]).squeeze(1)[: max(len(new[row]) - 1, 0)] + width
+                layers = [(torch.cat([keys[i : i + 1, :, :width], keys[i : i + 1].index_select(2, fed)], 2),
+                           torch.cat([values[i : i + 1, :, :width], values[i : i + 1].index_select(2, fed)], 2))
+                          for keys, values in layers]
+                i = 0
+            kv.keep_row(ids, c, new[row], layers, i, own, width, shared)
+
         with torch.inference_mode(), attention:
             # The prompts' new tokens, in groups of rows of similar length rather than all rows
             # padded to the longest: observations vary (tidy: 2x the real tokens when padded).
@@ -368,24 +406,22 @@ class LocalHFPolicy:
             set_length(cache, width)
             next_logits = torch.cat(logits)
             next_pos = positions[:, -1:] + 1
-            for step in range(s.max_new_tokens):
+            # Each live row's tokens from the last forward: written to its turn, the last one
+            # not yet fed to the model.
+            self.decoded_row_steps += n
+            picked = (next_logits.argmax(-1) if sampler is None else sampler.pick(next_logits, order))
+            emitted: list[list[int]] = [[token] for token in picked.tolist()]
+            while True:
                 stopping.check()  # between decoding steps, as generate's StopOnRequest does
-                self.decoded_row_steps += len(live)
-                picked = (next_logits.argmax(-1) if sampler is None
-                          else sampler.pick(next_logits, [order[row] for row in live]))
-                tokens = picked.tolist()
                 for i, row in enumerate(live):
                     if row in done:
                         continue
-                    token = tokens[i]
-                    new[row].append(token)
-                    if (token == eos or step == s.max_new_tokens - 1
-                            or (token in newlines and self._stop.line_done(new[row]))):
-                        done.add(row)
-                        if kv.episodes:
-                            ids, (c, _) = batch[row], starts[row]
-                            # The layers' tensors are replaced when the batch is compacted: read them now.
-                            kv.keep_row(ids, c, new[row], layer_kv(cache), i, own, width, shared)
+                    for token in emitted[i]:
+                        new[row].append(token)
+                        if (token == eos or len(new[row]) == s.max_new_tokens
+                                or (token in newlines and self._stop.line_done(new[row]))):
+                            finish(row, i)
+                            break
                 if len(done) == len(live):
                     break
                 if len(done) >= max(1, len(live) // 4):
@@ -396,14 +432,45 @@ class LocalHFPolicy:
                         layer.values = layer.values.index_select(0, index)
                         layer.batch_size = len(keep)
                     mask, next_pos = mask[index], next_pos[index]
-                    tokens = [tokens[i] for i in keep]
+                    emitted = [emitted[i] for i in keep]
                     live = [live[i] for i in keep]
                     done.clear()
-                mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-                out = self.model(input_ids=torch.tensor(tokens, device=device)[:, None], attention_mask=mask,
-                                 position_ids=next_pos, use_cache=True, logits_to_keep=1, **{kv.cache_kwarg: cache})
-                next_logits = out.logits[:, -1]
-                next_pos = next_pos + 1
+                # Drafts: what followed the latest earlier occurrence of each row's last tokens,
+                # no longer than its turn has room for.
+                drafts: list[list[int]] = []
+                for i, row in enumerate(live):
+                    if k and row not in done:
+                        drafters[row].extend(emitted[i])
+                        drafts.append(drafters[row].draft(min(k, s.max_new_tokens - len(new[row]) - 1)))
+                    else:
+                        drafts.append([])
+                q = 1 + max(len(d) for d in drafts)
+                if mask.shape[1] + q > room:
+                    mask = squeeze_columns(cache, mask, width)
+                fed = torch.full((len(live), q), self.pad_token_id, dtype=torch.long)
+                for i, d in enumerate(drafts):
+                    fed[i, 0] = emitted[i][-1]
+                    fed[i, 1 : 1 + len(d)] = torch.tensor(d, dtype=torch.long)
+                mask = torch.cat([mask, mask.new_ones((len(live), q))], dim=1)
+                out = self.model(input_ids=fed.to(device), attention_mask=mask,
+                                 position_ids=next_pos + torch.arange(q, device=device), use_cache=True,
+                                 logits_to_keep=q, **{kv.cache_kwarg: cache})
+                self.decoded_row_steps += len(live)
+                if sampler is not None:
+                    picked = sampler.pick(out.logits[:, -1], [order[row] for row in live])
+                    emitted = [[token] for token in picked.tolist()]
+                    next_pos = next_pos + 1
+                    continue
+                greedy = out.logits.argmax(-1).tolist()
+                emitted = []
+                steps = []
+                for i, d in enumerate(drafts):
+                    a = accepted(d, greedy[i])
+                    emitted.append(greedy[i][: a + 1])
+                    steps.append(a + 1)
+                    # The rejected drafts' keys/values stay in the cache, masked from now on.
+                    mask[i, mask.shape[1] - q + a + 1 :] = 0
+                next_pos = next_pos + torch.tensor(steps, device=device)[:, None]
         texts: list[str] = [""] * n
         for row, turn in zip(order, new, strict=True):
             self.generated_tokens += len(turn)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, StaticCache
 
-from eto_core.kv_cache import prefill_groups, row_view, set_length
+from eto_core.kv_cache import prefill_groups, row_view, set_length, squeeze_columns
 
 
 def cost(lengths: list[int], groups: list[tuple[int, int]], call_tokens: int) -> int:
@@ -61,3 +61,27 @@ def test_a_row_view_writes_into_the_batch_cache_and_set_length_moves_it_on() -> 
         assert torch.equal(layers[layer].values[1:3, :, 5:7], -keys)
     set_length(cache, 7)
     assert int(cache.get_seq_length()) == 7
+
+
+def test_squeeze_moves_each_rows_unmasked_columns_left_in_order() -> None:
+    config = LlamaConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2,
+                         intermediate_size=32, vocab_size=50)
+    cache = StaticCache(config=config, max_cache_len=12)
+    cache.early_initialization(2, 1, 8, torch.float32, torch.device("cpu"))
+    layers: Any = cache.layers
+    for layer in layers:
+        # Column j of row r holds the value 100 r + j, so every move shows.
+        filled = (torch.arange(12.0) + 100 * torch.arange(2.0)[:, None])[:, None, :, None].expand(2, 1, 12, 8)
+        layer.keys.copy_(filled)
+        layer.values.copy_(-filled)
+    set_length(cache, 9)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 1, 0, 0, 1],
+                         [0, 1, 1, 1, 1, 1, 1, 0, 0]])
+    squeezed = squeeze_columns(cache, mask, start=3)
+    # From column 3 on: row 0 keeps 3, 5, 8; row 1 keeps 3, 4, 5, 6 (the longest: 4 columns).
+    assert squeezed.tolist() == [[1, 1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1, 1]]
+    assert int(cache.get_seq_length()) == 7
+    for layer in layers:
+        assert layer.keys[0, 0, :6, 0].tolist() == [0, 1, 2, 3, 5, 8]
+        assert layer.keys[1, 0, :7, 0].tolist() == [100, 101, 102, 103, 104, 105, 106]
+        assert layer.values[0, 0, :6, 0].tolist() == [0, -1, -2, -3, -5, -8]

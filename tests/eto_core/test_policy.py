@@ -418,3 +418,58 @@ def test_sampled_first_tokens_follow_the_models_warped_distribution(tiny_tokeniz
     assert expected_texts.max() < 0.5  # a spread distribution, or the check would say little
     tolerance = 4 * (expected_texts * (1 - expected_texts) / rows).sqrt() + 1e-9
     assert torch.all((observed - expected_texts).abs() <= tolerance)
+
+
+@pytest.mark.parametrize("shared_attention", [True, False])
+def test_lookup_drafts_write_the_greedy_turns_in_fewer_forwards(
+    tiny_tokenizer: PreTrainedTokenizerBase, monkeypatch: pytest.MonkeyPatch, shared_attention: bool,
+) -> None:
+    """Drafts looked up in each row's context are fed with its last token and kept only as far
+    as the model's greedy choices confirm them: the turns equal plain generation's step after
+    step (so the episode caches kept around rejected drafts are right), some forwards write
+    several tokens, and the rejected drafts' columns get squeezed out of the batch cache."""
+    import eto_core.policy as policy_module
+    from eto_core.kv_cache import squeeze_columns
+
+    squeezes: list[int] = []
+
+    def counted(cache: Any, mask: torch.Tensor, start: int) -> torch.Tensor:
+        squeezes.append(mask.shape[1])
+        return squeeze_columns(cache, mask, start)
+
+    monkeypatch.setattr(policy_module, "squeeze_columns", counted)
+    settings = GenerationSettings(max_new_tokens=40, max_context_tokens=1024)
+    model = lively_model(tiny_tokenizer, max_positions=1024)
+    plain = LocalHFPolicy(model, tiny_tokenizer, settings)
+    drafted = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
+                            shared_prefix_attention=shared_attention, lookup_draft=4)
+    convs = shared_prefix_conversations()
+    for step in range(3):
+        expected = plain.generate(convs)
+        assert drafted.generate(convs) == expected
+        assert drafted.generate(convs[1:3]) == expected[1:3]  # a smaller batch, rows from the cache
+        convs = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
+                 for c, t in zip(convs, expected, strict=True)]
+        assert drafted.kv_cache is not None
+        # Each finished row's kept keys/values are those of its tokens encoded from scratch: the
+        # rejected drafts' columns between the turn's were left out.
+        for entry in drafted.kv_cache.rows.values():
+            with torch.no_grad():
+                full = model(torch.tensor([entry.tokens.tolist()]), use_cache=True).past_key_values
+            for layer, (keys, values) in enumerate(entry.own):
+                assert torch.allclose(keys, full.layers[layer].keys[:, :, entry.base_len :], atol=1e-4)
+                assert torch.allclose(values, full.layers[layer].values[:, :, entry.base_len :], atol=1e-4)
+    assert drafted.kv_cache.row_hits > 0
+    assert drafted.decoded_row_steps < drafted.generated_tokens  # some forwards wrote several tokens
+    assert squeezes
+
+
+def test_sampled_turns_ignore_lookup_drafts(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
+    """Drafting is for greedy turns: a sampled row draws one token per forward, as without it."""
+    settings = GenerationSettings(max_new_tokens=10, max_context_tokens=512, temperature=0.8, seed=3)
+    model = lively_model(tiny_tokenizer)
+    one = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True)
+    drafted = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True, lookup_draft=4)
+    convs = shared_prefix_conversations()
+    assert drafted.generate(convs) == one.generate(convs)
+    assert drafted.decoded_row_steps == drafted.generated_tokens

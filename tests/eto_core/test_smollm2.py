@@ -125,17 +125,20 @@ def test_policy_encoding_and_training_encoding_agree(smollm2: dict[str, Any]) ->
         assert enc.agent_mask[len(before) : len(before) + len(turn)] == [1] * len(turn)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 0.7])
-def test_cached_shared_prefix_rollout_writes_the_plain_turns(smollm2: dict[str, Any], temperature: float) -> None:
+@pytest.mark.parametrize(("temperature", "lookup_draft"), [(0.0, 0), (0.7, 0), (0.0, 4)])
+def test_cached_shared_prefix_rollout_writes_the_plain_turns(smollm2: dict[str, Any], temperature: float,
+                                                             lookup_draft: int) -> None:
     """On the real model (9 query heads over 3 key/value heads): episode caches plus the shared
     prefix read once per batch, in our decoding loop, write step after step what plain batched
-    generation (HF ``generate``) writes, greedy or sampled."""
+    generation (HF ``generate``) writes, greedy or sampled, and greedy with drafts looked up in
+    the context."""
     from eto_core.policy import GenerationSettings
 
     model, tok = smollm2["model"], smollm2["tokenizer"]
     settings = GenerationSettings(max_new_tokens=12, batch_size=3, temperature=temperature)
     plain = LocalHFPolicy(model, tok, settings)
-    fast = LocalHFPolicy(model, tok, settings, prefix_cache=True, episode_cache=True, shared_prefix_attention=True)
+    fast = LocalHFPolicy(model, tok, settings, prefix_cache=True, episode_cache=True, shared_prefix_attention=True,
+                         lookup_draft=lookup_draft)
     instruction = "Interact with a household to solve a task. Answer with a Thought line and an Action line. " * 2
     convs: list[list[Message]] = [[{"role": "user", "content": instruction + task}]
                                   for task in ("Put the mug on the shelf.", "Find a pen.", "Open the drawer.")]
@@ -146,6 +149,8 @@ def test_cached_shared_prefix_rollout_writes_the_plain_turns(smollm2: dict[str, 
                   {"role": "user", "content": f"Observation: nothing happens ({step})."}]
                  for c, t in zip(convs, expected, strict=True)]
     assert fast.shared_prefix_batches == 2 and fast.kv_cache is not None and fast.kv_cache.row_hits == 3
+    if lookup_draft:
+        assert fast.decoded_row_steps < fast.generated_tokens
 
 
 def test_masked_forward_matches_full_logits_and_a_lora_step_trains(smollm2: dict[str, Any], tmp_path: Path) -> None:
