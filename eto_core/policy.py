@@ -153,6 +153,10 @@ class LocalHFPolicy:
     decoding loop, where finished rows leave the batch; without one, from HF ``generate``.
     """
 
+    DRAFT_ROOM_FORWARDS = 8
+    """With lookup drafts, the batch cache has room for this many forwards' worth of rejected
+    draft columns before they are squeezed out (a squeeze copies every row's turn columns)."""
+
     PREFILL_CALL_TOKENS = 24
     """A forward's fixed cost (reading every weight once) in prompt tokens of prefill: at 1 thread
     on this CPU ~70 ms vs ~3 ms per token. Rows are grouped for the prefill so that padding
@@ -361,7 +365,7 @@ class LocalHFPolicy:
         # Drafted tokens (greedy only) add up to k columns per forward, some of them rejected:
         # room for a few forwards' worth before the rejected columns are squeezed out.
         k = self.lookup_draft if sampler is None else 0
-        room = width + s.max_new_tokens + 8 * k
+        room = width + s.max_new_tokens + self.DRAFT_ROOM_FORWARDS * k
         cache = kv.batch_cache(starts, own, device, room, skip=p)
         if self._stop is None:
             self._stop = ActionLineStop(self.tokenizer, 0)
@@ -376,7 +380,8 @@ class LocalHFPolicy:
         done: set[int] = set()  # rows finished but still in the batch
         input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
 
-        def finish(row: int, i: int) -> None:
+        def finish(row: int, at: int) -> None:
+            """Mark ``row`` (batch position ``at``) done and keep its keys/values for its next step."""
             done.add(row)
             if not kv.episodes:
                 return
@@ -385,12 +390,12 @@ class LocalHFPolicy:
             layers = layer_kv(cache)
             if k:
                 # Rejected drafts left masked columns among the turn's: keep the fed ones only.
-                fed = torch.nonzero(mask[i, width:]).squeeze(1)[: max(len(new[row]) - 1, 0)] + width
-                layers = [(torch.cat([keys[i : i + 1, :, :width], keys[i : i + 1].index_select(2, fed)], 2),
-                           torch.cat([values[i : i + 1, :, :width], values[i : i + 1].index_select(2, fed)], 2))
+                fed = torch.nonzero(mask[at, width:]).squeeze(1)[: max(len(new[row]) - 1, 0)] + width
+                layers = [(torch.cat([keys[at : at + 1, :, :width], keys[at : at + 1].index_select(2, fed)], 2),
+                           torch.cat([values[at : at + 1, :, :width], values[at : at + 1].index_select(2, fed)], 2))
                           for keys, values in layers]
-                i = 0
-            kv.keep_row(ids, c, new[row], layers, i, own, width, shared)
+                at = 0
+            kv.keep_row(ids, c, new[row], layers, at, own, width, shared)
 
         with torch.inference_mode(), attention:
             # The prompts' new tokens, in groups of rows of similar length rather than all rows
@@ -446,15 +451,22 @@ class LocalHFPolicy:
                         drafts.append([])
                 q = 1 + max(len(d) for d in drafts)
                 if mask.shape[1] + q > room:
+                    # A row's visible turn columns are the tokens it fed (< max_new_tokens), so
+                    # squeezing leaves room for DRAFT_ROOM_FORWARDS forwards and more.
                     mask = squeeze_columns(cache, mask, width)
+                    if mask.shape[1] + q > room:
+                        raise RuntimeError(f"decoding cache full after squeezing: {mask.shape[1]} + {q} > {room}")
                 fed = torch.full((len(live), q), self.pad_token_id, dtype=torch.long)
                 for i, d in enumerate(drafts):
                     fed[i, 0] = emitted[i][-1]
                     fed[i, 1 : 1 + len(d)] = torch.tensor(d, dtype=torch.long)
                 mask = torch.cat([mask, mask.new_ones((len(live), q))], dim=1)
+                # A draft stops where its turn's room ends, so only padding could pass the
+                # position table's end: clamped, as its outputs are never read.
                 out = self.model(input_ids=fed.to(device), attention_mask=mask,
-                                 position_ids=next_pos + torch.arange(q, device=device), use_cache=True,
-                                 logits_to_keep=q, **{kv.cache_kwarg: cache})
+                                 position_ids=(next_pos + torch.arange(q, device=device)).clamp(
+                                     max=self.max_context_tokens - 1),
+                                 use_cache=True, logits_to_keep=q, **{kv.cache_kwarg: cache})
                 self.decoded_row_steps += len(live)
                 if sampler is not None:
                     picked = sampler.pick(out.logits[:, -1], [order[row] for row in live])
@@ -462,15 +474,16 @@ class LocalHFPolicy:
                     next_pos = next_pos + 1
                     continue
                 greedy = out.logits.argmax(-1).tolist()
-                emitted = []
-                steps = []
-                for i, d in enumerate(drafts):
-                    a = accepted(d, greedy[i])
-                    emitted.append(greedy[i][: a + 1])
-                    steps.append(a + 1)
-                    # The rejected drafts' keys/values stay in the cache, masked from now on.
-                    mask[i, mask.shape[1] - q + a + 1 :] = 0
-                next_pos = next_pos + torch.tensor(steps, device=device)[:, None]
+                # Each live row's fed tokens up to the last confirmed draft are now its turn's;
+                # a row finished but still in the batch writes nothing.
+                counts = [0 if row in done else accepted(d, greedy[i]) + 1
+                          for i, (row, d) in enumerate(zip(live, drafts, strict=True))]
+                emitted = [greedy[i][: max(count, 1)] for i, count in enumerate(counts)]
+                written = torch.tensor(counts, device=device)[:, None]
+                # The other columns (rejected drafts, padding, a finished row's filler) stay in
+                # the cache unread: masked from now on, squeezed out when the cache fills.
+                mask[:, -q:] = (torch.arange(q, device=device)[None] < written).to(mask.dtype)
+                next_pos = next_pos + written
         texts: list[str] = [""] * n
         for row, turn in zip(order, new, strict=True):
             self.generated_tokens += len(turn)

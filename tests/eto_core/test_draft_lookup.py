@@ -10,7 +10,7 @@ def test_a_draft_continues_the_latest_earlier_occurrence_of_the_longest_matching
     # Tail (1, 2, 3) occurred at the start: what followed it there.
     assert d.draft(3) == [4, 9, 2]
     d.extend([8, 2, 3])
-    # No earlier (8, 2, 3) or ... the 2-gram (2, 3) occurred last before the tail at 11..12: 8 followed.
+    # (8, 2, 3) never occurred before; the 2-gram (2, 3) last occurred at 11..12, and 8 followed it.
     assert d.draft(2) == [8, 2]
     d.extend([5])
     # (2, 3, 5) occurred once before: 6, 7, 1 followed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pydantic
@@ -473,3 +474,45 @@ def test_sampled_turns_ignore_lookup_drafts(tiny_tokenizer: PreTrainedTokenizerB
     convs = shared_prefix_conversations()
     assert drafted.generate(convs) == one.generate(convs)
     assert drafted.decoded_row_steps == drafted.generated_tokens
+
+
+class _Successor(LlamaForCausalLM):
+    """A model whose greedy choice after token t is ``successor[t]``, whatever came before: the
+    turns (and which drafts are accepted) are known in advance."""
+
+    successor = torch.arange(400)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().forward(*args, **kwargs)
+        ids = kwargs["input_ids"][:, -out.logits.shape[1] :]
+        out.logits = torch.nn.functional.one_hot(self.successor[ids], out.logits.shape[-1]).float() * 10
+        return out
+
+
+def test_finished_rows_left_in_the_batch_never_overflow_the_drafting_cache(
+    tiny_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """One row of eight copies a chain from its prompt, 40 tokens in a few forwards, and ends;
+    under a quarter of the batch is done, so it stays in the batch while the others write 59
+    tokens one forward at a time. It must not keep filling the cache (it did, past its end)."""
+    base = lively_model(tiny_tokenizer, max_positions=1024)
+    model = _Successor(base.config)
+    model.load_state_dict(base.state_dict())
+    eos = tiny_tokenizer.eos_token_id
+    assert eos is not None
+    chain, other = list(range(10, 50)), list(range(100, 300))
+    successor = torch.arange(400)
+    for a, b in itertools.pairwise(chain):
+        successor[a] = b
+    successor[chain[-1]] = eos
+    for a, b in itertools.pairwise(other):
+        successor[a] = b
+    model.successor = successor
+    settings = GenerationSettings(max_new_tokens=60, max_context_tokens=1024)
+    batch = [[*chain, chain[0]]] + [[300 + r, 301 + r, 100 + 20 * r] for r in range(7)]
+    turns = {}
+    for k in (0, 1, 4):
+        policy = LocalHFPolicy(model, tiny_tokenizer, settings, episode_cache=True, lookup_draft=k)
+        turns[k] = policy._decode_from_cache(batch, [(0, None)] * len(batch), None, None)
+    assert turns[1] == turns[4] == turns[0]
+    assert turns[0][0] == tiny_tokenizer.decode(chain[1:], skip_special_tokens=True).strip()
