@@ -216,11 +216,11 @@ class PolicySettings(_Strict):
         "attention keep plain attention).",
     )
     lookup_draft: int = Field(
-        0, ge=0, le=16,
+        4, ge=0, le=16,
         description="hf backend, greedy turns in our decoding loop (with prefix_cache or episode_cache): each forward "
         "also checks up to this many draft tokens looked up in the row's own context and keeps those the model's "
         "greedy choices confirm (prompt-lookup decoding: the greedy turns, up to float rounding, in fewer forwards; "
-        "0: one token per forward).",
+        "0: one token per forward; docs/benchmarks.md, \"Lookup drafts\").",
     )
     base_url: str | None = Field(None, description="openai backend: the endpoint, e.g. http://127.0.0.1:8000/v1.")
     model: str | None = Field(None, description="openai backend: the served model's name.")
