@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import pydantic
@@ -134,6 +135,27 @@ def shared_prefix_conversations() -> list[list[Message]]:
     return convs
 
 
+def next_step(convs: list[list[Message]], turns: list[str | None], step: int) -> list[list[Message]]:
+    """Each conversation continued by the turn it got and a new observation."""
+    return [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
+            for c, t in zip(convs, turns, strict=True)]
+
+
+def same_turns_step_after_step(plain: LocalHFPolicy, fast: LocalHFPolicy, steps: int = 3,
+                                after_each: Callable[[], None] | None = None) -> list[list[Message]]:
+    """Both policies write the same turns for the shared-prefix conversations, whole and as a
+    smaller batch (rows from the cache), step after step; returns the last step's conversations."""
+    convs = shared_prefix_conversations()
+    for step in range(steps):
+        expected = plain.generate(convs)
+        assert fast.generate(convs) == expected
+        assert fast.generate(convs[1:3]) == expected[1:3]
+        if after_each is not None:
+            after_each()
+        convs = next_step(convs, expected, step)
+    return convs
+
+
 def test_prefix_cache_writes_the_same_turns_and_skips_the_shared_prefix(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
     settings = GenerationSettings(max_new_tokens=12, max_context_tokens=512)
     model = lively_model(tiny_tokenizer)
@@ -221,8 +243,7 @@ def test_episode_cache_writes_the_same_turns_step_after_step(tiny_tokenizer: Pre
     for step in range(3):
         expected = plain.generate(convs)
         assert cached.generate(convs) == expected
-        convs = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
-                 for c, t in zip(convs, expected, strict=True)]
+        convs = next_step(convs, expected, step)
     assert cached.kv_cache is not None and cached.kv_cache.row_hits == 2 * len(convs)
     assert cached.prefilled_tokens < plain.prefilled_tokens / 3
 
@@ -245,13 +266,7 @@ def test_shared_prefix_attention_writes_the_same_turns_step_after_step(tiny_toke
     split = LocalHFPolicy(gqa, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
                           shared_prefix_attention=True, decode_loop=decode_loop)
     assert split.shared_prefix_attention
-    convs = shared_prefix_conversations()
-    for step in range(3):
-        expected = plain.generate(convs)
-        assert split.generate(convs) == expected
-        assert split.generate(convs[1:3]) == expected[1:3]  # a smaller batch, rows from the cache
-        convs = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
-                 for c, t in zip(convs, expected, strict=True)]
+    convs = same_turns_step_after_step(plain, split)
     assert split.shared_prefix_batches == 6
     assert split.kv_cache is not None and split.kv_cache.row_hits > 0
     # Rows kept after a split batch refer to the prefix instead of copying it.
@@ -283,8 +298,7 @@ def test_decode_loop_drops_finished_rows_and_writes_what_generate_writes(
                          shared_prefix_attention=True)
     for step in range(2):
         assert fast.generate(convs) == expected
-        convs = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
-                 for c, t in zip(convs, expected, strict=True)]
+        convs = next_step(convs, expected, step)
         expected = plain.generate(convs)
     # Some rows ended early, and left the batch.
     assert fast.generated_tokens < 2 * len(convs) * settings.max_new_tokens
@@ -382,8 +396,7 @@ def test_sampled_turns_are_the_same_from_our_loop_and_from_generate_step_after_s
         assert hf.generate(convs) == expected
         assert loop.generate(convs) == expected
         assert expected != greedy.generate(convs)  # it did sample
-        convs = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
-                 for c, t in zip(convs, expected, strict=True)]
+        convs = next_step(convs, expected, step)
     # The sampled turns came from our loop, some ended early, and each row left the batch at the
     # step it ended (in a batch of 4 a quarter is one row).
     assert 0 < loop.generated_tokens < 3 * len(convs) * settings.max_new_tokens
@@ -444,22 +457,19 @@ def test_lookup_drafts_write_the_greedy_turns_in_fewer_forwards(
     plain = LocalHFPolicy(model, tiny_tokenizer, settings)
     drafted = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
                             shared_prefix_attention=shared_attention, lookup_draft=4)
-    convs = shared_prefix_conversations()
-    for step in range(3):
-        expected = plain.generate(convs)
-        assert drafted.generate(convs) == expected
-        assert drafted.generate(convs[1:3]) == expected[1:3]  # a smaller batch, rows from the cache
-        convs = [[*c, {"role": "assistant", "content": t or "x"}, {"role": "user", "content": f"Observation: {step}"}]
-                 for c, t in zip(convs, expected, strict=True)]
-        assert drafted.kv_cache is not None
+    def kept_caches_are_exact() -> None:
         # Each finished row's kept keys/values are those of its tokens encoded from scratch: the
         # rejected drafts' columns between the turn's were left out.
+        assert drafted.kv_cache is not None
         for entry in drafted.kv_cache.rows.values():
             with torch.no_grad():
                 full = model(torch.tensor([entry.tokens.tolist()]), use_cache=True).past_key_values
             for layer, (keys, values) in enumerate(entry.own):
                 assert torch.allclose(keys, full.layers[layer].keys[:, :, entry.base_len :], atol=1e-4)
                 assert torch.allclose(values, full.layers[layer].values[:, :, entry.base_len :], atol=1e-4)
+
+    same_turns_step_after_step(plain, drafted, after_each=kept_caches_are_exact)
+    assert drafted.kv_cache is not None
     assert drafted.kv_cache.row_hits > 0
     assert drafted.decoded_row_steps < drafted.generated_tokens  # some forwards wrote several tokens
     assert squeezes
@@ -515,4 +525,4 @@ def test_finished_rows_left_in_the_batch_never_overflow_the_drafting_cache(
         policy = LocalHFPolicy(model, tiny_tokenizer, settings, episode_cache=True, lookup_draft=k)
         turns[k] = policy._decode_from_cache(batch, [(0, None)] * len(batch), None, None)
     assert turns[1] == turns[4] == turns[0]
-    assert turns[0][0] == tiny_tokenizer.decode(chain[1:], skip_special_tokens=True).strip()
+    assert turns[0][0] == str(tiny_tokenizer.decode(chain[1:], skip_special_tokens=True)).strip()
