@@ -31,7 +31,7 @@ from eto_core.stage_names import EVAL_SPLITS
 from eto_core.storage import ArtifactRef, ArtifactStore
 from eto_core.tracking import Tracker
 from flows.pipeline import current_flow_run_id, eto_iteration, refuse_endpoint_backend
-from flows.pipeline_run import ended_status
+from flows.pipeline_run import ended_status, raise_hidden_stop
 from flows.rollouts import evaluate_policy, rollout
 from tasks.runners import make_task_runner
 from tasks.stage_tasks import expert_task, model_init_task, rft_task, sft_task
@@ -89,6 +89,7 @@ def baseline_flow(recipe: Recipe, method: Method, state_dir: str = ".eto") -> di
                 "mlflow_run_id": parent, "seconds": time.perf_counter() - started}
     except BaseException as exc:
         status = ended_status(exc)
+        raise_hidden_stop(exc)
         raise
     finally:
         workers.close()

@@ -175,6 +175,10 @@ def _run_flow(args: argparse.Namespace, shortcuts: dict[str, str], call: Any, ti
     try:
         result = call(recipe)
     except expected as exc:
+        from infra.lifecycle import stop_in_chain
+
+        if stop_in_chain(exc) is not None:
+            raise  # a stop that library code turned into an error: main exits as stopped
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _report(recipe, result, args, title(recipe, result), time.perf_counter() - started)
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
         supervise = argv is None
     if not supervise or not (args.command in LONG_RUNNING or (args.command == "stack" and args.stack_command == "up")):
         return _dispatch(args, None)
-    from infra.lifecycle import ChildWatchdog, Interrupted, stop_on_signals
+    from infra.lifecycle import ChildWatchdog, Interrupted, stop_in_chain, stop_on_signals
 
     # `kill -USR1 <pid>` prints every thread's stack to stderr and the command goes on: where a
     # run that seems stuck (or slow to stop) is waiting, without a debugger.
@@ -255,11 +259,16 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
     try:
         with stop_on_signals() as received:
             code = _dispatch(args, watchdog)
-    except Interrupted:
-        pass  # only the handler raises it, after recording the signal in ``received``
-    except Exception:
+    except Interrupted as exc:
+        # Our handler records the signal before it raises; a flow raises one for a stop that
+        # reached Prefect's handler instead (infra.lifecycle.hidden_stop).
         if not received:
-            raise
+            received.append(exc.signum)
+    except Exception as exc:
+        if not received:
+            if (signum := stop_in_chain(exc)) is None:
+                raise
+            received.append(signum)
     else:
         if not received:
             return code

@@ -25,7 +25,7 @@ from eto_core.evaluation import results_table
 from eto_core.records import EvalSummary
 from eto_core.storage import ArtifactRef, ArtifactStore
 from eto_core.tracking import MLFLOW_RETRY_DEFAULTS, Tracker
-from flows.pipeline_run import PipelineRun, ended_status
+from flows.pipeline_run import PipelineRun, ended_status, raise_hidden_stop
 from flows.rollouts import evaluate_policy, rollout, selection_score
 from flows.stage_clock import StageClock
 from tasks.runners import make_task_runner
@@ -131,6 +131,7 @@ def eto_pipeline(recipe: Recipe, state_dir: str = ".eto") -> dict[str, Any]:
         return run.finish(base_summaries, summaries, stage_metrics, policy)
     except BaseException as exc:
         run.fail(exc)
+        raise_hidden_stop(exc)
         raise
     finally:
         shard_workers.close()
@@ -229,6 +230,7 @@ def evaluate_flow(recipe: Recipe, model: str | None = None, state_dir: str = ".e
                 "evaluated": label}
     except BaseException as exc:
         status = ended_status(exc)
+        raise_hidden_stop(exc)
         raise
     finally:
         tracker.close_run(parent, status, get_run_logger())

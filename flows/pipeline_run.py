@@ -25,7 +25,7 @@ from eto_core.selection import Choice, choose_iteration
 from eto_core.storage import ArtifactRef
 from eto_core.tracking import Tracker, is_unreachable, lost_server_error
 from flows.stage_clock import StageClock
-from infra.lifecycle import stop_reason
+from infra.lifecycle import hidden_stop, stop_in_chain
 
 
 class PipelineRun:
@@ -150,7 +150,7 @@ class PipelineRun:
     def fail(self, exc: BaseException) -> None:
         """Mark how the run ended (KILLED when told to stop, FAILED otherwise); a lost tracking
         server is re-raised as the error that names it."""
-        if not isinstance(exc, Exception):
+        if not isinstance(exc, Exception) or hidden_stop(exc) is not None:
             self.status = ended_status(exc)
         elif is_unreachable(exc):
             raise lost_server_error(self.recipe.tracking.mlflow_uri, exc) from exc
@@ -163,4 +163,11 @@ class PipelineRun:
 def ended_status(exc: BaseException) -> str:
     """The MLflow status of a run that ``exc`` ended: KILLED when the process was told to stop
     (SIGTERM, SIGINT), FAILED otherwise."""
-    return "KILLED" if stop_reason(exc) is not None else "FAILED"
+    return "KILLED" if stop_in_chain(exc) is not None else "FAILED"
+
+
+def raise_hidden_stop(exc: BaseException) -> None:
+    """In a flow's ``except``: raise the stop that the error ``exc`` hides in its place
+    (infra.lifecycle.hidden_stop), so the flow run and the command end as stopped."""
+    if (stopped := hidden_stop(exc)) is not None:
+        raise stopped from exc

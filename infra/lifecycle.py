@@ -74,6 +74,31 @@ def stop_reason(exc: BaseException) -> int | None:
     return None
 
 
+def stop_in_chain(exc: BaseException) -> int | None:
+    """``stop_reason`` of ``exc`` or of an exception it was raised while handling.
+
+    During a flow run Prefect's own SIGTERM handler replaces ours and raises TerminationSignal;
+    landing while Prefect's task engine starts a task run, that stop can fail in Prefect's own
+    crash handling ('Task run is not set'), which then raises a ValueError instead, the stop
+    only in its context, and our handler never hears of the signal."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if (signum := stop_reason(current)) is not None:
+            return signum
+        current = current.__cause__ if current.__cause__ is not None else current.__context__
+    return None
+
+
+def hidden_stop(exc: BaseException) -> Interrupted | None:
+    """An ``Interrupted`` for the stop that the error ``exc`` hides (``stop_in_chain``), to raise
+    from a flow in its place so that the flow run ends as stopped (CRASHED), not FAILED."""
+    if not isinstance(exc, Exception) or (signum := stop_in_chain(exc)) is None:
+        return None
+    return Interrupted(signum)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[list[int]]:
     """SIGTERM and SIGINT raise ``Interrupted`` in the main thread for as long as this is active.

@@ -15,7 +15,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infra.lifecycle import GRACE_SECONDS, TREE_ENV, Interrupted, stop_on_signals, stop_reason
+from infra.lifecycle import (
+    GRACE_SECONDS,
+    TREE_ENV,
+    Interrupted,
+    hidden_stop,
+    stop_in_chain,
+    stop_on_signals,
+    stop_reason,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,6 +115,81 @@ def test_stop_reason_names_the_signal_of_every_kind_of_stop() -> None:
     assert stop_reason(TerminationSignal(signal.SIGTERM)) == signal.SIGTERM
     assert stop_reason(ValueError("x")) is None
     assert Interrupted(signal.SIGINT).exit_code == 130
+
+
+def _task_run_not_set(stop: BaseException) -> ValueError:
+    """What Prefect's task engine raised when a stop landed while it started a task run: its
+    crash handling failed, and the stop survives only as the error's context."""
+    try:
+        try:
+            raise stop
+        except BaseException:
+            raise ValueError("Task run is not set") from None
+    except ValueError as exc:
+        exc.__suppress_context__ = False
+        return exc
+
+
+def test_a_stop_hidden_in_an_errors_context_is_found_and_raised_as_a_stop() -> None:
+    from prefect.exceptions import TerminationSignal
+
+    hidden = _task_run_not_set(TerminationSignal(signal.SIGTERM))
+    assert stop_reason(hidden) is None and stop_in_chain(hidden) == signal.SIGTERM
+    stopped = hidden_stop(hidden)
+    assert isinstance(stopped, Interrupted) and stopped.signum == signal.SIGTERM
+    caused = RuntimeError("wrapped")
+    caused.__cause__ = KeyboardInterrupt()
+    assert stop_in_chain(caused) == signal.SIGINT
+    plain = _task_run_not_set(OSError("disk"))
+    assert stop_in_chain(plain) is None and hidden_stop(plain) is None
+    assert hidden_stop(Interrupted(signal.SIGTERM)) is None  # already a stop: raised as it is
+    looped = ValueError("a")
+    looped.__context__ = ValueError("b")
+    looped.__context__.__context__ = looped
+    assert stop_in_chain(looped) is None
+
+
+def test_a_flow_raises_the_stop_an_error_hides_and_tracks_the_run_as_killed() -> None:
+    from prefect.exceptions import TerminationSignal
+
+    from flows.pipeline_run import ended_status, raise_hidden_stop
+
+    hidden = _task_run_not_set(TerminationSignal(signal.SIGTERM))
+    assert ended_status(hidden) == "KILLED" and ended_status(ValueError("x")) == "FAILED"
+    with pytest.raises(Interrupted) as raised:
+        raise_hidden_stop(hidden)
+    assert raised.value.__cause__ is hidden
+    raise_hidden_stop(ValueError("x"))  # a plain error is left to the caller's bare raise
+
+
+PREFECT_HANDLER_STOP = """
+import os, signal, sys
+import flows.cli as cli
+from prefect.exceptions import TerminationSignal
+
+def dispatch(args, watchdog):
+    # As during a flow run: Prefect's SIGTERM handler replaces ours, and its task engine, stopped
+    # while it starts a task run, raises an error of its own with the stop as its context.
+    def prefect_handler(signum, frame):
+        raise TerminationSignal(signum)
+    ours = signal.signal(signal.SIGTERM, prefect_handler)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+    except TerminationSignal:
+        raise ValueError("Task run is not set")
+    finally:
+        signal.signal(signal.SIGTERM, ours)
+
+cli._dispatch = dispatch
+sys.exit(cli.main(["serve", "--model", "unused"], supervise=True))
+"""
+
+
+def test_a_stop_that_reached_prefects_handler_still_exits_as_stopped() -> None:
+    done = subprocess.run([sys.executable, "-c", PREFECT_HANDLER_STOP], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
+    assert "eto serve: stopped by SIGTERM." in done.stderr
 
 
 MASKED_STOP = """
