@@ -193,16 +193,19 @@ class KVCache:
             self.keep_row(ids, c, new, layers, row, cached, cached + suffix, shared)
 
     def keep_row(self, ids: list[int], c: int, new: list[int], layers: LayerKV, row: int, cached_end: int,
-                 prompt_end: int, shared: CacheEntry | None) -> None:
+                 prompt_end: int, shared: CacheEntry | None, turn_columns: list[int] | None = None) -> None:
         """Store one row's keys/values: its cached tokens (after any ``shared`` prefix, whose
         columns the batch cache does not hold and which the entry refers to) right-aligned to
-        column ``cached_end``, the rest of its prompt to ``prompt_end``, then the turn it wrote.
-        The last token a row generated was never fed back, so it has none and stays out."""
+        column ``cached_end``, the rest of its prompt to ``prompt_end``, then the turn it wrote,
+        in the columns after it or, where rejected draft tokens left columns between the turn's,
+        in ``turn_columns``. The last token a row generated was never fed back, so it has none
+        and stays out."""
         p = len(shared.tokens) if shared is not None else 0
         written = max(len(new) - 1, 0)
+        turn = turn_columns[:written] if turn_columns is not None else list(range(prompt_end, prompt_end + written))
         columns = (list(range(cached_end - (c - p), cached_end))
                    + list(range(prompt_end - (len(ids) - c), prompt_end))
-                   + list(range(prompt_end, prompt_end + written)))
+                   + turn)
         if not columns or columns[-1] >= layers[0][0].shape[2]:
             return
         with torch.inference_mode():

@@ -386,16 +386,10 @@ class LocalHFPolicy:
             if not kv.episodes:
                 return
             ids, (c, _) = batch[row], starts[row]
+            # Rejected drafts left masked columns among the turn's: keep the fed ones only.
+            fed = (torch.nonzero(mask[at, width:]).squeeze(1) + width).tolist() if k else None
             # The layers' tensors are replaced when the batch is compacted: read them now.
-            layers = layer_kv(cache)
-            if k:
-                # Rejected drafts left masked columns among the turn's: keep the fed ones only.
-                fed = torch.nonzero(mask[at, width:]).squeeze(1)[: max(len(new[row]) - 1, 0)] + width
-                layers = [(torch.cat([keys[at : at + 1, :, :width], keys[at : at + 1].index_select(2, fed)], 2),
-                           torch.cat([values[at : at + 1, :, :width], values[at : at + 1].index_select(2, fed)], 2))
-                          for keys, values in layers]
-                at = 0
-            kv.keep_row(ids, c, new[row], layers, at, own, width, shared)
+            kv.keep_row(ids, c, new[row], layer_kv(cache), at, own, width, shared, turn_columns=fed)
 
         with torch.inference_mode(), attention:
             # The prompts' new tokens, in groups of rows of similar length rather than all rows

@@ -150,7 +150,7 @@ class PipelineRun:
     def fail(self, exc: BaseException) -> None:
         """Mark how the run ended (KILLED when told to stop, FAILED otherwise); a lost tracking
         server is re-raised as the error that names it."""
-        if not isinstance(exc, Exception) or hidden_stop(exc) is not None:
+        if not isinstance(exc, Exception) or stop_in_chain(exc) is not None:
             self.status = ended_status(exc)
         elif is_unreachable(exc):
             raise lost_server_error(self.recipe.tracking.mlflow_uri, exc) from exc
