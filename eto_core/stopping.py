@@ -10,13 +10,16 @@ of the shard first, minutes after the user asked to stop. The CLI's signal handl
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 from collections.abc import Iterator
+from types import FrameType
 
 _REQUESTED = threading.Event()
 _depth = 0
-"""How many ``uninterrupted`` blocks the main thread is in (signals only interrupt that thread)."""
-_deferred: list[BaseException] = []
+"""Whether the main thread is in an ``uninterrupted`` block (signals only interrupt that thread)."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopRequested(BaseException):
@@ -31,7 +34,6 @@ def request_stop() -> None:
 def clear_stop() -> None:
     """Forget a stop request (the handler that made it is gone: an in-process caller goes on)."""
     _REQUESTED.clear()
-    _deferred.clear()
 
 
 def stop_requested() -> bool:
@@ -46,30 +48,36 @@ def check() -> None:
 
 @contextlib.contextmanager
 def uninterrupted() -> Iterator[None]:
-    """A block a stop signal's exception must not cut in half; it is raised when the block ends.
+    """A block a stop signal must not cut in half: SIGTERM and SIGINT received inside it are held
+    and sent again when it ends, to whichever handler was installed before.
 
     Writes to a SQLite tracking store are the case: interrupted mid-transaction, the connection
     stays referenced by the exception's frames while the flow's ``finally`` marks its runs
     stopped, and its open write transaction locks that very write out (a stopped `eto baseline`
-    hung retrying 'database is locked'). Only the main thread receives signals, so elsewhere
-    this does nothing."""
+    hung retrying 'database is locked'). The block holds the signal itself rather than asking
+    the installed handler to wait, because during a flow run the handler is Prefect's
+    (``capture_sigterm`` replaces ours), which raises at once. A second signal while one is held
+    exits at once, as a second stop does in the CLI. Only the main thread receives signals, so
+    elsewhere this does nothing."""
     global _depth
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or _depth > 0:
+        yield  # elsewhere no signal arrives; nested, the outer block holds it
         return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if held:
+            os._exit(128 + signum)
+        held.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in STOP_SIGNALS}
     _depth += 1
     try:
         yield
     finally:
         _depth -= 1
-        if _depth == 0 and _deferred:
-            raise _deferred.pop()
-
-
-def defer(exc: BaseException) -> bool:
-    """For a signal handler: keep ``exc`` for the end of the current ``uninterrupted`` block and
-    return True, or return False when the main thread is in none (the handler raises it now)."""
-    if _depth == 0:
-        return False
-    _deferred[:] = [exc]
-    return True
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if held:
+            # Runs the restored handler now, in this thread: its exception leaves the block here.
+            signal.raise_signal(held[0])

@@ -37,9 +37,8 @@ from types import FrameType
 
 import psutil
 
-from eto_core.stopping import clear_stop, defer, request_stop
+from eto_core.stopping import STOP_SIGNALS, clear_stop, request_stop
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 POLL_SECONDS = 0.25
 GRACE_SECONDS = 3.0
 TREE_ENV = "ETO_PROCESS_TREE"  # the token that marks the processes of one command
@@ -116,11 +115,9 @@ def stop_on_signals() -> Iterator[list[int]]:
         stopping.append(signum)
         # Rollout shards on worker threads stop at their next step rather than run to their end.
         request_stop()
-        # Inside a tracking-store write the exception waits for the write to end (see
-        # eto_core.stopping.uninterrupted).
-        interrupted = Interrupted(signum)
-        if not defer(interrupted):
-            raise interrupted
+        # Inside a tracking-store write this runs once the write has ended
+        # (eto_core.stopping.uninterrupted holds the signal until then).
+        raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:

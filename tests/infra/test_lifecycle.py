@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import psutil
@@ -248,10 +248,15 @@ def test_a_stop_signal_waits_for_the_uninterrupted_block_then_raises() -> None:
     assert done == ["the block's work"]
 
 
-def test_a_stop_signal_mid_write_lets_the_tracking_write_finish(tmp_path: Path) -> None:
+@pytest.mark.parametrize("handler", ["ours", "prefect"])
+def test_a_stop_signal_mid_write_lets_the_tracking_write_finish(handler: str, tmp_path: Path) -> None:
     """A stopped flow's ``finally`` marks its MLflow runs stopped. Had the signal cut a SQLite
     write in half, the interrupted transaction would hold the store's lock against that very
-    write; the write in flight finishes first, then the stop unwinds."""
+    write; the write in flight finishes first, then the stop unwinds. During a flow run the
+    installed SIGTERM handler is Prefect's (``capture_sigterm``), which raises at once; the write
+    is held from it too, and its stop reaches ours afterwards."""
+    from prefect.utilities.engine import capture_sigterm
+
     from eto_core.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "eto")
@@ -265,9 +270,11 @@ def test_a_stop_signal_mid_write_lets_the_tracking_write_finish(tmp_path: Path) 
         return real(*args, **kwargs)
 
     client.log_batch = log_batch
-    with pytest.raises(Interrupted), stop_on_signals():
+    outer = capture_sigterm() if handler == "prefect" else nullcontext()
+    with pytest.raises(Interrupted), stop_on_signals() as received, outer:
         tracker.log_metrics(run, {"x": 1.0})
     client.log_batch = real
+    assert received == [signal.SIGTERM]
     assert tracker.client.get_run(run).data.metrics == {"x": 1.0}
     tracker.end_run(run, status="KILLED")  # the store is not left locked
     assert tracker.client.get_run(run).info.status == "KILLED"
