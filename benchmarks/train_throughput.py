@@ -15,6 +15,7 @@ sequences) and the peak resident memory. Modes:
   (inductor, dynamic shapes: one compiled layer serves all 30 and every sequence length),
   compiled before training by one short forward and backward, timed as ``compile_s`` and left
   out of ``train_s`` (a recompile during training would count).
+``--profile N`` also prints each mode's N costliest ops (torch.profiler; it slows the run a little).
 
     .venv/bin/python benchmarks/train_throughput.py --tasks 8 --threads 2
 
@@ -24,6 +25,7 @@ The GGUF is converted once into --model-dir (reused when it exists).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -77,9 +79,17 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
         compile_s = time.perf_counter() - start
     if mode.startswith("trl-"):
         sft_module.AgentSFTTrainer = SFTTrainer  # type: ignore[misc]  # the stock trainer, for the before/after ratio
+    profiler = contextlib.nullcontext()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        profiler = profile(activities=[ProfilerActivity.CPU])
     start = time.perf_counter()
-    result = train_sft(model, tokenizer, experts, settings, f"/tmp/train-throughput-{mode}")
+    with profiler as prof:
+        result = train_sft(model, tokenizer, experts, settings, f"/tmp/train-throughput-{mode}")
     seconds = time.perf_counter() - start
+    if args.profile:  # where the step's time goes, op by op (self time: each op without its callees)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), flush=True)
     return {"mode": mode, "sequences": len(experts), "tokens": tokens, "agent_tokens": agent,
             "train_s": round(result.runtime_s, 1), "tokens_per_s": round(tokens / result.runtime_s, 1),
             "first_loss": round(result.first_loss, 4), "last_loss": round(result.last_loss, 4),
@@ -114,6 +124,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one-shot", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print each mode's N costliest ops (torch.profiler, self CPU time)")
     parser.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
