@@ -34,6 +34,7 @@ both drawing from the per-row sampler, so their turns must agree:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -77,6 +78,8 @@ def main() -> None:
                         help="0: greedy; above 0 every mode samples (seeded, each row its own stream)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print each mode's N costliest ops (torch.profiler, self CPU time)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,10 +124,19 @@ def main() -> None:
                                shared_prefix_attention=shared_attention, decode_loop=loop, lookup_draft=drafts)
         if not grouped:  # one forward for all rows' prompt tokens, padded to the longest
             policy.PREFILL_CALL_TOKENS = 10**9
+        profiler = contextlib.nullcontext()
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            profiler = profile(activities=[ProfilerActivity.CPU])
         start = time.perf_counter()
-        trajs = run_episodes(make, tasks, policy, env_name="tidy", split="train", source="eval", iteration=0,
-                             one_shot=True, batch_size=batch, progress=False)
+        with profiler as prof:
+            trajs = run_episodes(make, tasks, policy, env_name="tidy", split="train", source="eval", iteration=0,
+                                 one_shot=True, batch_size=batch, progress=False)
         seconds = time.perf_counter() - start
+        if args.profile:  # where the mode's time goes, op by op (self time: each op without its callees)
+            print(f"{name}:\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile),
+                  flush=True)
         flops = 2 * body * (policy.prefilled_tokens + policy.generated_tokens) + 2 * head * policy.generated_tokens
         same = [reference.setdefault(t.task_id, t.messages) == t.messages for t in trajs]
         row = {"mode": name, "episodes": len(trajs), "steps": sum(t.num_steps for t in trajs),
