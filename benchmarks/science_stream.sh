@@ -17,7 +17,8 @@ set -uo pipefail
 TIDY="--config recipes/smollm-tidy.yaml"
 DEV="--set selection.split=train_holdout --set selection.tasks=40"
 ONE="--iterations 1 --set evaluate_base=false $DEV"
-K4="--set pairs.samples_per_task=4 --set explore.temperature=0.7 --set pairs.self_pairs=true"
+SAMPLED="--set pairs.samples_per_task=4 --set explore.temperature=0.7"  # 4 samples per task
+K4="$SAMPLED --set pairs.self_pairs=true"
 SWEEP="benchmarks/dpo_sweep.py $TIDY --state .eto --dev 40 --drift --configs"
 
 # name | command run in WORKDIR/src (eto = .venv/bin/eto, python = .venv/bin/python)
@@ -25,8 +26,8 @@ LINES=(
   "tidy-eto-s0|eto run $TIDY --seed 0 $ONE"
   "tidy-step-s0|eto run $TIDY --seed 0 $ONE --set pairs.level=both"
   "tidy-k4-s0|eto run $TIDY --seed 0 $ONE $K4"
-  "tidy-eto-no-sft-s0|eto baseline eto-no-sft $TIDY --seed 0 --iterations 1"
-  "tidy-rft-eto-s0|eto baseline rft-eto $TIDY --seed 0 --iterations 1"
+  "tidy-eto-no-sft-s0|eto baseline eto-no-sft $TIDY --seed 0 --iterations 1 $SAMPLED"
+  "tidy-rft-eto-s0|eto baseline rft-eto $TIDY --seed 0 --iterations 1 $SAMPLED"
   "tidy-sweep-sftterm-s0|python $SWEEP '{beta: 0.1, learning_rate: 5.0e-5}' '{beta: 0.1, learning_rate: 2.0e-4, sft_weight: 1.0}'"
   "tidy-s1|eto run $TIDY --seed 1 $DEV"
   "tidy-rft-s1|eto baseline rft $TIDY --seed 1"
