@@ -217,9 +217,10 @@ class PolicySettings(_Strict):
     )
     lookup_draft: int = Field(
         4, ge=0, le=16,
-        description="hf backend, greedy turns in our decoding loop (with prefix_cache or episode_cache): each forward "
-        "also checks up to this many draft tokens looked up in the row's own context and keeps those the model's "
-        "greedy choices confirm (prompt-lookup decoding: the greedy turns, up to float rounding, in fewer forwards; "
+        description="hf backend, our decoding loop (with prefix_cache or episode_cache): each forward also checks up "
+        "to this many draft tokens looked up in the row's own context and keeps those the model's greedy choices, "
+        "or a sampled row's own draws, confirm (prompt-lookup decoding: the same turns, up to float rounding, in "
+        "fewer forwards; "
         "0: one token per forward; docs/benchmarks.md, \"Lookup drafts\").",
     )
     base_url: str | None = Field(None, description="openai backend: the endpoint, e.g. http://127.0.0.1:8000/v1.")

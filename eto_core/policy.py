@@ -205,7 +205,7 @@ class LocalHFPolicy:
         if lookup_draft < 0:
             raise ValueError(f"lookup_draft must be 0 or more, got {lookup_draft}")
         self.lookup_draft = lookup_draft
-        """Greedy turns in our decoding loop: up to this many tokens looked up in the row's own
+        """Our decoding loop, greedy or sampled: up to this many tokens looked up in the row's own
         context are checked per forward (eto_core.draft_lookup); 0 decodes one token per forward."""
         self.shared_prefix_batches = 0
         """Batches whose rows attended to their shared prefix once (shared-prefix attention)."""
@@ -329,6 +329,31 @@ class LocalHFPolicy:
         return texts
 
 
+    @staticmethod
+    def _sample_drafted(logits: torch.Tensor, live: list[int], drafts: list[list[int]], done: set[int],
+                        sampler: RowSampler, order: list[int]) -> list[list[int]]:
+        """Each live row's sampled tokens from one forward over its last token and its draft.
+
+        Position by position, every row still on its draft draws its next token from its own
+        stream, as plain sampling would at that point of its turn (one draw per token); a drawn
+        token equal to the draft's keeps the row going, any other ends it there. So the turns are
+        plain sampling's, draw for draw, and a confident row writes several tokens per forward.
+        ``logits[i, j]``: row i's next-token logits after its fed column j. A finished row still
+        in the batch draws nothing (its entry is a placeholder, never read).
+        """
+        out: list[list[int]] = [[] for _ in live]
+        active = [i for i, row in enumerate(live) if row not in done]
+        j = 0
+        while active:
+            picked = sampler.pick(logits[active, j], [order[live[i]] for i in active]).tolist()
+            going = []
+            for i, token in zip(active, picked, strict=True):
+                out[i].append(token)
+                if j < len(drafts[i]) and token == drafts[i][j]:
+                    going.append(i)
+            active, j = going, j + 1
+        return [tokens or [0] for tokens in out]
+
     def _decode_from_cache(self, batch: list[list[int]], starts: list[RowStart], shared: CacheEntry | None,
                            sampler: RowSampler | None) -> list[str]:
         """Decoding in our own loop (greedy, or sampled by ``sampler``), so that a row leaves the
@@ -362,9 +387,9 @@ class LocalHFPolicy:
         positions = (p + mask.cumsum(-1) - 1).clamp(min=0)
         self.prefilled_tokens += sum(lengths)
         device = self.model.device
-        # Drafted tokens (greedy only) add up to k columns per forward, some of them rejected:
-        # room for a few forwards' worth before the rejected columns are squeezed out.
-        k = self.lookup_draft if sampler is None else 0
+        # Drafted tokens add up to k columns per forward, some of them rejected: room for a few
+        # forwards' worth before the rejected columns are squeezed out.
+        k = self.lookup_draft
         room = width + s.max_new_tokens + self.DRAFT_ROOM_FORWARDS * k
         cache = kv.batch_cache(starts, own, device, room, skip=p)
         if self._stop is None:
@@ -462,17 +487,16 @@ class LocalHFPolicy:
                                      max=self.max_context_tokens - 1),
                                  use_cache=True, logits_to_keep=q, **{kv.cache_kwarg: cache})
                 self.decoded_row_steps += len(live)
-                if sampler is not None:
-                    picked = sampler.pick(out.logits[:, -1], [order[row] for row in live])
-                    emitted = [[token] for token in picked.tolist()]
-                    next_pos = next_pos + 1
-                    continue
-                greedy = out.logits.argmax(-1).tolist()
-                # Each live row's fed tokens up to the last confirmed draft are now its turn's;
-                # a row finished but still in the batch writes nothing.
-                counts = [0 if row in done else accepted(d, greedy[i]) + 1
-                          for i, (row, d) in enumerate(zip(live, drafts, strict=True))]
-                emitted = [greedy[i][: max(count, 1)] for i, count in enumerate(counts)]
+                if sampler is None:
+                    greedy = out.logits.argmax(-1).tolist()
+                    # Each live row's fed tokens up to the last confirmed draft are now its turn's;
+                    # a row finished but still in the batch writes nothing.
+                    counts = [0 if row in done else accepted(d, greedy[i]) + 1
+                              for i, (row, d) in enumerate(zip(live, drafts, strict=True))]
+                    emitted = [greedy[i][: max(count, 1)] for i, count in enumerate(counts)]
+                else:
+                    emitted = self._sample_drafted(out.logits, live, drafts, done, sampler, order)
+                    counts = [0 if row in done else len(e) for row, e in zip(live, emitted, strict=True)]
                 written = torch.tensor(counts, device=device)[:, None]
                 # The other columns (rejected drafts, padding, a finished row's filler) stay in
                 # the cache unread: masked from now on, squeezed out when the cache fills.

@@ -475,15 +475,29 @@ def test_lookup_drafts_write_the_greedy_turns_in_fewer_forwards(
     assert squeezes
 
 
-def test_sampled_turns_ignore_lookup_drafts(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
-    """Drafting is for greedy turns: a sampled row draws one token per forward, as without it."""
-    settings = GenerationSettings(max_new_tokens=10, max_context_tokens=512, temperature=0.8, seed=3)
-    model = lively_model(tiny_tokenizer)
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_sampled_turns_with_lookup_drafts_are_plain_samplings(tiny_tokenizer: PreTrainedTokenizerBase,
+                                                              top_p: float) -> None:
+    """A sampled row checks its draft too: position by position it draws from its own stream as
+    plain sampling would, and keeps going while the drawn token is the draft's. The turns equal
+    HF ``generate``'s with the same seed, step after step, in fewer forwards than tokens."""
+    settings = GenerationSettings(max_new_tokens=40, max_context_tokens=1024, temperature=0.5, top_p=top_p, seed=3)
+    model = lively_model(tiny_tokenizer, max_positions=1024)
+    plain = LocalHFPolicy(model, tiny_tokenizer, settings)
     one = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True)
-    drafted = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True, lookup_draft=4)
+    drafted = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
+                            shared_prefix_attention=True, lookup_draft=4)
+    greedy = LocalHFPolicy(model, tiny_tokenizer, settings.model_copy(update={"temperature": 0.0}))
     convs = shared_prefix_conversations()
-    assert drafted.generate(convs) == one.generate(convs)
-    assert drafted.decoded_row_steps == drafted.generated_tokens
+    for step in range(3):
+        expected = plain.generate(convs)
+        assert drafted.generate(convs) == expected
+        assert one.generate(convs) == expected
+        assert expected != greedy.generate(convs)  # it did sample
+        convs = next_step(convs, expected, step)
+    assert one.decoded_row_steps == one.generated_tokens
+    assert drafted.generated_tokens == one.generated_tokens
+    assert drafted.decoded_row_steps < drafted.generated_tokens  # some forwards wrote several tokens
 
 
 class _Successor(LlamaForCausalLM):

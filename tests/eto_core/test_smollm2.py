@@ -125,12 +125,12 @@ def test_policy_encoding_and_training_encoding_agree(smollm2: dict[str, Any]) ->
         assert enc.agent_mask[len(before) : len(before) + len(turn)] == [1] * len(turn)
 
 
-@pytest.mark.parametrize(("temperature", "lookup_draft"), [(0.0, 0), (0.7, 0), (0.0, 4)])
+@pytest.mark.parametrize(("temperature", "lookup_draft"), [(0.0, 0), (0.7, 0), (0.0, 4), (0.7, 4)])
 def test_cached_shared_prefix_rollout_writes_the_plain_turns(smollm2: dict[str, Any], temperature: float,
                                                              lookup_draft: int) -> None:
     """On the real model (9 query heads over 3 key/value heads): episode caches plus the shared
     prefix read once per batch, in our decoding loop, write step after step what plain batched
-    generation (HF ``generate``) writes, greedy or sampled, and greedy with drafts looked up in
+    generation (HF ``generate``) writes, greedy or sampled, with or without drafts looked up in
     the context."""
     from eto_core.policy import GenerationSettings
 
