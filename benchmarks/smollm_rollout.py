@@ -78,6 +78,8 @@ def main() -> None:
                         help="0: greedy; above 0 every mode samples (seeded, each row its own stream)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="the model's weights and arithmetic (float64: a check that modes write the same turns)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also print each mode's N costliest ops (torch.profiler, self CPU time)")
     parser.add_argument("--json", help="also write the rows here")
@@ -85,6 +87,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     converted_model(args.model, args.model_dir)
     model, tokenizer = load_model(args.model_dir)
+    # float64: rounding differences between modes (a forward over several columns sums in another
+    # order than one over a single column) fall far below any sampling boundary, so turns that
+    # still differ would be a logic error, not rounding.
+    model = model.to(getattr(torch, args.dtype))
     embed = model.get_input_embeddings().weight.numel()
     body = sum(p.numel() for p in model.parameters()) - embed  # tied head: embeddings counted once
     head = embed  # the LM head's matmul on each generated token
