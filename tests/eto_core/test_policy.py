@@ -156,6 +156,20 @@ def same_turns_step_after_step(plain: LocalHFPolicy, fast: LocalHFPolicy, steps:
     return convs
 
 
+def same_samples_step_after_step(plain: LocalHFPolicy, greedy: LocalHFPolicy, *fast: LocalHFPolicy,
+                                 steps: int = 3) -> list[list[Message]]:
+    """Each of ``fast`` samples the turns ``plain`` samples for the shared-prefix conversations,
+    step after step, and they are not the greedy turns; returns the last step's conversations."""
+    convs = shared_prefix_conversations()
+    for step in range(steps):
+        expected = plain.generate(convs)
+        for policy in fast:
+            assert policy.generate(convs) == expected
+        assert expected != greedy.generate(convs)  # it did sample
+        convs = next_step(convs, expected, step)
+    return convs
+
+
 def test_prefix_cache_writes_the_same_turns_and_skips_the_shared_prefix(tiny_tokenizer: PreTrainedTokenizerBase) -> None:
     settings = GenerationSettings(max_new_tokens=12, max_context_tokens=512)
     model = lively_model(tiny_tokenizer)
@@ -390,13 +404,7 @@ def test_sampled_turns_are_the_same_from_our_loop_and_from_generate_step_after_s
     loop = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
                          shared_prefix_attention=True)
     greedy = LocalHFPolicy(model, tiny_tokenizer, settings.model_copy(update={"temperature": 0.0}))
-    convs = shared_prefix_conversations()
-    for step in range(3):
-        expected = plain.generate(convs)
-        assert hf.generate(convs) == expected
-        assert loop.generate(convs) == expected
-        assert expected != greedy.generate(convs)  # it did sample
-        convs = next_step(convs, expected, step)
+    convs = same_samples_step_after_step(plain, greedy, hf, loop)
     # The sampled turns came from our loop, some ended early, and each row left the batch at the
     # step it ended (in a batch of 4 a quarter is one row).
     assert 0 < loop.generated_tokens < 3 * len(convs) * settings.max_new_tokens
@@ -488,13 +496,7 @@ def test_sampled_turns_with_lookup_drafts_are_plain_samplings(tiny_tokenizer: Pr
     drafted = LocalHFPolicy(model, tiny_tokenizer, settings, prefix_cache=True, episode_cache=True,
                             shared_prefix_attention=True, lookup_draft=4)
     greedy = LocalHFPolicy(model, tiny_tokenizer, settings.model_copy(update={"temperature": 0.0}))
-    convs = shared_prefix_conversations()
-    for step in range(3):
-        expected = plain.generate(convs)
-        assert drafted.generate(convs) == expected
-        assert one.generate(convs) == expected
-        assert expected != greedy.generate(convs)  # it did sample
-        convs = next_step(convs, expected, step)
+    same_samples_step_after_step(plain, greedy, drafted, one)
     assert one.decoded_row_steps == one.generated_tokens
     assert drafted.generated_tokens == one.generated_tokens
     assert drafted.decoded_row_steps < drafted.generated_tokens  # some forwards wrote several tokens
