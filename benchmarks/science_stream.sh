@@ -7,8 +7,8 @@
 #
 #   benchmarks/science_stream.sh WORKDIR [NAME ...]
 #
-# WORKDIR/src is a clone of this checkout (made, with `make setup`, when missing; its .eto/ holds
-# the cache and the MLflow store), WORKDIR/logs the logs and the --json results. With NAMEs, only
+# WORKDIR/src is a clone of this checkout (made, with `make setup`, when missing, and brought up to
+# this checkout's commit otherwise; its .eto/ holds the cache and the MLflow store), WORKDIR/logs the logs and the --json results. With NAMEs, only
 # those lines run, in the stream's order. `--list` prints the lines. The machine has 2 cores: run
 # one stream at a time, and pause it (kill -STOP / -CONT on its `eto` process) for side-by-side
 # benchmarks.
@@ -53,6 +53,8 @@ mkdir -p "$WORKDIR/logs"
 LOGS=$(cd "$WORKDIR/logs" && pwd)
 if [[ ! -d "$WORKDIR/src/.git" ]]; then
   git clone -q "$HERE" "$WORKDIR/src" || exit 1
+else  # this checkout's newer commits (faster rollouts, fixes); the cache keys say what they change
+  git -C "$WORKDIR/src" pull -q --ff-only "$HERE" HEAD || echo "could not fast-forward $WORKDIR/src; running it as it is"
 fi
 cd "$WORKDIR/src" || exit 1
 if [[ ! -x .venv/bin/eto ]]; then
