@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -46,6 +47,20 @@ def result_in_fresh_process(script: str, mode: str, argv: list[str]) -> dict[str
     out = subprocess.run([sys.executable, script, "--one", mode, *argv], capture_output=True, text=True,
                          check=True).stdout
     return dict(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
+
+
+@contextlib.contextmanager
+def op_profile(rows: int, title: str = "") -> Iterator[None]:
+    """With ``rows`` > 0: profile the block (torch.profiler, CPU) and print its ``rows`` costliest
+    ops by self time (each op without its callees): where the block's time goes. 0: nothing."""
+    if not rows:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        yield
+    print(title + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), flush=True)
 
 
 def converted_model(model: str, model_dir: str) -> str:

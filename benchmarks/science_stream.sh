@@ -76,9 +76,10 @@ for line in "${LINES[@]}"; do
   start=$(date +%s)
   bash -c "$command" > "$LOGS/$name.log" 2>&1
   rc=$?
+  elapsed=$(( $(date +%s) - start ))
   if [[ $rc -eq 0 ]]; then
-    echo "$(( $(date +%s) - start )) s" > "$LOGS/$name.done"
-    echo "$(date -u +%FT%TZ) $name: done in $(( $(date +%s) - start )) s"
+    echo "$elapsed s" > "$LOGS/$name.done"
+    echo "$(date -u +%FT%TZ) $name: done in $elapsed s"
   elif [[ $rc -eq 130 || $rc -eq 143 ]]; then  # the line was stopped (Ctrl-C, SIGTERM): so is the stream
     echo "$(date -u +%FT%TZ) $name: stopped; the same command resumes it"
     exit "$rc"

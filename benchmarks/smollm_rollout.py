@@ -34,7 +34,6 @@ both drawing from the per-row sampler, so their turns must agree:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
@@ -44,7 +43,7 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
-from _experts import converted_model
+from _experts import converted_model, op_profile
 from generation_flops import matmul_peak
 
 from environments.registry import make_env
@@ -130,19 +129,11 @@ def main() -> None:
                                shared_prefix_attention=shared_attention, decode_loop=loop, lookup_draft=drafts)
         if not grouped:  # one forward for all rows' prompt tokens, padded to the longest
             policy.PREFILL_CALL_TOKENS = 10**9
-        profiler = contextlib.nullcontext()
-        if args.profile:
-            from torch.profiler import ProfilerActivity, profile
-
-            profiler = profile(activities=[ProfilerActivity.CPU])
-        start = time.perf_counter()
-        with profiler as prof:
+        with op_profile(args.profile, f"{name}:\n"):
+            start = time.perf_counter()
             trajs = run_episodes(make, tasks, policy, env_name="tidy", split="train", source="eval", iteration=0,
                                  one_shot=True, batch_size=batch, progress=False)
-        seconds = time.perf_counter() - start
-        if args.profile:  # where the mode's time goes, op by op (self time: each op without its callees)
-            print(f"{name}:\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile),
-                  flush=True)
+            seconds = time.perf_counter() - start
         flops = 2 * body * (policy.prefilled_tokens + policy.generated_tokens) + 2 * head * policy.generated_tokens
         same = [reference.setdefault(t.task_id, t.messages) == t.messages for t in trajs]
         row = {"mode": name, "episodes": len(trajs), "steps": sum(t.num_steps for t in trajs),

@@ -25,12 +25,11 @@ The GGUF is converted once into --model-dir (reused when it exists).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
 
-from _experts import converted_model, modes_in_fresh_processes, tidy_experts
+from _experts import converted_model, modes_in_fresh_processes, op_profile, tidy_experts
 
 MODES = ("trl-full-fp32", "full-fp32", "full-bf16", "lora-fp32", "lora-bf16", "lora-fp32-padded", "lora-fp32-padfree",
          "lora-fp32-shared", "full-fp32-shared", "full-fp32-compiled")
@@ -79,17 +78,10 @@ def run_one(mode: str, args: argparse.Namespace) -> dict:
         compile_s = time.perf_counter() - start
     if mode.startswith("trl-"):
         sft_module.AgentSFTTrainer = SFTTrainer  # type: ignore[misc]  # the stock trainer, for the before/after ratio
-    profiler = contextlib.nullcontext()
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        profiler = profile(activities=[ProfilerActivity.CPU])
-    start = time.perf_counter()
-    with profiler as prof:
+    with op_profile(args.profile):
+        start = time.perf_counter()
         result = train_sft(model, tokenizer, experts, settings, f"/tmp/train-throughput-{mode}")
-    seconds = time.perf_counter() - start
-    if args.profile:  # where the step's time goes, op by op (self time: each op without its callees)
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), flush=True)
+        seconds = time.perf_counter() - start
     return {"mode": mode, "sequences": len(experts), "tokens": tokens, "agent_tokens": agent,
             "train_s": round(result.runtime_s, 1), "tokens_per_s": round(tokens / result.runtime_s, 1),
             "first_loss": round(result.first_loss, 4), "last_loss": round(result.last_loss, 4),

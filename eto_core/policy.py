@@ -328,7 +328,6 @@ class LocalHFPolicy:
             kv.keep_rows(batch, starts, kept, output.past_key_values, cached, suffix, shared=shared)
         return texts
 
-
     @staticmethod
     def _sample_drafted(logits: torch.Tensor, live: list[int], drafts: list[list[int]], done: set[int],
                         sampler: RowSampler, order: list[int]) -> list[list[int]]:

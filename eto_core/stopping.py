@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 _REQUESTED = threading.Event()
-_depth = 0
+_holding = False
 """Whether the main thread is in an ``uninterrupted`` block (signals only interrupt that thread)."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -59,8 +59,8 @@ def uninterrupted() -> Iterator[None]:
     (``capture_sigterm`` replaces ours), which raises at once. A second signal while one is held
     exits at once, as a second stop does in the CLI. Only the main thread receives signals, so
     elsewhere this does nothing."""
-    global _depth
-    if threading.current_thread() is not threading.main_thread() or _depth > 0:
+    global _holding
+    if threading.current_thread() is not threading.main_thread() or _holding:
         yield  # elsewhere no signal arrives; nested, the outer block holds it
         return
     held: list[int] = []
@@ -71,11 +71,11 @@ def uninterrupted() -> Iterator[None]:
         held.append(signum)
 
     previous = {sig: signal.signal(sig, hold) for sig in STOP_SIGNALS}
-    _depth += 1
+    _holding = True
     try:
         yield
     finally:
-        _depth -= 1
+        _holding = False
         for sig, old in previous.items():
             signal.signal(sig, old)
         if held:

@@ -124,15 +124,22 @@ def test_streaming_gives_the_same_text_in_chunks_and_usage_last(client: openai.O
     assert all(c.usage is None and c.choices for c in plain)
 
 
+def _raw_chat_request(base: str, body: dict[str, Any], *, close: bool) -> tuple[tuple[str, int], bytes]:
+    """The server's address and a chat-completions POST written by hand (``close``: the server
+    closes the connection after its reply)."""
+    host, port = re.match(r"http://([^:/]+):(\d+)", base).groups()  # type: ignore[union-attr]
+    data = json.dumps(body).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n")
+    return (host, int(port)), head.encode() + data
+
+
 def test_sse_framing_byte_by_byte(served: tuple[str, Any], client: openai.OpenAI) -> None:
     base, _ = served
-    host, port = re.match(r"http://([^:/]+):(\d+)", base).groups()  # type: ignore[union-attr]
-    body = json.dumps({"model": "m", "messages": CONV, "max_tokens": 6, "temperature": 0, "stream": True,
-                       "stream_options": {"include_usage": True}}).encode()
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    address, request = _raw_chat_request(base, {"model": "m", "messages": CONV, "max_tokens": 6, "temperature": 0,
+                                                "stream": True, "stream_options": {"include_usage": True}}, close=True)
     raw = b""
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
+    with socket.create_connection(address, timeout=30) as sock:
         sock.sendall(request)
         while data := sock.recv(65536):
             raw += data
@@ -193,12 +200,9 @@ def test_a_client_that_disconnects_frees_its_slot_at_once(served: tuple[str, Any
                     next(lines)
                 assert engine.running == 1
         else:  # the client gives up waiting: it closes its connection while its row decodes
-            host, port = re.match(r"http://([^:/]+):(\d+)", base).groups()  # type: ignore[union-attr]
-            data = json.dumps(body).encode()
-            with socket.create_connection((host, int(port)), timeout=30) as sock:
-                sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                              f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode()
-                             + data)
+            address, request = _raw_chat_request(base, body, close=False)
+            with socket.create_connection(address, timeout=30) as sock:
+                sock.sendall(request)
                 # On loaded cores the row may start late: wait for it, so the close lands mid-turn.
                 start = time.monotonic()
                 while engine.running == 0 and time.monotonic() - start < 30:
