@@ -26,6 +26,10 @@ LINES=(
   "tidy-eto-s0|eto run $TIDY --seed 0 $ONE"
   "tidy-step-s0|eto run $TIDY --seed 0 $ONE --set pairs.level=both"
   "tidy-k4-s0|eto run $TIDY --seed 0 $ONE $K4"
+  # the other three environments' SFT and ETO (seed 0) before tidy's remaining methods
+  "alfworld-pick-s0|eto run --config recipes/smollm-alfworld-pick.yaml --seed 0"
+  "webshop-s0|eto run --config recipes/smollm-webshop.yaml --seed 0"
+  "sciworld-s0|eto run --config recipes/smollm-sciworld.yaml --seed 0"
   "tidy-eto-no-sft-s0|eto baseline eto-no-sft $TIDY --seed 0 --iterations 1 $SAMPLED"
   "tidy-rft-eto-s0|eto baseline rft-eto $TIDY --seed 0 --iterations 1 $SAMPLED"
   "tidy-sweep-sftterm-s0|python $SWEEP '{beta: 0.1, learning_rate: 5.0e-5}' '{beta: 0.1, learning_rate: 2.0e-4, sft_weight: 1.0}'"
@@ -37,9 +41,6 @@ LINES=(
   "tidy-bon-s2|eto baseline best-of-n $TIDY --seed 2 --set baselines.best_of_n=4"
   "tidy-rft-s0|eto baseline rft $TIDY --seed 0"
   "tidy-bon-s0|eto baseline best-of-n $TIDY --seed 0 --set baselines.best_of_n=4"
-  "alfworld-pick-s0|eto run --config recipes/smollm-alfworld-pick.yaml --seed 0"
-  "sciworld-s0|eto run --config recipes/smollm-sciworld.yaml --seed 0"
-  "webshop-s0|eto run --config recipes/smollm-webshop.yaml --seed 0"
 )
 
 if [[ "${1:-}" == "--list" ]]; then
