@@ -20,6 +20,7 @@ from eto_core.policy import GenerationSettings
 from eto_core.records import read_records
 from eto_core.stage_names import RolloutStage, Split
 from eto_core.storage import ArtifactRef, ArtifactStore
+from eto_core.threads import torch_threads
 from eto_core.tracking import Tracker
 
 
@@ -193,11 +194,8 @@ def _rollout_key(_: TaskRunContext, params: dict[str, Any]) -> str | None:
       persist_result=False, log_prints=False)
 def shard_task(recipe: Recipe, store: ArtifactStore, model: ArtifactRef, shard: stages.ShardSpec) -> stages.ShardOutcome:
     """One rollout shard, wherever the runner puts it (a thread here, a Dask or Ray worker)."""
-    if recipe.runner.torch_threads:
-        import torch
-
-        torch.set_num_threads(recipe.runner.torch_threads)
-    return stages.rollout_shard(recipe, store, model, shard)
+    with torch_threads(recipe.runner.torch_threads):
+        return stages.rollout_shard(recipe, store, model, shard)
 
 
 @task(name="rollout", task_run_name="{stage}-{split}-iter{iteration}", cache_key_fn=_rollout_key, persist_result=True)

@@ -1,0 +1,47 @@
+"""torch's intra-op thread count for one block of work on one thread, put back when it ends.
+
+``torch.set_num_threads`` is not only the calling thread's setting: it also sets the count that
+every thread started later begins with. A rollout shard that runs at one thread
+(``runner.torch_threads: 1``, two shards side by side) therefore left every later stage that
+Prefect ran on a fresh worker thread at one thread too: the DPO after an exploration trained on
+one core of two. ``torch_threads`` sets the count for its block and, when the block ends, puts
+back the count that held before the first of the blocks running at the time began, in the
+ending thread (a pool thread is reused for the next task) and so also for threads started later.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+_LOCK = threading.Lock()
+_active = 0
+_before: int | None = None
+"""The count before the first of the blocks in flight began (None while none is)."""
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Within the block this thread's torch ops use ``count`` threads (None: leave it as it is)."""
+    global _active, _before
+    if count is None:
+        yield
+        return
+    with _LOCK:
+        if _active == 0:
+            _before = torch.get_num_threads()
+        _active += 1
+        restore = _before
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            assert restore is not None
+            torch.set_num_threads(restore)
+            _active -= 1
+            if _active == 0:
+                _before = None
