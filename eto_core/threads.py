@@ -1,13 +1,13 @@
 """torch's intra-op thread count for one block of work on one thread, put back when it ends.
 
 ``torch.set_num_threads`` is not only the calling thread's setting: it also sets the count that
-every thread started later begins with. A rollout shard that runs at one thread
-(``runner.torch_threads: 1``, two shards side by side) therefore left every later stage that
-Prefect ran on a fresh worker thread at one thread too: the DPO after an exploration trained on
-one core of two. ``torch_threads`` sets the count for its block and, when the block ends, puts
-back the count that held before the first of the blocks running at the time began, in the
-ending thread (a pool thread is reused for the next task) and so also for threads started later.
-"""
+a thread begins with at its first parallel torch op. A rollout shard that runs at one thread
+(``runner.torch_threads: 1``, two shards side by side on the pool) therefore left the stages
+after it at one thread wherever their thread had done no torch work yet: a resumed `eto run`,
+whose SFT was cached, trained its DPO on one core of two (tests/flows/test_runners.py). So
+``torch_threads`` sets the count for its block and, when the block ends, puts back the count
+that held before the first of the blocks running at the time began, in the ending thread (a
+pool thread is reused for the next task) and for the threads that start later."""
 
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from eto_core.config import Recipe
 from eto_core.memory import release_memory
 from eto_core.modeling import load_model, save_model
@@ -143,6 +145,8 @@ def save_trained(folder: Path, result: TrainResult, tokenizer: Any, prefix: str)
         f"{prefix}_tokens_per_s": result.num_tokens / result.runtime_s if result.runtime_s > 0 else 0.0,
         f"{prefix}_truncated": float(result.num_truncated),
         f"{prefix}_peak_memory_mb": result.peak_memory_mb,
+        # The torch threads the training ran on (this thread's count): tokens/s depends on it.
+        f"{prefix}_torch_threads": float(torch.get_num_threads()),
     }
 
 

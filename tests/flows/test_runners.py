@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,24 @@ def test_mini_recipe_on_a_local_dask_cluster_matches_the_thread_pool(tmp_path: P
     assert len(workers) == 3 + 8
     pids = {w["pid"] for w in workers}
     assert os.getpid() not in pids and len(pids) == 2  # both worker processes took shards
+
+
+def test_training_after_one_thread_shards_runs_at_the_process_thread_count(tmp_path: Path) -> None:
+    """`eto run` resumed after SFT (cached), as a stream resumes: the exploration's two shards run
+    at one thread each on the thread pool, and the DPO after them is the main thread's first torch
+    work, so its thread count is whatever torch's process-wide setting says then. Before
+    eto_core/threads.py that was the shards' 1: half the cores for DPO."""
+    common = ["--config", "recipes/mini.yaml", "--state-dir", str(tmp_path / "state"),
+              "--artifact-root", str(tmp_path / "artifacts"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+              "--set", "explore.shard_size=4", "--set", "runner.workers=2", "--set", "runner.torch_threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # the process's count, whatever the machine
+    for iterations in ("0", "1"):
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "run", *common, "--iterations", iterations],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((tmp_path / "artifacts" / "explore_shard").glob("*/manifest.json"))) == 3
+    (dpo,) = (tmp_path / "artifacts" / "dpo").glob("*/manifest.json")
+    assert json.loads(dpo.read_text())["meta"]["metrics"]["dpo_torch_threads"] == 2.0
 
 
 def test_a_runner_that_is_not_installed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
