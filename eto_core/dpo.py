@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import DPOConfig
@@ -267,11 +268,13 @@ def _prefix_shared_pair_logps(
 
 def score_pairs(
     model: torch.nn.Module, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int, bf16: bool = False,
-    shared_prefix: bool = False,
+    shared_prefix: bool = False, desc: str | None = None,
 ) -> tuple[list[float], list[float]]:
     """Log-probs of every pair's chosen and rejected agent turns, in eval mode, batched, without
     gradients; ``bf16``: under the same autocast as bf16 training. ``shared_prefix``: a batch's
-    common prompt prefix runs once (the same scores up to float rounding, fewer tokens)."""
+    common prompt prefix runs once (the same scores up to float rounding, fewer tokens).
+    ``desc``: a progress bar over the pairs with this label (scoring a few hundred real-model
+    pairs takes many minutes on a CPU)."""
     # torch.no_grad() as a block, not a decorator: mutmut skips decorated functions (make mutation).
     was_training = model.training
     model.eval()
@@ -279,6 +282,7 @@ def score_pairs(
     collate = PairCollator(pad_token_id)
     chosen: list[float] = []
     rejected: list[float] = []
+    bar = tqdm(total=len(rows), desc=desc, unit="pair", disable=desc is None)
     try:
         for start in range(0, len(rows), batch_size):
             batch = collate(rows[start : start + batch_size])
@@ -289,7 +293,9 @@ def score_pairs(
                 pc, pr = scored if scored is not None else _pair_logps(model, on_device)
             chosen.extend(pc.tolist())
             rejected.extend(pr.tolist())
+            bar.update(len(pc))
     finally:
+        bar.close()
         model.train(was_training)
     return chosen, rejected
 
@@ -299,7 +305,8 @@ def compute_reference_logps(
     shared_prefix: bool = False,
 ) -> None:
     """Store the reference (pre-training) log-probs in the rows, once for all training epochs."""
-    chosen, rejected = score_pairs(model, rows, pad_token_id, batch_size, bf16, shared_prefix)
+    chosen, rejected = score_pairs(model, rows, pad_token_id, batch_size, bf16, shared_prefix,
+                                   desc="DPO reference log-probs")
     for row, c, r in zip(rows, chosen, rejected, strict=True):
         row["ref_chosen_logps"] = c
         row["ref_rejected_logps"] = r
@@ -551,7 +558,8 @@ def _final_metrics(
 ) -> dict[str, float]:
     """Implicit rewards of the trained policy over all pairs (one forward pass each, no grad)."""
     chosen, rejected = score_pairs(model, rows, pad_id, batch_size=2 * settings.per_device_train_batch_size,
-                                   bf16=use_bf16(settings.bf16), shared_prefix=settings.shared_prefix)
+                                   bf16=use_bf16(settings.bf16), shared_prefix=settings.shared_prefix,
+                                   desc="DPO scores after training")
     pc, pr = torch.tensor(chosen), torch.tensor(rejected)
     rc = torch.tensor([r["ref_chosen_logps"] for r in rows])
     rr = torch.tensor([r["ref_rejected_logps"] for r in rows])

@@ -487,6 +487,17 @@ def test_score_pairs_batches_in_eval_mode_and_restores_the_mode(
     assert bf16[0] == pytest.approx(chosen, rel=0.1) and bf16[1] == pytest.approx(rejected, rel=0.1)
 
 
+def test_scoring_shows_a_progress_bar_over_the_pairs_when_labelled(
+    tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = _scored_rows(tiny_tokenizer)
+    dpo.score_pairs(tiny_model, rows, 0, batch_size=2)
+    assert capsys.readouterr().err == ""
+    dpo.compute_reference_logps(tiny_model, rows, 0, batch_size=2)
+    err = capsys.readouterr().err
+    assert "DPO reference log-probs" in err and f"{len(rows)}/{len(rows)}" in err
+
+
 def test_scoring_with_the_shared_prefix_gives_the_plain_scores(
     tiny_model: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast, monkeypatch: pytest.MonkeyPatch
 ) -> None:
