@@ -41,6 +41,10 @@ LINES=(
   "tidy-bon-s2|eto baseline best-of-n $TIDY --seed 2 --set baselines.best_of_n=4"
   "tidy-rft-s0|eto baseline rft $TIDY --seed 0"
   "tidy-bon-s0|eto baseline best-of-n $TIDY --seed 0 --set baselines.best_of_n=4"
+  # claim 4's third iteration (iterations 1-2 come from the cache)
+  "tidy-iter3-s0|eto run $TIDY --seed 0 --iterations 3 $DEV"
+  "tidy-iter3-s1|eto run $TIDY --seed 1 --iterations 3 $DEV"
+  "tidy-iter3-s2|eto run $TIDY --seed 2 --iterations 3 $DEV"
 )
 
 if [[ "${1:-}" == "--list" ]]; then
