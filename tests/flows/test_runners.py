@@ -61,7 +61,10 @@ def test_training_after_one_thread_shards_runs_at_the_process_thread_count(tmp_p
     common = ["--config", "recipes/mini.yaml", "--state-dir", str(tmp_path / "state"),
               "--artifact-root", str(tmp_path / "artifacts"), "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
               "--set", "explore.shard_size=4", "--set", "runner.workers=2", "--set", "runner.torch_threads=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # the process's count, whatever the machine
+    # The process's count, whatever the machine; a local Dask cluster (the test above) leaves
+    # OMP/MKL/OPENBLAS_NUM_THREADS=1 in this process's environment, and torch reads MKL's last.
+    env = {**{k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")},
+           "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     for iterations in ("0", "1"):
         done = subprocess.run([sys.executable, "-m", "flows.cli", "run", *common, "--iterations", iterations],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
