@@ -61,6 +61,10 @@ if [[ ! -d "$WORKDIR/src/.git" ]]; then
 else  # this checkout's newer commits (faster rollouts, fixes); the cache keys say what they change
   git -C "$WORKDIR/src" pull -q --ff-only "$HERE" HEAD || echo "could not fast-forward $WORKDIR/src; running it as it is"
 fi
+# The recipes name the shared data as ../shared/data (ALFWorld's game files), relative to the clone.
+if [[ ! -e "$WORKDIR/shared" && -d "$HERE/../shared" ]]; then
+  ln -s "$(cd "$HERE/../shared" && pwd)" "$WORKDIR/shared"
+fi
 cd "$WORKDIR/src" || exit 1
 if [[ ! -x .venv/bin/eto ]]; then
   make setup > "$LOGS/setup.log" 2>&1 || { echo "make setup failed: $LOGS/setup.log"; exit 1; }
