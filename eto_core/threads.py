@@ -19,8 +19,8 @@ import torch
 
 _LOCK = threading.Lock()
 _active = 0
-_before: int | None = None
-"""The count before the first of the blocks in flight began (None while none is)."""
+_before = 0
+"""The count before the first of the blocks in flight began (read only while one is)."""
 
 
 @contextmanager
@@ -40,8 +40,5 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         with _LOCK:
-            assert restore is not None
             torch.set_num_threads(restore)
             _active -= 1
-            if _active == 0:
-                _before = None
