@@ -34,11 +34,14 @@ both drawing from the per-row sampler, so their turns must agree:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -81,6 +84,9 @@ def main() -> None:
                         help="the model's weights and arithmetic (float64: a check that modes write the same turns)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also print each mode's N costliest ops (torch.profiler, self CPU time)")
+    parser.add_argument("--forward-stats", action="store_true",
+                        help="also print how many rows each decoding forward of our loop ran and its time: "
+                             "what the forwards with few live rows (a step's slowest turns) cost")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -129,11 +135,14 @@ def main() -> None:
                                shared_prefix_attention=shared_attention, decode_loop=loop, lookup_draft=drafts)
         if not grouped:  # one forward for all rows' prompt tokens, padded to the longest
             policy.PREFILL_CALL_TOKENS = 10**9
-        with op_profile(args.profile, f"{name}:\n"):
+        forwards: list[tuple[int, int, float]] = []
+        with op_profile(args.profile, f"{name}:\n"), timed_forwards(model, forwards, args.forward_stats):
             start = time.perf_counter()
             trajs = run_episodes(make, tasks, policy, env_name="tidy", split="train", source="eval", iteration=0,
                                  one_shot=True, batch_size=batch, progress=False)
             seconds = time.perf_counter() - start
+        if args.forward_stats and loop:
+            print(forward_table(name, forwards, batch, seconds), flush=True)
         flops = 2 * body * (policy.prefilled_tokens + policy.generated_tokens) + 2 * head * policy.generated_tokens
         same = [reference.setdefault(t.task_id, t.messages) == t.messages for t in trajs]
         row = {"mode": name, "episodes": len(trajs), "steps": sum(t.num_steps for t in trajs),
@@ -161,6 +170,65 @@ def main() -> None:
               f"{r['same_as_first_mode']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+@contextlib.contextmanager
+def timed_forwards(model: torch.nn.Module, into: list[tuple[int, int, float]], on: bool) -> Iterator[None]:
+    """With ``on``: append (rows, columns, seconds) of each forward of ``model`` to ``into``; a
+    decoding forward keeps the logits of every column it feeds, and is stored with its column
+    count; any other forward (the shared prefix's encoding, the prompts' prefill, which keep one)
+    with its count negated."""
+    if not on:
+        yield
+        return
+    forward = model.forward
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        out = forward(*args, **kwargs)
+        ids = kwargs.get("input_ids")
+        if ids is not None:
+            decoding = kwargs.get("logits_to_keep") == ids.shape[1]
+            into.append((int(ids.shape[0]), int(ids.shape[1]) * (1 if decoding else -1), time.perf_counter() - began))
+        return out
+
+    model.forward = counted  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del model.forward  # the class's forward again
+
+
+def forward_table(name: str, forwards: list[tuple[int, int, float]], batch: int, seconds: float) -> str:
+    """The decoding forwards grouped by live rows: how many, their mean time, their share of the
+    decoding time; and the decoding time if every row-forward had sat in a full batch (the
+    forwards of ``batch`` rows' mean time per row-forward), a bound for refilling a slot as soon
+    as its turn ends rather than at the next step."""
+    prefill = [f for f in forwards if f[1] < 0]
+    forwards = [f for f in forwards if f[1] > 0]
+    if not forwards:
+        return f"{name}: no decoding forwards counted"
+    total = sum(t for _, _, t in forwards)
+    groups = [(batch, batch), (max(1, batch * 9 // 16), batch - 1), (max(1, batch // 4), max(1, batch * 9 // 16) - 1),
+              (1, max(1, batch // 4) - 1)]
+    lines = [f"{name}: {len(forwards)} decoding forwards, {total:.1f} s of the mode's {seconds:.1f} s; "
+             f"{len(prefill)} other forwards (prefill, the shared prefix), {sum(f[2] for f in prefill):.1f} s, "
+             f"{-sum(f[0] * f[1] for f in prefill):,} token positions",
+             "| live rows | forwards | mean columns | mean s | share of decoding time |", "|---|---:|---:|---:|---:|"]
+    for lo, hi in groups:
+        part = [f for f in forwards if lo <= f[0] <= hi]
+        if lo > hi or not part:
+            continue
+        t = sum(f[2] for f in part)
+        lines.append(f"| {lo}-{hi} | {len(part)} | {sum(f[1] for f in part) / len(part):.1f} | {t / len(part):.3f} | "
+                     f"{t / total:.0%} |")
+    full = [f for f in forwards if f[0] == batch]
+    row_forwards = sum(f[0] for f in forwards)
+    if full:
+        per_row = sum(f[2] for f in full) / sum(f[0] for f in full)
+        lines.append(f"every row-forward ({row_forwards:,}) in a full batch: {per_row * row_forwards:.1f} s of "
+                     f"decoding instead of {total:.1f} ({total / (per_row * row_forwards):.2f}x)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
