@@ -1,4 +1,4 @@
-"""Rollouts of the real model (SmolLM2-135M-Instruct) on tidy: the landed engine vs each
+"""Rollouts of the real model (SmolLM2-135M-Instruct) on tidy (``--recipe``: another recipe's environment): the landed engine vs each
 episode's KV cache kept across its steps, at several batch sizes.
 
 The policy is the untrained instruct model (the zero-shot row), greedy (``--temperature`` 0), with ETO's one-shot
@@ -50,6 +50,7 @@ from _experts import converted_model, op_profile
 from generation_flops import matmul_peak
 
 from environments.registry import make_env
+from eto_core.config import load_recipe
 from eto_core.modeling import load_model
 from eto_core.policy import GenerationSettings, LocalHFPolicy
 from eto_core.rollout import run_episodes
@@ -74,7 +75,9 @@ def main() -> None:
                         help="batches of the default plus drafts looked up in each row's context (greedy)")
     parser.add_argument("--draft-tokens", type=int, nargs="*", default=[4],
                         help="draft tokens checked per forward in the --draft-batches modes (policy.lookup_draft)")
-    parser.add_argument("--steps", type=int, default=15, help="tidy's step cap")
+    parser.add_argument("--recipe", help="roll out on this recipe's environment (env.name, env.kwargs, env.one_shot, "
+                        "evaluate.max_context_tokens) instead of tidy, e.g. recipes/smollm-alfworld-pick.yaml")
+    parser.add_argument("--steps", type=int, help="the step cap (default: tidy's 15, or the recipe's max_steps)")
     parser.add_argument("--max-new-tokens", type=int, default=72)
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0: greedy; above 0 every mode samples (seeded, each row its own stream)")
@@ -99,7 +102,14 @@ def main() -> None:
     embed = model.get_input_embeddings().weight.numel()
     body = sum(p.numel() for p in model.parameters()) - embed  # tied head: embeddings counted once
     head = embed  # the LM head's matmul on each generated token
-    make = partial(make_env, "tidy", max_steps=args.steps)
+    env_name, env_kwargs, one_shot, context = "tidy", {"max_steps": 15}, True, 4096
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+        env_name, env_kwargs = recipe.env.name, dict(recipe.env.kwargs)
+        one_shot, context = recipe.env.one_shot, recipe.evaluate.max_context_tokens
+    if args.steps is not None:
+        env_kwargs["max_steps"] = args.steps
+    make = partial(make_env, env_name, **env_kwargs)
     env = make()
     all_tasks = env.tasks("train")[: args.tasks]
     env.close()
@@ -129,7 +139,7 @@ def main() -> None:
     rows = []
     reference: dict[str, object] = {}
     for name, batch, episode_cache, shared_attention, loop, grouped, tasks, drafts in modes:
-        gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=4096,
+        gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=context,
                                  temperature=args.temperature, top_p=args.top_p)
         policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache,
                                shared_prefix_attention=shared_attention, decode_loop=loop, lookup_draft=drafts)
@@ -138,8 +148,8 @@ def main() -> None:
         forwards: list[tuple[int, int, float]] = []
         with op_profile(args.profile, f"{name}:\n"), timed_forwards(model, forwards, args.forward_stats):
             start = time.perf_counter()
-            trajs = run_episodes(make, tasks, policy, env_name="tidy", split="train", source="eval", iteration=0,
-                                 one_shot=True, batch_size=batch, progress=False)
+            trajs = run_episodes(make, tasks, policy, env_name=env_name, split="train", source="eval", iteration=0,
+                                 one_shot=one_shot, batch_size=batch, progress=False)
             seconds = time.perf_counter() - start
         if args.forward_stats and loop:
             print(forward_table(name, forwards, batch, seconds), flush=True)
@@ -155,7 +165,8 @@ def main() -> None:
                                           if policy.decoded_row_steps else None)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\nSmolLM2-135M-Instruct on tidy (one-shot prompt, {args.steps}-step cap, "
+    print(f"\nSmolLM2-135M-Instruct on {env_name} ({'one-shot' if one_shot else 'zero-shot'} prompt, "
+          f"{env_kwargs.get('max_steps', 'the default')}-step cap, "
           f"{'greedy' if args.temperature == 0 else f'sampled at temperature {args.temperature}, top-p {args.top_p}'}), "
           f"torch threads "
           f"{torch.get_num_threads()}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s (n={n})\n")
