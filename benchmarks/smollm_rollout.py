@@ -77,9 +77,6 @@ def main() -> None:
                         help="draft tokens checked per forward in the --draft-batches modes (policy.lookup_draft)")
     parser.add_argument("--recipe", help="roll out on this recipe's environment (env.name, env.kwargs, env.one_shot, "
                         "evaluate.max_context_tokens) instead of tidy, e.g. recipes/smollm-alfworld-pick.yaml")
-    parser.add_argument("--draft-growth", choices=["on", "off", "both"], default="on",
-                        help="in the --draft-batches modes: rows draft longer as the batch empties (the default, "
-                             "LocalHFPolicy.GROW_DRAFTS), always --draft-tokens, or each in turn")
     parser.add_argument("--steps", type=int, help="the step cap (default: tidy's 15, or the recipe's max_steps)")
     parser.add_argument("--max-new-tokens", type=int, default=72)
     parser.add_argument("--temperature", type=float, default=0.0,
@@ -136,9 +133,7 @@ def main() -> None:
     for b in args.draft_batches:
         tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
         for k in args.draft_tokens:
-            for grow in {"on": [True], "off": [False], "both": [False, True]}[args.draft_growth]:
-                modes.append((f"+ lookup drafts of {k}{', longer as rows finish' if grow else ''}, batch {b}",
-                              b, True, True, True, True, tasks, k if grow else -k))
+            modes.append((f"+ lookup drafts of {k}, batch {b}", b, True, True, True, True, tasks, k))
 
     peak, n = matmul_peak([1024, 2048, 3072], repeats=3)
     rows = []
@@ -146,10 +141,8 @@ def main() -> None:
     for name, batch, episode_cache, shared_attention, loop, grouped, tasks, drafts in modes:
         gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=context,
                                  temperature=args.temperature, top_p=args.top_p)
-        # drafts < 0: that many, not growing as rows finish
         policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache,
-                               shared_prefix_attention=shared_attention, decode_loop=loop, lookup_draft=abs(drafts))
-        policy.GROW_DRAFTS = drafts > 0
+                               shared_prefix_attention=shared_attention, decode_loop=loop, lookup_draft=drafts)
         if not grouped:  # one forward for all rows' prompt tokens, padded to the longest
             policy.PREFILL_CALL_TOKENS = 10**9
         forwards: list[tuple[int, int, float]] = []

@@ -157,14 +157,6 @@ class LocalHFPolicy:
     """With lookup drafts, the batch cache has room for this many forwards' worth of rejected
     draft columns before they are squeezed out (a squeeze copies every row's turn columns)."""
 
-    DRAFT_MAX = 16
-    """With lookup drafts, the most tokens a row drafts in one forward once few rows are live
-    (``draft_length``)."""
-
-    GROW_DRAFTS = True
-    """Rows draft longer as the batch empties, keeping a forward's columns near the full batch's
-    (False: always ``lookup_draft``; the benchmarks compare both)."""
-
     PREFILL_CALL_TOKENS = 24
     """A forward's fixed cost (reading every weight once) in prompt tokens of prefill: at 1 thread
     on this CPU ~70 ms vs ~3 ms per token. Rows are grouped for the prefill so that padding
@@ -361,24 +353,6 @@ class LocalHFPolicy:
             active, j = going, j + 1
         return [tokens or [0] for tokens in out]
 
-    def draft_length(self, batch: int, live: int) -> int:
-        """Draft tokens per row in a forward of ``live`` unfinished rows of a decoding batch that
-        started with ``batch``: ``lookup_draft`` while the batch is full, longer as it empties.
-
-        A step's turns end at different lengths, so its last forwards run a few rows (tidy: 113
-        of 289 forwards had 1-3 of 16). Such a forward costs most of a full one, as every weight
-        is read either way (one row: 40% of sixteen's, docs/benchmarks.md), and a few more
-        columns per row add little to it. So a row drafts as many tokens as keep the forward's
-        columns at the full batch's, up to ``DRAFT_MAX``: the extra drafts are free guesses at
-        the slow rows' next tokens. The turns are the same: a draft only saves forwards."""
-        k = self.lookup_draft
-        if not k or not self.GROW_DRAFTS or live >= batch:
-            return k
-        # A squeezed cache has DRAFT_ROOM_FORWARDS * k + 1 free columns at least: the most one
-        # forward may feed a row.
-        cap = min(self.DRAFT_MAX, self.DRAFT_ROOM_FORWARDS * k)
-        return max(k, min(cap, batch * (k + 1) // max(live, 1) - 1))
-
     def _decode_from_cache(self, batch: list[list[int]], starts: list[RowStart], shared: CacheEntry | None,
                            sampler: RowSampler | None) -> list[str]:
         """Decoding in our own loop (greedy, or sampled by ``sampler``), so that a row leaves the
@@ -415,9 +389,6 @@ class LocalHFPolicy:
         # Drafted tokens add up to k columns per forward, some of them rejected: room for a few
         # forwards' worth before the rejected columns are squeezed out.
         k = self.lookup_draft
-        # Room for rejected drafts of lookup_draft's length: longer drafts (few rows left) fill it
-        # sooner and squeeze it more often, cheaply, as few rows are left. Every forward's
-        # attention reads the whole room, so it is not sized for the longest draft.
         room = width + s.max_new_tokens + self.DRAFT_ROOM_FORWARDS * k
         cache = kv.batch_cache(starts, own, device, room, skip=p)
         if self._stop is None:
@@ -490,11 +461,10 @@ class LocalHFPolicy:
                 # Drafts: what followed the latest earlier occurrence of each row's last tokens,
                 # no longer than its turn has room for.
                 drafts: list[list[int]] = []
-                length = self.draft_length(n, len(live) - len(done))
                 for i, row in enumerate(live):
                     if k and row not in done:
                         drafters[row].extend(emitted[i])
-                        drafts.append(drafters[row].draft(min(length, s.max_new_tokens - len(new[row]) - 1)))
+                        drafts.append(drafters[row].draft(min(k, s.max_new_tokens - len(new[row]) - 1)))
                     else:
                         drafts.append([])
                 q = 1 + max(len(d) for d in drafts)
