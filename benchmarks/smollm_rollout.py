@@ -50,7 +50,6 @@ from _experts import converted_model, op_profile
 from generation_flops import matmul_peak
 
 from environments.registry import make_env
-from eto_core import shared_prefix_attention
 from eto_core.config import load_recipe
 from eto_core.modeling import load_model
 from eto_core.policy import GenerationSettings, LocalHFPolicy
@@ -78,10 +77,6 @@ def main() -> None:
                         help="draft tokens checked per forward in the --draft-batches modes (policy.lookup_draft)")
     parser.add_argument("--recipe", help="roll out on this recipe's environment (env.name, env.kwargs, env.one_shot, "
                         "evaluate.max_context_tokens) instead of tidy, e.g. recipes/smollm-alfworld-pick.yaml")
-    parser.add_argument("--attention-room", choices=["trim", "read", "both"], default="trim",
-                        help="in the --draft-batches modes: attention reads each row's keys up to the last column "
-                             "any query sees (the default, shared_prefix_attention.TRIM_UNSEEN), the static cache's "
-                             "whole room, or each in turn")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the list of modes this many times, interleaved (noisy machine: compare the sums)")
     parser.add_argument("--steps", type=int, help="the step cap (default: tidy's 15, or the recipe's max_steps)")
@@ -140,9 +135,7 @@ def main() -> None:
     for b in args.draft_batches:
         tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
         for k in args.draft_tokens:
-            for trim in {"trim": [True], "read": [False], "both": [False, True]}[args.attention_room]:
-                modes.append((f"+ lookup drafts of {k}{'' if trim else ', attention reads the whole room'}, "
-                              f"batch {b}", b, True, True, True, True, tasks, k if trim else -k))
+            modes.append((f"+ lookup drafts of {k}, batch {b}", b, True, True, True, True, tasks, k))
     modes = modes * args.repeats
 
     peak, n = matmul_peak([1024, 2048, 3072], repeats=3)
@@ -151,10 +144,8 @@ def main() -> None:
     for name, batch, episode_cache, shared_attention, loop, grouped, tasks, drafts in modes:
         gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=context,
                                  temperature=args.temperature, top_p=args.top_p)
-        # drafts < 0: that many, the attention reading the static cache's whole room
         policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache,
-                               shared_prefix_attention=shared_attention, decode_loop=loop, lookup_draft=abs(drafts))
-        shared_prefix_attention.TRIM_UNSEEN = drafts >= 0
+                               shared_prefix_attention=shared_attention, decode_loop=loop, lookup_draft=drafts)
         if not grouped:  # one forward for all rows' prompt tokens, padded to the longest
             policy.PREFILL_CALL_TOKENS = 10**9
         forwards: list[tuple[int, int, float]] = []

@@ -34,11 +34,6 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 NAME = "eto_shared_prefix"
 """The attention implementation's registered name."""
 
-TRIM_UNSEEN = True
-"""Read a row's own keys only up to the last column any query of the forward sees, not the static
-cache's whole room (``SharedPrefix.own_mask``; False reads the room, masked: the benchmarks
-compare both)."""
-
 
 @dataclass(frozen=True)
 class SharedPrefix:
@@ -52,20 +47,14 @@ class SharedPrefix:
     layers: list[tuple[torch.Tensor, torch.Tensor]]
     columns: int | None = None
     _masks: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False, compare=False)
-    """The last (boolean mask, additive mask over the own columns it reads): every layer of one
-    forward gets the same mask object, so the additive form is built once per forward, not per layer."""
+    """The last (boolean mask, additive mask over the own columns): every layer of one forward
+    gets the same mask object, so the additive form is built once per forward, not per layer."""
 
     def own_mask(self, mask: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
-        """The additive mask of each row's queries (``group`` query heads folded in) over its own
-        columns, up to the last one any query sees: a static cache is allocated with room for the
-        turn (and rejected drafts), and the columns past the last written one are masked for
-        every row, so attention need not read them."""
+        """The additive mask of each row's queries (``group`` query heads folded in) over its own columns."""
         if self._masks and self._masks[0][0] is mask and self._masks[0][1].dtype == dtype:
             return self._masks[0][1]
         row_mask = mask[:, :, :, self.skip :]
-        if TRIM_UNSEEN:
-            seen = torch.nonzero(row_mask.any(dim=2).any(dim=0).any(dim=0))
-            row_mask = row_mask[..., : int(seen.max()) + 1 if seen.numel() else 1]
         batch, _, q_len, width = row_mask.shape
         if group > 1:
             row_mask = row_mask.unsqueeze(2).expand(batch, 1, group, q_len, width).reshape(batch, 1, group * q_len, width)
@@ -183,10 +172,9 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
 
     # Each row against its own keys after the prefix.
     additive = prefix.own_mask(attention_mask, group, query.dtype)
-    used = p + additive.shape[-1]
     # Every real query sees at least itself here. A padding query may see nothing (the kernel
     # then gives output 0, lse 0); its output is never read, as its key is masked for all.
-    own_out, own_lse = _flash(folded, key[:, :, p:used], value[:, :, p:used], additive, scaling)
+    own_out, own_lse = _flash(folded, key[:, :, p:], value[:, :, p:], additive, scaling)
 
     # Every query of the batch against the prefix in one call: the prefix is read once.
     stacked = folded.transpose(0, 1).reshape(1, kv_heads, batch * group * q_len, dim)

@@ -67,41 +67,6 @@ def test_split_attention_equals_sdpa_on_a_padded_batch_in_prefill_and_decode() -
     assert not torch.allclose(other[real], reference[:, p:][real], atol=1e-3)
 
 
-def test_columns_past_the_last_one_any_query_sees_are_not_read() -> None:
-    """A static cache is allocated with room for the turn; its columns past the last written one
-    are masked for every row, and attention skips them. Filled with NaN here: read at all, even
-    masked, they would make the logits NaN (NaN * 0 is NaN); cut one column too soon, the
-    logits would part from the plain model's."""
-    model = gqa_model()
-    p = 7
-    ids = torch.randint(0, 100, (3, 20))
-    ids[:, :p] = ids[0, :p]
-    mask = torch.ones_like(ids)
-    mask[1, p : p + 3] = 0
-    mask[2, p : p + 5] = 0
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    reference, layers = scored_with_prefix(model, ids, mask, p)
-    with torch.inference_mode():
-        cache = StaticCache(config=model.config, max_cache_len=40)
-        for layer in cache.layers:
-            layer.update(torch.zeros(3, 2, p, 8), torch.zeros(3, 2, p, 8))
-            layer.keys[:, :, p:] = float("nan")  # the room: written below, where a token comes
-            layer.values[:, :, p:] = float("nan")
-        with shared_prefix(model, SharedPrefix(p, layers)):
-            prefill = model(input_ids=ids[:, p:], attention_mask=mask, position_ids=positions[:, p:],
-                            cache=cache, use_cache=True).logits
-            step = prefill[:, -1].argmax(-1, keepdim=True)
-            grown = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], dim=1)
-            decoded = model(input_ids=step, attention_mask=grown, position_ids=positions[:, -1:] + 1,
-                            cache=cache, use_cache=True).logits
-        full = model(input_ids=torch.cat([ids, step], 1), attention_mask=grown,
-                     position_ids=torch.cat([positions, positions[:, -1:] + 1], 1)).logits
-    real = mask[:, p:].bool()
-    assert torch.isfinite(prefill[real]).all() and torch.isfinite(decoded).all()
-    assert torch.allclose(prefill[real], reference[:, p:][real], atol=1e-5)
-    assert torch.allclose(decoded[:, -1], full[:, -1], atol=1e-5)
-
-
 def test_supports_plain_causal_attention_only() -> None:
     assert supports(gqa_model())
     assert not supports(gqa_model(sliding_window=4))
