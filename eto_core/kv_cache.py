@@ -164,22 +164,24 @@ class KVCache:
         A static (preallocated) cache: a dynamic one concatenates every layer's whole cache
         for each new token, which costs more than the decoding step itself at long contexts."""
         cache = StaticCache(config=self.model.config, max_cache_len=max_len)
-        if width == 0:
-            # Allocated now rather than on the first write, so row_view can slice it.
-            config = self.model.config.get_text_config()
-            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-            kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-            cache.early_initialization(len(starts), kv_heads, head_dim, self.model.dtype, device)
-            return cache
-        some = next(e for c, e in starts if e is not None).own
+        # Allocated now (zeros) rather than on the first write, so that row_view can slice it and
+        # the rows' cached tokens go straight into it: building a width-wide copy first and
+        # handing it to update() would zero-fill and copy each layer's history once more, a
+        # cost that grows with the episode (ALFWorld, docs/benchmarks.md).
+        config = self.model.config.get_text_config()
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         with torch.inference_mode():
-            for layer, (k0, v0) in enumerate(some):
-                keys = k0.new_zeros((len(starts), k0.shape[1], width, k0.shape[3]), device=device)
-                values = v0.new_zeros((len(starts), v0.shape[1], width, v0.shape[3]), device=device)
+            cache.early_initialization(len(starts), kv_heads, head_dim, self.model.dtype, device)
+            if width == 0:
+                return cache
+            for layer, static in enumerate(cache.layers):
+                keys: torch.Tensor = static.keys  # type: ignore[union-attr,assignment]  # a StaticLayer's, allocated
+                values: torch.Tensor = static.values  # type: ignore[union-attr,assignment]
                 for row, (c, entry) in enumerate(starts):
                     if entry is not None and c > skip:
                         entry.copy_into(layer, keys, values, row, skip, c, width - (c - skip))
-                cache.layers[layer].update(keys, values)  # type: ignore[union-attr]  # a StaticLayer
+            set_length(cache, width)
         return cache
 
     def keep_rows(self, batch: list[list[int]], starts: list[RowStart], kept: list[list[int]], cache: Any,
