@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
         supervise = argv is None
     if not supervise or not (args.command in LONG_RUNNING or (args.command == "stack" and args.stack_command == "up")):
         return _dispatch(args, None)
+    from eto_core.stopping import StopRequested
     from infra.lifecycle import ChildWatchdog, Interrupted, stop_in_chain, stop_on_signals
 
     # `kill -USR1 <pid>` prints every thread's stack to stderr and the command goes on: where a
@@ -264,6 +265,12 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
         # reached Prefect's handler instead (infra.lifecycle.hidden_stop).
         if not received:
             received.append(exc.signum)
+    except StopRequested:
+        # A rollout shard on a worker thread saw the stop our handler requested and unwound;
+        # when Prefect's task engine took the handler's Interrupted in the main thread, the
+        # shard's StopRequested (a BaseException) is what the flow re-raises from its future.
+        if not received:
+            raise
     except Exception as exc:
         if not received:
             if (signum := stop_in_chain(exc)) is None:
