@@ -160,7 +160,7 @@ def main() -> None:
                                shared_prefix_attention=shared_attention, decode_loop=loop, lookup_draft=drafts)
         if not grouped:  # one forward for all rows' prompt tokens, padded to the longest
             policy.PREFILL_CALL_TOKENS = 10**9
-        forwards: list[tuple[int, int, float]] = []
+        forwards: list[tuple[int, int, float, bool]] = []
         with op_profile(args.profile, f"{name}:\n"), timed_forwards(model, forwards, args.forward_stats):
             start = time.perf_counter()
             trajs = run_episodes(make, tasks, policy, env_name=env_name, split="train", source="eval", iteration=0,
@@ -207,11 +207,10 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def timed_forwards(model: torch.nn.Module, into: list[tuple[int, int, float]], on: bool) -> Iterator[None]:
-    """With ``on``: append (rows, columns, seconds) of each forward of ``model`` to ``into``; a
-    decoding forward keeps the logits of every column it feeds, and is stored with its column
-    count; any other forward (the shared prefix's encoding, the prompts' prefill, which keep one)
-    with its count negated."""
+def timed_forwards(model: torch.nn.Module, into: list[tuple[int, int, float, bool]], on: bool) -> Iterator[None]:
+    """With ``on``: append (rows, columns, seconds, decoding) of each forward of ``model`` to
+    ``into``; a decoding forward keeps the logits of every column it feeds, any other (the shared
+    prefix's encoding, the prompts' prefill) keeps one."""
     if not on:
         yield
         return
@@ -223,7 +222,7 @@ def timed_forwards(model: torch.nn.Module, into: list[tuple[int, int, float]], o
         ids = kwargs.get("input_ids")
         if ids is not None:
             decoding = kwargs.get("logits_to_keep") == ids.shape[1]
-            into.append((int(ids.shape[0]), int(ids.shape[1]) * (1 if decoding else -1), time.perf_counter() - began))
+            into.append((int(ids.shape[0]), int(ids.shape[1]), time.perf_counter() - began, decoding))
         return out
 
     model.forward = counted  # type: ignore[method-assign]
@@ -233,13 +232,13 @@ def timed_forwards(model: torch.nn.Module, into: list[tuple[int, int, float]], o
         del model.forward  # the class's forward again
 
 
-def forward_table(name: str, forwards: list[tuple[int, int, float]], batch: int, seconds: float) -> str:
+def forward_table(name: str, timed: list[tuple[int, int, float, bool]], batch: int, seconds: float) -> str:
     """The decoding forwards grouped by live rows: how many, their mean time, their share of the
     decoding time; and the decoding time if every row-forward had sat in a full batch (the
     forwards of ``batch`` rows' mean time per row-forward), a bound for refilling a slot as soon
     as its turn ends rather than at the next step."""
-    prefill = [f for f in forwards if f[1] < 0]
-    forwards = [f for f in forwards if f[1] > 0]
+    prefill = [f[:3] for f in timed if not f[3]]
+    forwards = [f[:3] for f in timed if f[3]]
     if not forwards:
         return f"{name}: no decoding forwards counted"
     total = sum(t for _, _, t in forwards)
@@ -247,7 +246,7 @@ def forward_table(name: str, forwards: list[tuple[int, int, float]], batch: int,
               (1, max(1, batch // 4) - 1)]
     lines = [f"{name}: {len(forwards)} decoding forwards, {total:.1f} s of the mode's {seconds:.1f} s; "
              f"{len(prefill)} other forwards (prefill, the shared prefix), {sum(f[2] for f in prefill):.1f} s, "
-             f"{-sum(f[0] * f[1] for f in prefill):,} token positions",
+             f"{sum(f[0] * f[1] for f in prefill):,} token positions",
              "| live rows | forwards | mean columns | mean s | share of decoding time |", "|---|---:|---:|---:|---:|"]
     for lo, hi in groups:
         part = [f for f in forwards if lo <= f[0] <= hi]

@@ -265,13 +265,10 @@ def main(argv: list[str] | None = None, *, supervise: bool | None = None) -> int
         # reached Prefect's handler instead (infra.lifecycle.hidden_stop).
         if not received:
             received.append(exc.signum)
-    except StopRequested:
-        # A rollout shard on a worker thread saw the stop our handler requested and unwound;
-        # when Prefect's task engine took the handler's Interrupted in the main thread, the
-        # shard's StopRequested (a BaseException) is what the flow re-raises from its future.
-        if not received:
-            raise
-    except Exception as exc:
+    except (Exception, StopRequested) as exc:
+        # StopRequested (a BaseException): a rollout shard on a worker thread saw the stop our
+        # handler requested and unwound; when Prefect's task engine took the handler's
+        # Interrupted in the main thread, the shard's is what the flow re-raises from its future.
         if not received:
             if (signum := stop_in_chain(exc)) is None:
                 raise
